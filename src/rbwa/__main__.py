@@ -1,0 +1,3 @@
+from rbwa.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""Recurrent weight averaging: the fold rules and the optimizer wrapper.
+
+The whole family of the paper is one mechanism: take a step with the base optimizer, then fold the
+live weights ``W`` into an average and write the average back into ``W``:
+
+    W_avg <- (1 - w_n) * W_avg + w_n * W ;  W <- W_avg
+
+with the weight of the new snapshot ``w_n`` given by :func:`fold_weight`:
+
+* ``average="mean"`` (RBWA, Eq. 2 of the paper): ``w_n = 1 / (n + 1)``, an equal-weight
+  cumulative mean; ``n`` counts folds so far (``counter="folds"``, Eq. 2's reading) or complete
+  epochs since the start (``counter="epochs"``, the other reading of line 7 of Algorithm 2).
+* ``average="ema"`` (RBWA-E, Eq. 4): ``w_n = 1 - beta`` (``w_0 = 1``).
+
+Because the next step starts from the average, folding is *exactly* the base optimizer with its
+learning rate multiplied by ``w_n`` (PAPER.md, "What follows from the algebra"). The wrapper's
+``implementation="lr_scale"`` uses that identity to run the same trajectory without a copy of the
+weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+Average = Literal["mean", "ema"]
+Counter = Literal["folds", "epochs"]
+Implementation = Literal["copy", "lr_scale"]
+
+AVERAGES = ("mean", "ema")
+COUNTERS = ("folds", "epochs")
+IMPLEMENTATIONS = ("copy", "lr_scale")
+# Optimizers whose update is linear in the learning rate: W' = W - lr * d, with d independent of lr
+# (decoupled weight decay, W *= 1 - lr * wd, is linear in lr too). Only these may use lr_scale.
+LR_LINEAR_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def fold_weight(average: str, n: int, beta: float = 0.9) -> float:
+    """Weight of the newest snapshot in the fold numbered ``n`` (0 = the first fold).
+
+    The first fold always has weight 1: it takes the live weights as they are.
+    """
+    if n == 0:
+        return 1.0
+    if average == "mean":
+        return 1.0 / (n + 1)
+    return 1.0 - beta
+
+
+@torch.no_grad()
+def fold_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float) -> None:
+    """Fast path: ``avg <- avg + weight * (param - avg)`` then ``param <- avg``, over all tensors at once."""
+    if weight == 1.0:
+        torch._foreach_copy_(list(averages), list(params))
+        return
+    torch._foreach_lerp_(list(averages), list(params), weight)
+    torch._foreach_copy_(list(params), list(averages))
+
+
+@torch.no_grad()
+def fold_reference_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float) -> None:
+    """Reference path of :func:`fold_`: one tensor at a time."""
+    for avg, param in zip(averages, params, strict=True):
+        if weight == 1.0:
+            avg.copy_(param)
+        else:
+            avg.lerp_(param, weight)
+        param.copy_(avg)
+
+
+def _check_arguments(
+    start_step: int, average: str, beta: float, every: int, counter: str, steps_per_epoch: int | None,
+    implementation: str,
+) -> None:
+    if not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}")
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+    if not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an integer >= 1, got {every!r}")
+    if counter not in COUNTERS:
+        raise ValueError(f"counter must be one of {COUNTERS}, got {counter!r}")
+    if counter == "epochs":
+        if average != "mean":
+            raise ValueError("counter='epochs' applies to average='mean' only")
+        if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be an integer >= 1 with counter='epochs', got {steps_per_epoch!r}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+
+
+class RBWA(Optimizer):
+    """Recurrent weight averaging around any ``torch.optim.Optimizer``.
+
+    Steps are counted from 0. After the base optimizer's step ``t``, when ``t >= start_step`` and
+    ``(t - start_step) % every == 0``, the live parameters are folded into the average
+    (:func:`fold_weight`) and the average is written back into them.
+
+    Args:
+        optimizer: the base optimizer. Its ``param_groups`` are shared, so LR schedulers attached to
+            either object act on the same learning rates.
+        start_step: first step that folds (the paper: ``start_epoch * steps_per_epoch``).
+        average: ``"mean"`` (RBWA, Eq. 2) or ``"ema"`` (RBWA-E, Eq. 4).
+        beta: EMA coefficient for ``average="ema"`` (the paper: 0.9).
+        every: fold every ``every`` steps (RSWA: ``steps_per_epoch``; Lookahead: ``k``).
+        counter: what ``n`` in ``1/(n+1)`` counts for ``average="mean"``: ``"folds"`` so far (the
+            default, Eq. 2) or complete ``"epochs"`` since the start (needs ``steps_per_epoch``).
+        steps_per_epoch: steps in one epoch, for ``counter="epochs"``.
+        implementation: ``"copy"`` keeps the average as a copy of the parameters; ``"lr_scale"``
+            runs the identical trajectory by scaling the base optimizer's learning rate by the fold
+            weight for the duration of its step, with no extra memory. ``lr_scale`` needs
+            ``every=1`` and an optimizer whose update is linear in the learning rate (SGD, Adam,
+            AdamW). The user's learning rates are restored after every step, so schedulers and
+            ``state_dict`` see their own values.
+        foreach: fold all tensors at once with ``torch._foreach_*`` (default) or one at a time.
+
+    Only the optimizer's parameters are averaged: BatchNorm running statistics are buffers, not
+    parameters, and are left alone. They already track the live network, which after every fold
+    *is* the average, and averaging them would break the exact learning-rate identity above.
+    The base optimizer's state (momentum, Adam moments) is kept across folds, never reset.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        start_step: int = 0,
+        average: Average = "mean",
+        beta: float = 0.9,
+        every: int = 1,
+        counter: Counter = "folds",
+        steps_per_epoch: int | None = None,
+        implementation: Implementation = "copy",
+        foreach: bool = True,
+    ) -> None:
+        _check_arguments(start_step, average, beta, every, counter, steps_per_epoch, implementation)
+        if implementation == "lr_scale":
+            if every != 1:
+                raise ValueError(f"implementation='lr_scale' needs every=1, got every={every}")
+            if type(optimizer) not in LR_LINEAR_OPTIMIZERS:
+                names = ", ".join(cls.__name__ for cls in LR_LINEAR_OPTIMIZERS)
+                raise ValueError(
+                    f"implementation='lr_scale' is exact only for optimizers linear in the learning rate "
+                    f"({names}); got {type(optimizer).__name__}: use implementation='copy'"
+                )
+        self.optimizer = optimizer
+        self.start_step = start_step
+        self.average = average
+        self.beta = float(beta)
+        self.every = every
+        self.counter = counter
+        self.steps_per_epoch = steps_per_epoch
+        self.implementation = implementation
+        self.foreach = foreach
+        self.steps = 0  # base steps taken so far (the next step is number `steps`)
+        self.folds = 0  # folds taken so far
+        self.averages: list[Tensor] | None = None
+        # Share the base optimizer's groups, defaults and hooks machinery (timm's Lookahead does the same).
+        super().__init__(optimizer.param_groups, optimizer.defaults)
+        self.param_groups = optimizer.param_groups
+        self.state = optimizer.state
+
+    # ---- the schedule -------------------------------------------------------------------------
+    def folds_at(self, step: int) -> bool:
+        """Whether step ``step`` ends with a fold."""
+        return step >= self.start_step and (step - self.start_step) % self.every == 0
+
+    def weight_at(self, step: int, folds: int) -> float:
+        """Weight of the new snapshot if step ``step`` folds, ``folds`` folds having been taken before it."""
+        if self.counter == "epochs":
+            assert self.steps_per_epoch is not None
+            n = (step - self.start_step) // self.steps_per_epoch
+        else:
+            n = folds
+        return fold_weight(self.average, n, self.beta)
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    # ---- Optimizer interface --------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        t = self.steps
+        folding = self.folds_at(t)
+        weight = self.weight_at(t, self.folds) if folding else 1.0
+        if self.implementation == "lr_scale" and weight != 1.0:
+            user_lrs = [group["lr"] for group in self.param_groups]
+            for group in self.param_groups:
+                group["lr"] = group["lr"] * weight
+            try:
+                loss = self.optimizer.step(closure)
+            finally:
+                for group, lr in zip(self.param_groups, user_lrs, strict=True):
+                    group["lr"] = lr
+        else:
+            loss = self.optimizer.step(closure)
+        if folding and self.implementation == "copy":
+            params = self._params()
+            if self.averages is None:
+                self.averages = [p.detach().clone() for p in params]
+            (fold_ if self.foreach else fold_reference_)(self.averages, params, weight)
+        self.steps += 1
+        self.folds += int(folding)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.param_groups is not self.optimizer.param_groups:  # inside Optimizer.__init__
+            super().add_param_group(param_group)
+        elif self.averages is not None:
+            raise RuntimeError("cannot add a parameter group after averaging has started")
+        else:
+            self.optimizer.add_param_group(param_group)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {
+            "base": self.optimizer.state_dict(),
+            "rbwa": {
+                "settings": self._settings(),
+                "steps": self.steps,
+                "folds": self.folds,
+                "averages": None if self.averages is None else [a.clone() for a in self.averages],
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        if not isinstance(state_dict, dict) or set(state_dict) != {"base", "rbwa"}:
+            raise ValueError("not an RBWA state_dict: expected the keys 'base' and 'rbwa'")
+        ours = state_dict["rbwa"]
+        differing = sorted(k for k, v in self._settings().items() if ours["settings"].get(k) != v)
+        if differing:
+            raise ValueError(f"RBWA state_dict was saved with different settings: {', '.join(differing)}")
+        self.optimizer.load_state_dict(state_dict["base"])
+        self.param_groups = self.optimizer.param_groups
+        self.state = self.optimizer.state
+        self.steps = int(ours["steps"])
+        self.folds = int(ours["folds"])
+        saved = ours["averages"]
+        if saved is None:
+            self.averages = None
+        else:
+            params = self._params()
+            if len(saved) != len(params):
+                raise ValueError(f"RBWA state_dict holds {len(saved)} averages for {len(params)} parameters")
+            self.averages = [a.to(device=p.device, dtype=p.dtype).clone() for a, p in zip(saved, params)]
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "start_step": self.start_step, "average": self.average, "beta": self.beta, "every": self.every,
+            "counter": self.counter, "steps_per_epoch": self.steps_per_epoch,
+            "implementation": self.implementation,
+        }
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
+        return f"RBWA({settings}, optimizer={self.optimizer!r})"
+
+
+# ---- named recipes ------------------------------------------------------------------------------
+def rbwa(optimizer: Optimizer, start_step: int = 0, **kwargs: Any) -> RBWA:
+    """RBWA (Algorithm 2): equal-weight mean after every batch."""
+    return RBWA(optimizer, start_step=start_step, average="mean", **kwargs)
+
+
+def rbwa_e(optimizer: Optimizer, start_step: int = 0, beta: float = 0.9, **kwargs: Any) -> RBWA:
+    """RBWA-E (section 3.3): EMA with ``beta`` after every batch; exactly LR x (1 - beta)."""
+    return RBWA(optimizer, start_step=start_step, average="ema", beta=beta, **kwargs)
+
+
+def rswa(optimizer: Optimizer, steps_per_epoch: int, start_epoch: int = 0) -> RBWA:
+    """Recurrent SWA: fold once per epoch, at the end of every epoch from ``start_epoch`` on."""
+    return RBWA(optimizer, start_step=(start_epoch + 1) * steps_per_epoch - 1, average="mean",
+                every=steps_per_epoch)
+
+
+def lookahead(optimizer: Optimizer, k: int = 5, alpha: float = 0.5, start_step: int = 0) -> RBWA:
+    """Lookahead (Zhang et al. 2019): slow weights <- slow + alpha * (fast - slow) every ``k`` steps.
+
+    One difference from the original: the slow weights start at the weights after the first ``k``
+    steps (the first fold takes the live weights as they are), not at the initial weights.
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+    return RBWA(optimizer, start_step=start_step + k - 1, average="ema", beta=1.0 - alpha, every=k)
+

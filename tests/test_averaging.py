@@ -1,0 +1,237 @@
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from rbwa import RBWA, fold_, fold_reference_, fold_weight, lookahead, rbwa_e, rswa
+
+
+class RandomStep(torch.optim.Optimizer):
+    """A 'step' that adds seeded noise and records the live weights right after it (the snapshots)."""
+
+    def __init__(self, params, seed: int = 0):
+        super().__init__(params, {"lr": 1.0})
+        self.gen = torch.Generator().manual_seed(seed)
+        self.snapshots: list[list[torch.Tensor]] = []
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"]]
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=self.gen, dtype=p.dtype))
+        self.snapshots.append([p.clone() for p in params])
+
+
+def test_fold_weight_by_hand():
+    assert [fold_weight("mean", n) for n in range(4)] == [1.0, 1 / 2, 1 / 3, 1 / 4]
+    assert [fold_weight("ema", n, beta=0.9) for n in range(3)] == [1.0, pytest.approx(0.1), pytest.approx(0.1)]
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("average", ["mean", "ema"])
+def test_average_equals_closed_form(average, every, foreach):
+    params = [torch.zeros(5, dtype=torch.float64, requires_grad=True),
+              torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)]
+    base = RandomStep(params)
+    opt = RBWA(base, start_step=2, average=average, beta=0.8, every=every, foreach=foreach)
+    for _ in range(17):
+        opt.step()
+    folded = [base.snapshots[t] for t in range(17) if t >= 2 and (t - 2) % every == 0]
+    for i in range(len(params)):
+        snaps = [s[i] for s in folded]
+        if average == "mean":
+            expected = sum(snaps) / len(snaps)
+        else:  # EWMA seeded with the first snapshot: beta^(n-1) * s_1 + sum (1-beta) beta^(n-j) s_j
+            expected = snaps[0]
+            for s in snaps[1:]:
+                expected = 0.8 * expected + 0.2 * s
+        torch.testing.assert_close(opt.averages[i], expected, rtol=0, atol=1e-12)
+    # the steps after the last fold moved the live weights away from the average; before them they agreed
+    assert opt.folds == len(folded)
+
+
+def test_foreach_and_reference_paths_agree_bitwise():
+    g = torch.Generator().manual_seed(1)
+    avgs = [torch.randn(7, generator=g), torch.randn(3, 4, generator=g)]
+    params = [torch.randn(7, generator=g), torch.randn(3, 4, generator=g)]
+    a2, p2 = [a.clone() for a in avgs], [p.clone() for p in params]
+    fold_(avgs, params, 0.25)
+    fold_reference_(a2, p2, 0.25)
+    for x, y in zip(avgs + params, a2 + p2):
+        assert torch.equal(x, y)
+    assert torch.equal(avgs[0], params[0])  # the live weights are reset to the average
+
+
+def _train(model, opt, batches, lr_factor=None):
+    loss_fn = nn.CrossEntropyLoss()
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    for t, (x, y) in enumerate(batches):
+        if lr_factor is not None:
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * lr_factor(t)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+
+def _state(model):
+    return [t.detach().clone() for t in list(model.parameters()) + list(model.buffers())]
+
+
+def _max_diff(a, b):
+    return max((x.double() - y.double()).abs().max().item() for x, y in zip(a, b))
+
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=1e-2),
+}
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("average", ["mean", "ema"])
+def test_rbwa_is_base_optimizer_with_scaled_lr(tiny_resnet, batches, opt_name, average):
+    data = batches(36, dtype=torch.float64)
+    start = 10
+
+    def factor(t):
+        return 1.0 if t <= start else (1.0 / (t - start + 1) if average == "mean" else 1 - 0.9)
+
+    torch.manual_seed(0)
+    ref = tiny_resnet().double()
+    runs = {}
+    for impl in ["copy", "lr_scale", "bare"]:
+        model = tiny_resnet().double()
+        model.load_state_dict(ref.state_dict())
+        base = OPTIMIZERS[opt_name](model.parameters())
+        if impl == "bare":
+            _train(model, base, data, lr_factor=factor)
+        else:
+            _train(model, RBWA(base, start_step=start, average=average, beta=0.9, implementation=impl), data)
+        runs[impl] = _state(model)
+    assert _max_diff(runs["copy"], runs["bare"]) < 1e-10
+    assert _max_diff(runs["lr_scale"], runs["bare"]) < 1e-10
+    assert _max_diff(runs["copy"], runs["lr_scale"]) < 1e-10
+    assert _max_diff(runs["copy"], _state(ref)) > 1e-3  # it trained
+
+
+def test_epoch_counter_is_per_epoch_harmonic_schedule(tiny_resnet, batches):
+    data = batches(30, dtype=torch.float64)
+    spe, start = 4, 8
+    torch.manual_seed(0)
+    ref = tiny_resnet().double()
+    out = []
+    for impl in ["copy", "bare"]:
+        model = tiny_resnet().double()
+        model.load_state_dict(ref.state_dict())
+        base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if impl == "bare":
+            _train(model, base, data, lr_factor=lambda t: 1.0 if t < start else 1.0 / ((t - start) // spe + 1))
+        else:
+            _train(model, RBWA(base, start_step=start, counter="epochs", steps_per_epoch=spe), data)
+        out.append(_state(model))
+    assert _max_diff(*out) < 1e-10
+
+
+def _run_with_resume(tiny_resnet, batches, make_opt, save_at=None):
+    torch.manual_seed(0)
+    model = tiny_resnet()
+    opt = make_opt(model)
+    data = batches(20)
+    loss_fn = nn.CrossEntropyLoss()
+    for t, (x, y) in enumerate(data):
+        if t == save_at:
+            buf = io.BytesIO()
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+            buf.seek(0)
+            ckpt = torch.load(buf)
+            torch.manual_seed(123)
+            model = tiny_resnet()  # a fresh model and optimizer, different weights until restored
+            opt = make_opt(model)
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["opt"])
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return _state(model), opt
+
+
+@pytest.mark.parametrize("impl", ["copy", "lr_scale"])
+def test_state_round_trip_is_bit_identical(tiny_resnet, batches, impl):
+    def make_opt(model):
+        base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        return RBWA(base, start_step=4, implementation=impl)
+
+    straight, opt1 = _run_with_resume(tiny_resnet, batches, make_opt)
+    resumed, opt2 = _run_with_resume(tiny_resnet, batches, make_opt, save_at=10)
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)
+    assert (opt2.steps, opt2.folds) == (opt1.steps, opt1.folds) == (20, 16)
+
+
+def test_state_dict_from_other_settings_is_refused(tiny_resnet):
+    model = tiny_resnet()
+    a = RBWA(torch.optim.SGD(model.parameters(), lr=0.1), average="mean")
+    b = RBWA(torch.optim.SGD(model.parameters(), lr=0.1), average="ema")
+    with pytest.raises(ValueError, match="average"):
+        b.load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="not an RBWA state_dict"):
+        b.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+
+
+def test_lr_scale_keeps_user_lr_and_works_with_schedulers(tiny_resnet, batches):
+    model = tiny_resnet()
+    opt = RBWA(torch.optim.SGD(model.parameters(), lr=0.1), start_step=1, implementation="lr_scale")
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for x, y in batches(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)
+    assert opt.state_dict()["base"]["param_groups"][0]["lr"] == pytest.approx(0.025)
+    assert opt.optimizer.param_groups is opt.param_groups
+
+
+def test_lr_scale_refuses_nonlinear_optimizers(tiny_resnet):
+    model = tiny_resnet()
+    with pytest.raises(ValueError, match="Adagrad"):
+        RBWA(torch.optim.Adagrad(model.parameters()), implementation="lr_scale")
+    with pytest.raises(ValueError, match="every=1"):
+        RBWA(torch.optim.SGD(model.parameters(), lr=0.1), every=2, implementation="lr_scale")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"beta": 1.0}, "beta"), ({"beta": -0.1}, "beta"), ({"every": 0}, "every"), ({"start_step": -1}, "start_step"),
+     ({"average": "median"}, "average"), ({"counter": "days"}, "counter"),
+     ({"counter": "epochs"}, "steps_per_epoch"), ({"implementation": "magic"}, "implementation")],
+)
+def test_bad_arguments_name_the_argument(tiny_resnet, kwargs, name):
+    model = tiny_resnet()
+    with pytest.raises(ValueError, match=name):
+        RBWA(torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
+
+
+def test_recipes():
+    p = [torch.zeros(2, requires_grad=True)]
+    assert (rbwa_e(torch.optim.SGD(p, lr=0.1)).average, rbwa_e(torch.optim.SGD(p, lr=0.1)).beta) == ("ema", 0.9)
+    r = rswa(torch.optim.SGD(p, lr=0.1), steps_per_epoch=10, start_epoch=2)
+    assert [t for t in range(60) if r.folds_at(t)] == [29, 39, 49, 59]
+    la = lookahead(torch.optim.SGD(p, lr=0.1), k=5, alpha=0.5)
+    assert [t for t in range(16) if la.folds_at(t)] == [4, 9, 14] and la.beta == 0.5
+
+
+def test_lookahead_matches_slow_weight_update():
+    p = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    base = RandomStep([p], seed=3)
+    la = lookahead(base, k=3, alpha=0.5)
+    for _ in range(9):
+        la.step()
+    s = [snap[0] for snap in base.snapshots]
+    slow = s[2]  # the first sync takes the fast weights as they are
+    slow = slow + 0.5 * (s[5] - slow)
+    slow = slow + 0.5 * (s[8] - slow)
+    torch.testing.assert_close(p.detach(), slow, rtol=0, atol=1e-12)
