@@ -1,0 +1,142 @@
+"""The `rbwa` command line: train | demo | reproduce | report.
+
+User errors print one `error: ...` line and exit with status 2 before any work starts; a diverged run
+exits with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import MISSING, fields
+from typing import Any
+
+from rbwa.config import TrainConfig, load_yaml, make_config
+from rbwa.errors import UserError
+
+EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one `error:` line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
+    """One flag per TrainConfig field; the defaults stay in TrainConfig (flags default to None = not given)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else []
+        base = args[0] if args else hint
+        default = f.default if f.default is not MISSING else None
+        help_text = f"default: {default}"
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(base) is list:
+            parser.add_argument(flag, nargs="+", type=int, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=base, default=None, help=help_text)
+
+
+def given(ns: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    names = {f.name for f in fields(TrainConfig)} - set(exclude)
+    return {k: v for k, v in vars(ns).items() if k in names and v is not None}
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from rbwa.train import train
+
+    values = load_yaml(ns.config) if ns.config else {}
+    values.update(given(ns))
+    summary = train(make_config(**values), resume=ns.resume, progress=None if not ns.quiet else False)
+    print(f"{summary.get('method', '')}: final test accuracy {summary['final_test_acc']:.2f}%, "
+          f"best {summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}), "
+          f"final train loss {summary['final_train_loss']:.4g}; run directory {values.get('out', TrainConfig.out)}")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from rbwa.demo import demo
+
+    demo(ns.out, epochs=ns.epochs, seed=ns.seed)
+    return 0
+
+
+def cmd_reproduce(ns: argparse.Namespace) -> int:
+    from rbwa.experiments import reproduce
+
+    reproduce(ns.experiment, preset=ns.preset, seeds=ns.seeds, out=ns.out, overrides=given(ns, exclude=("out",)),
+              dry_run=ns.dry_run)
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from rbwa.report import write_report
+
+    path = write_report(ns.runs, ns.out or ns.runs)
+    print(f"wrote {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog="rbwa", description="Recurrent Batch Weight Averaging: train, reproduce the paper, report.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    t = sub.add_parser("train", help="train one model with one method; writes a run directory")
+    t.add_argument("--config", help="YAML file of config keys (flags given on the command line win)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("demo", help="offline, ~2 minutes on 2 CPU cores: sgd, rbwa, rbwa-e, swa on digits")
+    d.add_argument("--out", default="rbwa-demo", help="directory for the runs, table and plot (default: rbwa-demo)")
+    d.add_argument("--epochs", type=int, default=None, help="epochs per method (default: the demo's own)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    from rbwa.config import PRESETS
+    from rbwa.experiments import EXPERIMENTS
+
+    r = sub.add_parser("reproduce", help="run one of the paper's experiments as a resumable grid of runs")
+    r.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
+    r.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)} (default: cpu)")
+    r.add_argument("--seeds", type=int, default=3, help="seeds per grid point (default: 3)")
+    r.add_argument("--out", default="runs", help="root directory of the sweep (default: runs)")
+    r.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    add_config_flags(r, exclude=("out", "seed", "method", "model", "batch_size"))
+    r.set_defaults(func=cmd_reproduce)
+
+    rp = sub.add_parser("report", help="turn run directories into figures, tables and verdicts")
+    rp.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
+    rp.add_argument("--out", default=None, help="where to write report.md, results.csv and PNGs (default: RUNS)")
+    rp.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
+    try:
+        return ns.func(ns)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from rbwa.train import Diverged
+
+        if isinstance(e, Diverged):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_DIVERGED
+        raise

@@ -1,0 +1,216 @@
+"""The one home of every default: the training config, its validation, and the experiment presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rbwa.errors import UserError
+
+METHODS = ("sgd", "rbwa", "rbwa-e", "rswa", "swa", "ema", "lookahead", "schedulefree")
+MODELS = ("resnet18", "vgg16")
+LR_SCHEDULES = ("constant", "step", "cosine", "harmonic")
+AUGMENTS = ("none", "standard")
+COUNTERS = ("folds", "epochs")
+IMPLEMENTATIONS = ("copy", "lr_scale")
+DEVICES = ("cpu", "cuda")
+AMP = ("none", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults follow the paper where it speaks (PAPER.md) and say so where it does not."""
+
+    # data
+    dataset: str = "cifar10"
+    data_dir: str | None = None  # official archives; None -> $RBWA_DATA, else ~/.cache/rbwa
+    cache_dir: str | None = None  # decoded image folders; None -> $RBWA_CACHE, else ~/.cache/rbwa
+    image_size: int | None = None  # resize every image of a folder dataset to this square size
+    train_subset: int | None = None  # class-stratified subset of the training split
+    test_subset: int | None = None  # class-stratified subset of the test split
+    subset_seed: int = 0  # the subsets stay fixed across --seed, so seeds vary only init and order
+    augment: str = "none"  # the paper's regime (PAPER.md); "standard" = crop from 4-pixel padding + flip
+    # model
+    model: str = "resnet18"
+    width: float = 1.0
+    # optimisation: the paper states batch 64, 50 epochs, start epoch 10, and no LR or momentum;
+    # lr 0.05 is the common 0.1-per-128 CIFAR recipe scaled linearly to batch 64
+    method: str = "sgd"
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    lr_schedule: str = "constant"
+    lr_milestones: list[int] | None = None  # epochs at which "step" multiplies the LR by lr_gamma; None -> [start_epoch]
+    lr_gamma: float = 0.1
+    # averaging
+    start_epoch: int = 10  # averaging starts with the first batch after this many complete epochs
+    beta: float = 0.9  # rbwa-e
+    counter: str = "folds"  # rbwa: n in 1/(n+1) counts folds ("folds", Eq. 2) or epochs since the start
+    implementation: str = "copy"  # rbwa/rbwa-e: "copy" or the zero-memory "lr_scale"
+    lookahead_k: int = 5
+    lookahead_alpha: float = 0.5
+    ema_decay: float = 0.999
+    # run
+    seed: int = 0
+    device: str = "cpu"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    eval_batch_size: int = 500
+    out: str = "runs/run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def default_dir(env: str) -> str:
+    return os.environ.get(env) or str(Path("~/.cache/rbwa").expanduser())
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """``value`` checked against the type of field ``name`` (ints accepted for floats)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"config key {name!r} cannot be null")
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    origin = typing.get_origin(base)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise UserError(f"config key {name!r} must be a list of integers, got {value!r}")
+        return list(value)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key {name!r} must be true or false, got {value!r}")
+        return value
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, base) or isinstance(value, bool):
+        raise UserError(f"config key {name!r} must be of type {base.__name__}, got {value!r}")
+    return value
+
+
+def make_config(**overrides: Any) -> TrainConfig:
+    """A config from the defaults and ``overrides``, every key and type checked."""
+    unknown = sorted(set(overrides) - set(FIELDS))
+    if unknown:
+        raise UserError(f"unknown config key(s): {', '.join(unknown)}; valid keys are the `rbwa train` flags")
+    return TrainConfig(**{k: _coerce(k, v) for k, v in overrides.items()})
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read config file {path} ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill the defaults that depend on the environment or on other keys, so config.json says everything."""
+    return dataclasses.replace(
+        cfg,
+        data_dir=cfg.data_dir or default_dir("RBWA_DATA"),
+        cache_dir=cfg.cache_dir or default_dir("RBWA_CACHE"),
+        lr_milestones=cfg.lr_milestones if cfg.lr_milestones is not None else [cfg.start_epoch],
+    )
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise UserError for the first impossible value, before any work starts."""
+    from rbwa.data import check_dataset_name
+
+    check_dataset_name(cfg.dataset)
+    _choice("model", cfg.model, MODELS)
+    _choice("method", cfg.method, METHODS)
+    _choice("lr schedule", cfg.lr_schedule, LR_SCHEDULES)
+    _choice("augment", cfg.augment, AUGMENTS)
+    _choice("counter", cfg.counter, COUNTERS)
+    _choice("implementation", cfg.implementation, IMPLEMENTATIONS)
+    _choice("device", cfg.device, DEVICES)
+    _choice("amp", cfg.amp, AMP)
+    positive = {"epochs": cfg.epochs, "batch size": cfg.batch_size, "lr": cfg.lr, "width": cfg.width,
+                "eval batch size": cfg.eval_batch_size, "lookahead k": cfg.lookahead_k}
+    for name, value in positive.items():
+        if not value > 0:
+            raise UserError(f"{name} must be > 0, got {value}")
+    for name in ("train_subset", "test_subset", "image_size"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise UserError(f"{name.replace('_', ' ')} must be >= 1, got {value}")
+    if not 0 <= cfg.start_epoch < cfg.epochs:
+        raise UserError(f"start epoch must be in [0, epochs) = [0, {cfg.epochs}), got {cfg.start_epoch}")
+    if not 0.0 <= cfg.beta < 1.0:
+        raise UserError(f"beta must be in [0, 1), got {cfg.beta}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise UserError(f"ema decay must be in [0, 1), got {cfg.ema_decay}")
+    if not 0.0 < cfg.lookahead_alpha <= 1.0:
+        raise UserError(f"lookahead alpha must be in (0, 1], got {cfg.lookahead_alpha}")
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise UserError(f"momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.weight_decay < 0 or cfg.lr_gamma <= 0:
+        raise UserError("weight decay must be >= 0 and lr gamma > 0")
+    if cfg.nesterov and cfg.momentum == 0:
+        raise UserError("nesterov needs momentum > 0")
+    if cfg.method == "schedulefree" and cfg.lr_schedule != "constant":
+        raise UserError("schedulefree replaces the LR schedule; use --lr-schedule constant with it")
+    if cfg.implementation == "lr_scale" and cfg.method not in ("rbwa", "rbwa-e"):
+        raise UserError("implementation lr_scale applies to the rbwa and rbwa-e methods only")
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+
+
+# ---- presets ------------------------------------------------------------------------------------
+# Each preset is a set of overrides of TrainConfig; the experiments (experiments.py) add their own.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's protocol at full scale (PAPER.md): 50 epochs, batch 64, averaging from epoch 10,
+    # constant LR, no augmentation, full-width models, the whole dataset. For GPUs.
+    "paper": {"epochs": 50, "batch_size": 64, "start_epoch": 10, "width": 1.0},
+    # Scaled for 2 CPU cores: one figure's grid (12 runs) in about 25 minutes. Reductions: width 1/8
+    # (ResNet-18: 0.18M parameters instead of 11.2M; VGG-16: 0.23M instead of 14.7M), a class-balanced
+    # 5,000-image training subset (10%) and a 2,000-image test subset, 20 epochs instead of 50, averaging
+    # from epoch 4 (the paper starts at 10/50 = 20% of training; 4/20 = 20%). Batch size 64, constant LR,
+    # no augmentation, as `paper`.
+    "cpu": {"epochs": 20, "batch_size": 64, "start_epoch": 4, "width": 0.125, "train_subset": 5000,
+            "test_subset": 2000},
+    # Seconds, for tests: tiny models, tiny subsets, 2 epochs.
+    "smoke": {"epochs": 2, "batch_size": 32, "start_epoch": 1, "width": 0.0625, "train_subset": 200,
+              "test_subset": 100},
+}
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+

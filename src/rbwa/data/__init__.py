@@ -1,0 +1,35 @@
+"""Datasets by name: cifar10, cifar100, digits, folder:PATH."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rbwa.data.dataset import Split, stratified_indices
+from rbwa.errors import UserError
+
+DATASETS = ("cifar10", "cifar100", "digits", "folder:PATH")
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in ("cifar10", "cifar100", "digits") and not (name.startswith("folder:") and len(name) > 7):
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def load_dataset(name: str, data_dir: Path, cache_dir: Path, image_size: int | None = None,
+                 allow_download: bool = True) -> tuple[Split, Split]:
+    """The (train, test) splits of dataset ``name``."""
+    check_dataset_name(name)
+    if name in ("cifar10", "cifar100"):
+        from rbwa.data.cifar import load_cifar
+
+        return load_cifar(name, Path(data_dir), allow_download)
+    if name == "digits":
+        from rbwa.data.digits import load_digits
+
+        return load_digits()
+    from rbwa.data.folder import load_folder
+
+    return load_folder(Path(name[len("folder:"):]).expanduser(), Path(cache_dir), image_size)
+
+
+__all__ = ["DATASETS", "Split", "check_dataset_name", "load_dataset", "stratified_indices"]

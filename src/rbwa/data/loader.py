@@ -1,0 +1,75 @@
+"""A device-resident batch loader: the whole split as one uint8 tensor, batches as slices of a randperm.
+
+Augmentation (random crop from a 4-pixel zero padding, horizontal flip) is applied to whole batches at
+once; the random numbers come from one CPU generator, so the batch order and the augmentation are the
+same on every device and are restored exactly from a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+PAD = 4
+
+
+def crop_flip(images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = PAD) -> Tensor:
+    """Crop each image at offset (dy, dx) of its zero-padded copy, then mirror where ``flip``. Pure."""
+    n, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dev = images.device
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    out = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                 rows, cols]
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    x = images.double() / 255
+    return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).float()
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per epoch: every image once; a last batch of one image (BatchNorm cannot train on it) is dropped."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 else 0)
+
+
+class BatchLoader:
+    """Iterate over (normalised float images, labels) batches of a split held on ``device``."""
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean: Tensor, std: Tensor,
+                 device: torch.device | str = "cpu", shuffle: bool = False, augment: bool = False,
+                 seed: int = 0, channels_last: bool = False) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.mean = (mean * 255).to(self.device)[None, :, None, None]
+        self.std = (std * 255).to(self.device)[None, :, None, None]
+        self.shuffle = shuffle
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        return steps_per_epoch(len(self.labels), self.batch_size) if self.shuffle else -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[index.to(self.device)]
+            if self.augment:
+                m = len(index)
+                dy = torch.randint(0, 2 * PAD + 1, (m,), generator=self.generator)
+                dx = torch.randint(0, 2 * PAD + 1, (m,), generator=self.generator)
+                flip = torch.rand(m, generator=self.generator) < 0.5
+                x = crop_flip(x, dy.to(self.device), dx.to(self.device), flip.to(self.device))
+            x = ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+            yield x, self.labels[index.to(self.device)]

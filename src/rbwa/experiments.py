@@ -1,0 +1,137 @@
+"""The paper's experiments as named grids of configs, and a resumable runner.
+
+Runs live in ``OUT/runs/<name>``, where the name is built from what varies plus a hash of the whole
+config, so a run shared by two experiments (fig3's ResNet-18 runs are table1's batch-64 runs) is
+trained once. ``OUT/<experiment>.json`` lists the runs of each experiment for ``rbwa report``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rbwa.config import TrainConfig, make_config, preset_defaults, resolve, validate
+from rbwa.errors import UserError
+from rbwa.io import atomic_write_json
+
+# Which paper claim each experiment tests, and its grid: (setting, label, overrides) per grid point.
+# The "setting" is what varies across panels or rows (model, batch size); the "label" is the method line.
+METHOD_ROWS = [("sgd", {"method": "sgd"}), ("rbwa", {"method": "rbwa"})]
+
+
+def _models(dataset: str) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(model, label, {"dataset": dataset, "model": model, **o})
+            for model in ("resnet18", "vgg16") for label, o in METHOD_ROWS]
+
+
+EXPERIMENTS: dict[str, dict[str, Any]] = {
+    "fig3": {"title": "Figure 3/4: CIFAR-10, ResNet-18 and VGG-16, SGD vs RBWA", "setting": "model",
+             "grid": _models("cifar10")},
+    "fig5": {"title": "Figure 5/6: CIFAR-100, ResNet-18 and VGG-16, SGD vs RBWA", "setting": "model",
+             "grid": _models("cifar100")},
+    "table1": {"title": "Table 1: ResNet-18 on CIFAR-10, batch size study", "setting": "batch size",
+               "grid": [(str(b), label, {"model": "resnet18", "batch_size": b, **o})
+                        for b in (16, 32, 64, 128, 256) for label, o in METHOD_ROWS]},
+    "variants": {"title": "The averaging family on ResNet-18, CIFAR-10", "setting": "model",
+                 "grid": [("resnet18", label, {"model": "resnet18", **o}) for label, o in [
+                     ("sgd", {"method": "sgd"}),
+                     ("rbwa", {"method": "rbwa"}),
+                     ("rbwa (epoch counter)", {"method": "rbwa", "counter": "epochs"}),
+                     ("rbwa-e", {"method": "rbwa-e"}),
+                     ("rswa", {"method": "rswa"}),
+                     ("swa", {"method": "swa"}),
+                     ("ema", {"method": "ema"}),
+                     ("lookahead", {"method": "lookahead"}),
+                 ]]},
+    "controls": {"title": "RBWA against learning-rate annealing controls, ResNet-18, CIFAR-10", "setting": "model",
+                 "grid": [("resnet18", label, {"model": "resnet18", **o}) for label, o in [
+                     ("sgd", {"method": "sgd"}),
+                     ("rbwa", {"method": "rbwa"}),
+                     ("sgd (harmonic LR, = rbwa)", {"method": "sgd", "lr_schedule": "harmonic"}),
+                     ("rbwa-e", {"method": "rbwa-e"}),
+                     ("sgd (step x0.1 at start, = rbwa-e)", {"method": "sgd", "lr_schedule": "step"}),
+                     ("sgd (cosine LR)", {"method": "sgd", "lr_schedule": "cosine"}),
+                 ]]},
+}
+
+
+@dataclass
+class GridRun:
+    experiment: str
+    setting: str
+    label: str
+    seed: int
+    config: TrainConfig
+
+    @property
+    def name(self) -> str:
+        return Path(self.config.out).name
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """A readable, unique directory name: the usual varying keys and a hash of everything else."""
+    # only keys that differ from the defaults enter the hash, so adding a config key keeps every name
+    defaults = TrainConfig().to_dict()
+    keys = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "data_dir", "cache_dir") and v != defaults[k]}
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
+    extra = "" if cfg.lr_schedule == "constant" else f"-{cfg.lr_schedule}"
+    extra += "" if cfg.counter == "folds" or cfg.method != "rbwa" else f"-{cfg.counter}"
+    return f"{cfg.model}-bs{cfg.batch_size}-{cfg.method}{extra}-s{cfg.seed}-{digest}"
+
+
+def expand(experiment: str, preset: str, seeds: int, out: str | Path,
+           overrides: dict[str, Any] | None = None) -> list[GridRun]:
+    """Every run of ``experiment`` under ``preset``: grid points x seeds 0..seeds-1. Validated, nothing written."""
+    if experiment not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    overrides = dict(overrides or {})
+    grid = EXPERIMENTS[experiment]["grid"]
+    varied = sorted({k for _, _, point in grid for k in point if k != "dataset"} & set(overrides))
+    if varied:
+        raise UserError(f"{experiment} sets {', '.join(varied)} itself; drop those flags")
+    base = preset_defaults(preset)
+    runs = []
+    for setting, label, point in grid:
+        for seed in range(seeds):
+            # the grid names the dataset; a user's --dataset (their copy of it) wins
+            cfg = make_config(**{**base, **point, **overrides, "seed": seed})
+            validate(resolve(cfg))
+            cfg.out = str(Path(out) / "runs" / run_name(cfg))
+            runs.append(GridRun(experiment, setting, label, seed, cfg))
+    return runs
+
+
+def manifest(experiment: str, preset: str, runs: list[GridRun], out: Path) -> dict[str, Any]:
+    spec = EXPERIMENTS[experiment]
+    return {"experiment": experiment, "title": spec["title"], "setting": spec["setting"], "preset": preset,
+            "runs": [{"run": str(Path(r.config.out).relative_to(out)), "setting": r.setting, "label": r.label,
+                      "seed": r.seed} for r in runs]}
+
+
+def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | Path = "runs",
+              overrides: dict[str, Any] | None = None, dry_run: bool = False) -> list[GridRun]:
+    """Train every run of the grid that is not finished yet; finished runs are skipped, interrupted ones resumed."""
+    from rbwa.train import SUMMARY, train
+
+    out = Path(out)
+    runs = expand(experiment, preset, seeds, out, overrides)
+    if dry_run:
+        for r in runs:
+            print(f"{r.setting:>10}  {r.label:<36} seed {r.seed}  {r.config.out}")
+        return runs
+    try:
+        atomic_write_json(out / f"{experiment}.json", manifest(experiment, preset, runs, out))
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
+    for i, r in enumerate(runs, 1):
+        done = (Path(r.config.out) / SUMMARY).exists()
+        print(f"[{i}/{len(runs)}] {experiment} {r.setting} {r.label} seed {r.seed}: "
+              f"{'finished, skipped' if done else 'training'}", flush=True)
+        if not done:
+            train(r.config, resume=True, progress=False)
+    return runs

@@ -1,0 +1,139 @@
+"""Method name -> what the training loop steps, the LR schedule, and how the model is evaluated.
+
+The recurrent methods (rbwa, rbwa-e, rswa, lookahead) are the :class:`rbwa.RBWA` wrapper with
+different settings and are evaluated on the live weights. SWA and EMA are side copies from
+``torch.optim.swa_utils``, evaluated after BatchNorm re-estimation. Schedule-free SGD comes from the
+``schedulefree`` package.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+
+from rbwa.averaging import RBWA, lookahead, rswa
+from rbwa.config import TrainConfig
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, start_step: int, milestone_steps: list[int],
+              gamma: float) -> float:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based). Pure.
+
+    ``harmonic`` is the schedule RBWA(mean) is algebraically equal to: 1/(k+1) from the start step.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "step":
+        return gamma ** sum(step >= m for m in milestone_steps)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    if schedule == "harmonic":
+        return 1.0 if step < start_step else 1.0 / (step - start_step + 1)
+    raise ValueError(f"unknown LR schedule {schedule!r}")
+
+
+class SideAverage:
+    """SWA (mean at the end of every epoch from the start) or EMA (every step) on a side copy."""
+
+    def __init__(self, model: nn.Module, kind: str, start_step: int, steps_per_epoch: int, ema_decay: float) -> None:
+        self.kind = kind
+        self.start_step = start_step
+        self.steps_per_epoch = steps_per_epoch
+        multi_avg_fn = get_ema_multi_avg_fn(ema_decay) if kind == "ema" else None
+        self.model = AveragedModel(model, multi_avg_fn=multi_avg_fn)
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        if step < self.start_step:
+            return
+        if self.kind == "ema" or (step - self.start_step + 1) % self.steps_per_epoch == 0:
+            self.model.update_parameters(model)
+
+    @property
+    def started(self) -> bool:
+        return int(self.model.n_averaged) > 0
+
+
+@dataclass
+class Setup:
+    """What a run of one method needs besides the model and the data."""
+
+    optimizer: Optimizer  # what the loop calls step() on
+    scheduler: LambdaLR | None
+    side: SideAverage | None = None
+    schedule_free: bool = False
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.side is not None:
+            self.side.after_step(model, step)
+
+    def train_mode(self) -> None:
+        if self.schedule_free:
+            self.optimizer.train()
+
+    @torch.no_grad()
+    def eval_model(self, model: nn.Module, bn_batches: Iterable) -> nn.Module:
+        """The network to evaluate: the side copy or the schedule-free x point, with BatchNorm re-estimated."""
+        if self.side is not None:
+            if not self.side.started:
+                return model
+            update_bn(bn_batches, self.side.model)
+            return self.side.model
+        if self.schedule_free:
+            self.optimizer.eval()
+            update_bn(bn_batches, model)
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "side": None if self.side is None else self.side.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.side is not None:
+            self.side.model.load_state_dict(state["side"])
+
+
+def build(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Setup:
+    """The optimizer (wrapped for the recurrent methods), LR schedule and side average of ``cfg.method``."""
+    start = cfg.start_epoch * steps_per_epoch
+    if cfg.method == "schedulefree":
+        import schedulefree
+
+        opt = schedulefree.SGDScheduleFree(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                           weight_decay=cfg.weight_decay)
+        return Setup(opt, None, schedule_free=True)
+    base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
+    opt: Optimizer = base
+    side = None
+    if cfg.method == "rbwa":
+        opt = RBWA(base, start_step=start, average="mean", counter=cfg.counter, steps_per_epoch=steps_per_epoch,
+                   implementation=cfg.implementation)
+    elif cfg.method == "rbwa-e":
+        opt = RBWA(base, start_step=start, average="ema", beta=cfg.beta, implementation=cfg.implementation)
+    elif cfg.method == "rswa":
+        opt = rswa(base, steps_per_epoch=steps_per_epoch, start_epoch=cfg.start_epoch)
+    elif cfg.method == "lookahead":
+        opt = lookahead(base, k=cfg.lookahead_k, alpha=cfg.lookahead_alpha, start_step=start)
+    elif cfg.method in ("swa", "ema"):
+        side = SideAverage(model, cfg.method, start, steps_per_epoch, cfg.ema_decay)
+    total = cfg.epochs * steps_per_epoch
+    milestones = [m * steps_per_epoch for m in (cfg.lr_milestones or [])]
+
+    def factor(step: int) -> float:
+        return lr_factor(cfg.lr_schedule, step, total, start, milestones, cfg.lr_gamma)
+
+    return Setup(opt, LambdaLR(opt, factor), side)

@@ -1,0 +1,70 @@
+"""Figures in the paper's style: test accuracy and training loss per epoch, one line per method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SIDE_COPY = ("swa", "ema")  # their training curves are SGD's: drawn dashed so both stay visible
+# one colour per method, stable across figures
+COLORS = {"sgd": "#444444", "rbwa": "#d62728", "rbwa-e": "#ff7f0e", "rswa": "#8c564b", "swa": "#1f77b4",
+          "ema": "#17becf", "lookahead": "#2ca02c", "schedulefree": "#9467bd"}
+
+
+def curve_band(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean, min and max of ``key`` over runs (metrics lists), on the epochs every run has."""
+    by_epoch: dict[int, list[float]] = {}
+    for metrics in runs:
+        for m in metrics:
+            if m.get(key) is not None:
+                by_epoch.setdefault(m["epoch"], []).append(m[key])
+    epochs = sorted(e for e, v in by_epoch.items() if len(v) == len(runs))
+    values = np.array([by_epoch[e] for e in epochs], dtype=float).reshape(len(epochs), len(runs))
+    return np.array(epochs), values.mean(axis=1), values.min(axis=1), values.max(axis=1)
+
+
+def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, start_epoch: int | None = None) -> Path:
+    """Two panels (test accuracy; training loss, log scale): mean over seeds, shaded min-max band."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    n_seeds = sorted({len(runs) for runs in groups.values()})
+    for label, runs in groups.items():
+        color = COLORS.get(label.split(" ")[0])
+        for ax, key in ((acc_ax, "test_acc"), (loss_ax, "train_loss")):
+            epochs, mean, lo, hi = curve_band(runs, key)
+            if len(epochs) == 0:
+                continue
+            side_copy = label.split(" ")[0] in SIDE_COPY
+            ax.plot(epochs, mean, label=label + (" (side copy)" if side_copy else ""), color=color, linewidth=1.6,
+                    linestyle="--" if side_copy else "-")
+            if len(runs) > 1:
+                ax.fill_between(epochs, lo, hi, color=color, alpha=0.18, linewidth=0)
+    seeds = "/".join(str(n) for n in n_seeds)
+    band = f"line: mean of {seeds} seed(s); band: min-max" if max(n_seeds) > 1 else "single run"
+    acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
+    if start_epoch is not None:  # zoom on the part where the methods differ
+        late = [curve_band(runs, "test_acc") for runs in groups.values()]
+        low = min((m[e >= start_epoch].min() for e, m, _, _ in late if (e >= start_epoch).any()), default=None)
+        if low is not None:
+            acc_ax.set_ylim(max(0.0, low - 5.0), None)
+            acc_ax.set_title("Test accuracy (zoomed to the epochs after the start)")
+    loss_ax.set(title="Training loss (mean over the epoch's batches)", xlabel="epoch",
+                ylabel="cross-entropy (log scale)", yscale="log")
+    for ax in (acc_ax, loss_ax):
+        if start_epoch is not None:
+            ax.axvline(start_epoch, color="#999999", linestyle=":", linewidth=1, label="averaging starts")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle(f"{title}\n{band}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,237 @@
+"""train(config) -> a run directory: config.json, metrics.jsonl, summary.json, checkpoint.pt.
+
+Every file is written atomically. A run resumed from its checkpoint ends exactly where an
+uninterrupted run ends (same seed, CPU): the checkpoint holds the model, the optimizer with its
+averaging state, the LR schedule, the side average, the loader's generator and the metrics so far.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rbwa import __version__
+from rbwa.config import TrainConfig, resolve, validate
+from rbwa.data import Split, load_dataset, stratified_indices
+from rbwa.data.loader import BatchLoader, channel_stats
+from rbwa.errors import UserError
+from rbwa.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from rbwa.methods import build
+from rbwa.models import build_model
+
+CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
+# keys that may differ between a run and its resumption without changing its numbers
+RESUMABLE_DIFFERENCES = {"out", "data_dir", "cache_dir"}
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+def versions() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"rbwa": __version__, "git": commit, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "torch_threads": torch.get_num_threads()}
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[Split, Split]:
+    train, test = load_dataset(cfg.dataset, Path(cfg.data_dir or "."), Path(cfg.cache_dir or "."), cfg.image_size)
+    if cfg.train_subset is not None:
+        train = train.subset(stratified_indices(train.labels, cfg.train_subset, cfg.subset_seed, "train subset"))
+    if cfg.test_subset is not None:
+        test = test.subset(stratified_indices(test.labels, cfg.test_subset, cfg.subset_seed, "test subset"))
+    if len(train) < 2:
+        raise UserError("the training split needs at least 2 images")
+    return train, test
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of ``model`` over ``loader``, accumulated on the device."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
+    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
+    count = 0
+    for x, y in loader:
+        with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+        count += len(y)
+    model.train(was_training)
+    return loss_sum.item() / count, 100.0 * correct.item() / count
+
+
+def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> bool:
+    """Whether ``out`` holds a run to continue; refuses a foreign one. Raises UserError."""
+    saved = out / CONFIG
+    if not saved.exists():
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file, not a directory")
+        return False
+    if not resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    try:
+        old = json.loads(saved.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{saved} is unreadable ({e}); move the directory away and start again") from e
+    new, defaults = cfg.to_dict(), TrainConfig().to_dict()
+    # a key absent from an older run's config.json had its default then
+    differing = sorted(k for k in set(old) | set(new)
+                       if k not in RESUMABLE_DIFFERENCES and old.get(k, defaults.get(k)) != new.get(k))
+    if differing:
+        raise UserError(f"{out} was run with a different config ({', '.join(differing)}); use another --out")
+    return True
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to restart the run") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "rbwa-checkpoint-1":
+        raise UserError(f"{path} is not an rbwa checkpoint; delete it to restart the run")
+    return ckpt
+
+
+def _log_line(out: Path, line: str) -> None:
+    with open(out / "train.log", "a") as f:
+        f.write(line + "\n")
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train one run; returns its summary. Raises UserError for bad input, Diverged on NaN/Inf loss."""
+    cfg = resolve(cfg)
+    validate(cfg)
+    out = Path(cfg.out)
+    resuming = check_run_dir(cfg, out, resume)
+    if resuming and (out / SUMMARY).exists():
+        return json.loads((out / SUMMARY).read_text())
+    ckpt = load_checkpoint(out / CHECKPOINT) if resuming and (out / CHECKPOINT).exists() else None
+
+    train_split, test_split = prepare_data(cfg)
+    device = torch.device(cfg.device)
+    mean, std = channel_stats(train_split.images)
+    common = {"mean": mean, "std": std, "device": device, "channels_last": cfg.channels_last}
+    train_loader = BatchLoader(train_split.images, train_split.labels, cfg.batch_size, shuffle=True,
+                               augment=cfg.augment == "standard", seed=cfg.seed, **common)
+    bn_loader = BatchLoader(train_split.images, train_split.labels, cfg.eval_batch_size, **common)
+    test_loader = BatchLoader(test_split.images, test_split.labels, cfg.eval_batch_size, **common)
+    steps = len(train_loader)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(train_split.classes), cfg.width).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    setup = build(cfg, model, steps)
+    forward = torch.compile(model) if cfg.compile else model
+    amp = cfg.amp == "bf16"
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / CONFIG, cfg.to_dict())
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
+
+    metrics: list[dict[str, Any]] = []
+    first_epoch = 1
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        setup.load_state_dict(ckpt["setup"])
+        train_loader.generator.set_state(ckpt["loader_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        metrics = ckpt["metrics"]
+        first_epoch = ckpt["epoch"] + 1
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    show_bar = sys.stderr.isatty() if progress is None else progress
+
+    def finish_epoch(record: dict[str, Any], epoch: int) -> None:
+        metrics.append(record)
+        atomic_torch_save({"format": "rbwa-checkpoint-1", "epoch": epoch, "model": model.state_dict(),
+                           "setup": setup.state_dict(), "loader_rng": train_loader.generator.get_state(),
+                           "torch_rng": torch.get_rng_state(), "metrics": metrics}, out / CHECKPOINT)
+        atomic_write_bytes(out / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics).encode())
+        train_part = "" if record["train_loss"] is None else (
+            f"train loss {record['train_loss']:.4f} train acc {record['train_acc']:.2f}%, ")
+        line = (f"{cfg.method} epoch {epoch}/{cfg.epochs}: {train_part}test loss {record['test_loss']:.4f} "
+                f"test acc {record['test_acc']:.2f}% ({record['seconds']:.1f} s)")
+        _log_line(out, line)
+        say(line)
+
+    if not metrics:  # epoch 0: the initial weights, before any training
+        t0 = time.perf_counter()
+        test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
+        finish_epoch({"epoch": 0, "train_loss": None, "train_acc": None, "test_loss": test_loss,
+                      "test_acc": test_acc, "lr": cfg.lr, "seconds": time.perf_counter() - t0}, 0)
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        setup.train_mode()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        count = 0
+        step = (epoch - 1) * steps
+        lr = cfg.lr
+        batches = train_loader
+        if show_bar:
+            from tqdm import tqdm
+
+            batches = tqdm(train_loader, desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}", leave=False)
+        for x, y in batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = forward(x)
+                loss = nn.functional.cross_entropy(logits.float(), y)
+            setup.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            lr = setup.optimizer.param_groups[0]["lr"]
+            setup.optimizer.step()
+            setup.after_step(model, step)
+            step += 1
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            count += len(y)
+        train_loss = loss_sum.item() / count
+        if not math.isfinite(train_loss):
+            summary = {"status": "diverged", "epoch": epoch, "versions": versions()}
+            atomic_write_json(out / SUMMARY, summary)
+            raise Diverged(f"training loss became {train_loss} in epoch {epoch}; the last good checkpoint is kept "
+                           f"in {out / CHECKPOINT}; lower --lr")
+        test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
+        finish_epoch({"epoch": epoch, "train_loss": train_loss, "train_acc": 100.0 * correct.item() / count,
+                      "test_loss": test_loss, "test_acc": test_acc, "lr": float(lr),
+                      "seconds": time.perf_counter() - t0}, epoch)
+
+    trained = [m for m in metrics if m["epoch"] > 0]
+    best = max(metrics, key=lambda m: m["test_acc"])
+    summary = {
+        "status": "finished", "method": cfg.method, "epochs": cfg.epochs,
+        "final_test_acc": metrics[-1]["test_acc"], "final_test_loss": metrics[-1]["test_loss"],
+        "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
+        "final_train_loss": metrics[-1]["train_loss"], "final_train_acc": metrics[-1]["train_acc"],
+        "wall_seconds": sum(m["seconds"] for m in metrics), "steps_per_epoch": steps,
+        "train_size": len(train_split), "test_size": len(test_split),
+        "mean_epoch_seconds": sum(m["seconds"] for m in trained) / max(1, len(trained)),
+        "versions": versions(), "device": str(device),
+    }
+    atomic_write_json(out / SUMMARY, summary)
+    return summary
+
