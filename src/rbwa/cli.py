@@ -124,7 +124,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = parser().parse_args(argv)
+    try:
+        ns = parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad command line already reported in one line
+        return int(e.code or 0)
     try:
         return ns.func(ns)
     except UserError as e:

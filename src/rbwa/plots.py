@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 SIDE_COPY = ("swa", "ema")  # their training curves are SGD's: drawn dashed so both stay visible
 # one colour per method, stable across figures
@@ -55,6 +56,7 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, sta
     loss_ax.set(title="Training loss (mean over the epoch's batches)", xlabel="epoch",
                 ylabel="cross-entropy (log scale)", yscale="log")
     for ax in (acc_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if start_epoch is not None:
             ax.axvline(start_epoch, color="#999999", linestyle=":", linewidth=1, label="averaging starts")
         ax.grid(alpha=0.3)

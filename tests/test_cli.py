@@ -1,0 +1,115 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rbwa.cli import main
+
+SMALL = ["--dataset", "digits", "--width", "0.0625", "--epochs", "1", "--start-epoch", "0", "--train-subset", "100",
+         "--test-subset", "50", "--quiet"]
+
+
+def run_cli(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+BAD = [
+    (["train", "--model", "resnet50"], "unknown model 'resnet50'"),
+    (["train", "--method", "adam"], "unknown method 'adam'"),
+    (["train", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["train", "--epochs", "0"], "epochs must be > 0"),
+    (["train", "--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+    (["train", "--batch-size", "-4"], "batch size must be > 0"),
+    (["train", "--lr", "0"], "lr must be > 0"),
+    (["train", "--beta", "1.5"], "beta must be in [0, 1)"),
+    (["train", "--start-epoch", "50"], "start epoch must be in [0, epochs)"),
+    (["train", "--width", "0"], "width must be > 0"),
+    (["train", "--lr-schedule", "linear"], "unknown lr schedule 'linear'"),
+    (["train", "--device", "cuda"], "no CUDA GPU is available"),
+    (["train", "--dataset", "digits", "--train-subset", "100000"], "train subset of 100000 is larger than the dataset"),
+    (["train", "--dataset", "digits", "--train-subset", "5"], "smaller than the number of classes"),
+    (["train", "--dataset", "folder:/nonexistent/data"], "data folder /nonexistent/data does not exist"),
+    (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["reproduce", "fig9"], "unknown experiment 'fig9'"),
+    (["reproduce", "fig3", "--preset", "huge"], "unknown preset 'huge'"),
+    (["report", "/nonexistent/runs"], "is not a directory"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    if "cuda" in argv:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    if "digits" in argv:
+        pytest.importorskip("sklearn")
+    out_dir = tmp_path / "run"
+    argv = [*argv, "--out", str(out_dir)] if argv[0] != "report" else argv
+    code, _, err = run_cli(capsys, argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not out_dir.exists()
+
+
+def test_yaml_config_errors(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("methd: rbwa\n")
+    code, _, err = run_cli(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert code == 2 and err.strip() == ("error: unknown config key(s): methd; valid keys are the `rbwa train` flags")
+    cfg.write_text("epochs: many\n")
+    code, _, err = run_cli(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert code == 2 and "'epochs' must be of type int" in err
+
+
+def test_train_from_yaml_with_flags_winning(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: rbwa\nlr: 0.2\nepochs: 5\n")
+    code, out, _ = run_cli(capsys, ["train", "--config", str(cfg), *SMALL, "--out", str(tmp_path / "run")])
+    assert code == 0 and "rbwa: final test accuracy" in out
+    saved = json.loads((tmp_path / "run/config.json").read_text())
+    assert (saved["method"], saved["lr"], saved["epochs"]) == ("rbwa", 0.2, 1)
+    code, _, err = run_cli(capsys, ["train", "--config", str(cfg), *SMALL, "--out", str(tmp_path / "run")])
+    assert code == 2 and "already holds a run; pass --resume" in err
+    code, _, _ = run_cli(capsys, ["train", "--config", str(cfg), *SMALL, "--out", str(tmp_path / "run"), "--resume"])
+    assert code == 0
+
+
+def test_diverged_run_exits_3(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    code, _, err = run_cli(capsys, ["train", *SMALL, "--lr", "1e12", "--momentum", "0", "--weight-decay", "0",
+                                    "--out", str(tmp_path / "run")])
+    assert code == 3 and err.strip().splitlines()[-1].startswith("error: training loss became")
+
+
+def test_module_entry_point_reports_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rbwa", "train", "--epochs", "-1", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr == "error: epochs must be > 0, got -1\n"
+
+
+def test_demo_writes_table_and_plot(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    code, out, _ = run_cli(capsys, ["demo", "--out", str(tmp_path), "--epochs", "2"])
+    assert code == 0
+    for method in ("sgd", "rbwa", "rbwa-e", "swa"):
+        assert f"| {method} |" in out
+    assert (tmp_path / "demo.png").stat().st_size > 10_000 and (tmp_path / "demo.md").exists()
+
+
+def test_reproduce_then_report(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    sweep = tmp_path / "sweep"
+    code, out, _ = run_cli(capsys, ["reproduce", "controls", "--preset", "smoke", "--seeds", "2", "--dataset", "digits",
+                                    "--train-subset", "100", "--test-subset", "50", "--out", str(sweep)])
+    assert code == 0 and out.count(": training") == 12
+    code, out, _ = run_cli(capsys, ["report", str(sweep)])
+    report = (sweep / "report.md").read_text()
+    assert code == 0 and "Does rbwa beat sgd (harmonic LR, = rbwa)?" in report and "controls-resnet18.png" in report
+    assert (sweep / "results.csv").exists()

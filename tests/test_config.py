@@ -1,0 +1,69 @@
+import pytest
+
+from rbwa.config import PRESETS, TrainConfig, load_yaml, make_config, preset_defaults, resolve, validate
+from rbwa.errors import UserError
+
+
+def test_defaults_follow_the_paper():
+    cfg = TrainConfig()
+    assert (cfg.epochs, cfg.batch_size, cfg.start_epoch, cfg.augment, cfg.lr_schedule) == (50, 64, 10, "none",
+                                                                                          "constant")
+
+
+def test_make_config_checks_keys_and_types():
+    assert make_config(lr=1).lr == 1.0 and isinstance(make_config(lr=1).lr, float)
+    with pytest.raises(UserError, match="unknown config key.*: colour"):
+        make_config(colour="red")
+    with pytest.raises(UserError, match="'epochs' must be of type int"):
+        make_config(epochs="ten")
+    with pytest.raises(UserError, match="'epochs' must be of type int"):
+        make_config(epochs=True)
+    with pytest.raises(UserError, match="'nesterov' must be true or false"):
+        make_config(nesterov="yes")
+    with pytest.raises(UserError, match="list of integers"):
+        make_config(lr_milestones=[1.5])
+    assert make_config(train_subset=None).train_subset is None
+
+
+def test_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("method: rbwa\nstart-epoch: 3\n")
+    assert load_yaml(f) == {"method": "rbwa", "start_epoch": 3}
+    f.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="must hold a mapping"):
+        load_yaml(f)
+    f.write_text("a: [\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_yaml(f)
+    with pytest.raises(UserError, match="cannot read config file"):
+        load_yaml(tmp_path / "missing.yaml")
+
+
+def test_resolve_fills_environment_defaults(monkeypatch):
+    monkeypatch.setenv("RBWA_DATA", "/data/here")
+    cfg = resolve(make_config(start_epoch=7))
+    assert cfg.data_dir == "/data/here" and cfg.lr_milestones == [7] and cfg.cache_dir
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"epochs": 0}, "epochs must be > 0"),
+    ({"start_epoch": 50}, "start epoch must be in"),
+    ({"beta": 1.0}, "beta must be in"),
+    ({"width": 0.0}, "width must be > 0"),
+    ({"method": "adam"}, "unknown method 'adam'"),
+    ({"method": "schedulefree", "lr_schedule": "cosine"}, "schedulefree replaces the LR schedule"),
+    ({"implementation": "lr_scale", "method": "swa"}, "lr_scale applies to the rbwa and rbwa-e"),
+    ({"nesterov": True, "momentum": 0.0}, "nesterov needs momentum"),
+])
+def test_validate(overrides, message):
+    with pytest.raises(UserError, match=message):
+        validate(resolve(make_config(**overrides)))
+
+
+def test_presets_are_valid_configs():
+    for name in PRESETS:
+        validate(resolve(make_config(**preset_defaults(name))))
+    cpu = preset_defaults("cpu")
+    assert cpu["start_epoch"] / cpu["epochs"] == TrainConfig().start_epoch / TrainConfig().epochs
+    with pytest.raises(UserError, match="unknown preset 'huge'"):
+        preset_defaults("huge")

@@ -1,0 +1,185 @@
+import io
+import pickle
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rbwa.data import load_dataset, stratified_indices
+from rbwa.data import cifar, folder
+from rbwa.errors import UserError
+
+
+# ---- stratified subsets -------------------------------------------------------------------------
+def test_stratified_subset_keeps_proportions_and_is_seeded():
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    idx = stratified_indices(labels, 10, seed=1)
+    assert torch.bincount(labels[idx]).tolist() == [6, 3, 1]
+    assert len(set(idx.tolist())) == 10
+    assert torch.equal(idx, stratified_indices(labels, 10, seed=1))
+    assert not torch.equal(idx, stratified_indices(labels, 10, seed=2))
+
+
+def test_stratified_subset_largest_remainders():
+    labels = torch.tensor([0] * 5 + [1] * 5 + [2] * 5)
+    assert torch.bincount(labels[stratified_indices(labels, 4, 0)]).tolist() == [2, 1, 1]
+
+
+@pytest.mark.parametrize(("n", "message"), [(101, "larger than the dataset"), (2, "smaller than the number of classes")])
+def test_stratified_subset_errors(n, message):
+    with pytest.raises(UserError, match=message):
+        stratified_indices(torch.arange(100) % 3, n, 0)
+
+
+# ---- official CIFAR archives --------------------------------------------------------------------
+def _add(tar: tarfile.TarFile, name: str, obj) -> None:
+    data = pickle.dumps(obj)
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def build_archive(path: Path, name: str, per_batch: int = 4) -> np.ndarray:
+    """An archive in the official layout; returns the first training image (HWC) for checking."""
+    spec = cifar.ARCHIVES[name]
+    rng = np.random.default_rng(0)
+    first = None
+    with tarfile.open(path, "w:gz") as tar:
+        for member in spec["train"] + spec["test"]:
+            data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+            first = data[0] if first is None else first
+            labels = [i % 3 for i in range(per_batch)]
+            batch = {b"data": data, spec["labels"]: labels}
+            if name == "cifar100":
+                batch[b"coarse_labels"] = [0] * per_batch
+            _add(tar, member, batch)
+        names = [f"class{i}".encode() for i in range(10 if name == "cifar10" else 100)]
+        meta = {spec["names"]: names}
+        if name == "cifar100":
+            meta[b"coarse_label_names"] = [b"c0"]
+        _add(tar, spec["meta"], meta)
+    return first.reshape(3, 32, 32)
+
+
+@pytest.mark.parametrize(("name", "n_train", "n_classes"), [("cifar10", 20, 10), ("cifar100", 4, 100)])
+def test_official_archive_parser(tmp_path, name, n_train, n_classes):
+    path = tmp_path / cifar.ARCHIVES[name]["file"]
+    first = build_archive(path, name)
+    train, test = cifar.parse_archive(name, path)
+    assert train.images.shape == (n_train, 3, 32, 32) and len(test) == 4
+    assert torch.equal(train.images[0], torch.from_numpy(first))  # rows are CHW, 1024 bytes a channel
+    assert train.labels.tolist()[:4] == [0, 1, 2, 0] and len(train.classes) == n_classes
+
+
+def test_archive_found_in_data_dir_and_verified(tmp_path, monkeypatch):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    build_archive(path, "cifar10")
+    monkeypatch.setitem(cifar.ARCHIVES["cifar10"], "md5", cifar.md5(path))
+    train, _ = load_dataset("cifar10", tmp_path, tmp_path)
+    assert len(train) == 20
+
+
+def test_wrong_checksum_is_refused(tmp_path):
+    build_archive(tmp_path / "cifar-10-python.tar.gz", "cifar10")
+    with pytest.raises(UserError, match="wrong MD5 checksum"):
+        load_dataset("cifar10", tmp_path, tmp_path)
+
+
+def test_truncated_pickle_is_a_clear_error(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        data = pickle.dumps({b"label_names": [b"a"]})[:-5]
+        info = tarfile.TarInfo("cifar-10-batches-py/batches.meta")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(UserError, match="damaged"):
+        cifar.parse_archive("cifar10", path)
+
+
+def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(UserError, match=f"put it at {tmp_path}/cifar-100-python.tar.gz"):
+        load_dataset("cifar100", tmp_path, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- image folders ------------------------------------------------------------------------------
+def make_folder(root: Path, classes=("a", "b"), per_class=3, size=8, ext=".png") -> Path:
+    for split in ("train", "test"):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                value = 40 * c + i
+                Image.new("RGB", (size, size), (value, value + 1, value + 2)).save(root / split / name / f"{i}{ext}")
+    return root
+
+
+def test_folder_decodes_and_caches(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "data")
+    train, test = load_dataset(f"folder:{root}", tmp_path, tmp_path / "cache")
+    assert train.images.shape == (6, 3, 8, 8) and train.classes == ["a", "b"]
+    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert train.images[4, :, 0, 0].tolist() == [41, 42, 43]
+    assert len(list((tmp_path / "cache" / "folders").glob("*.pt"))) == 1
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again although cached")
+
+    monkeypatch.setattr(folder, "decode", no_decoding)
+    again, _ = load_dataset(f"folder:{root}", tmp_path, tmp_path / "cache")
+    assert torch.equal(again.images, train.images)
+
+
+def test_folder_cache_key_changes_with_contents(tmp_path):
+    root = make_folder(tmp_path / "data")
+    load_dataset(f"folder:{root}", tmp_path, tmp_path / "cache")
+    Image.new("RGB", (8, 8)).save(root / "train" / "a" / "new.png")
+    train, _ = load_dataset(f"folder:{root}", tmp_path, tmp_path / "cache")
+    assert len(train) == 7
+
+
+def test_folder_image_size(tmp_path):
+    root = make_folder(tmp_path / "data")
+    Image.new("RGB", (12, 12)).save(root / "train" / "a" / "big.png")
+    with pytest.raises(UserError, match="pass --image-size"):
+        load_dataset(f"folder:{root}", tmp_path, tmp_path / "cache")
+    train, test = load_dataset(f"folder:{root}", tmp_path, tmp_path / "cache", image_size=4)
+    assert train.images.shape[1:] == (3, 4, 4) and test.images.shape[1:] == (3, 4, 4)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda r: (r / "train" / "a" / "0.png").write_bytes(b"not an image"), "cannot decode image"),
+    (lambda r: (r / "train" / "a" / "1.png").write_bytes((r / "train" / "a" / "1.png").read_bytes()[:30]),
+     "cannot decode image"),
+    (lambda r: [p.unlink() for p in (r / "test" / "b").iterdir()], "has no .png/.jpg/.jpeg images"),
+    (lambda r: (r / "test" / "c").mkdir() or Image.new("RGB", (8, 8)).save(r / "test" / "c" / "x.png"),
+     "different class folders"),
+])
+def test_bad_folders(tmp_path, damage, message):
+    root = make_folder(tmp_path / "data")
+    damage(root)
+    with pytest.raises(UserError, match=message):
+        load_dataset(f"folder:{root}", tmp_path, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_missing_folder_and_unknown_dataset(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_dataset(f"folder:{tmp_path}/nothing", tmp_path, tmp_path)
+    with pytest.raises(UserError, match="unknown dataset 'mnist'"):
+        load_dataset("mnist", tmp_path, tmp_path)
+
+
+def test_digits_as_32x32_rgb():
+    pytest.importorskip("sklearn")
+    train, test = load_dataset("digits", Path("."), Path("."))
+    assert train.images.shape[1:] == (3, 32, 32) and len(train) + len(test) == 1797
+    assert len(test) == 359 and torch.bincount(test.labels).min() >= 35
+    assert torch.equal(train.images[:, 0], train.images[:, 1])  # grey, as RGB

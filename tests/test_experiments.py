@@ -1,0 +1,72 @@
+import json
+
+import pytest
+
+from rbwa.errors import UserError
+from rbwa.experiments import EXPERIMENTS, expand, reproduce
+
+
+@pytest.mark.parametrize(("experiment", "points"), [("fig3", 4), ("fig5", 4), ("table1", 10), ("variants", 8),
+                                                    ("controls", 6)])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
+def test_grid_expansion(tmp_path, experiment, points, preset):
+    runs = expand(experiment, preset, seeds=3, out=tmp_path)
+    assert len(runs) == points * 3
+    assert len({r.config.out for r in runs}) == len(runs)
+    assert {r.seed for r in runs} == {0, 1, 2}
+    assert not list(tmp_path.iterdir())  # expansion writes nothing
+
+
+def test_grid_contents(tmp_path):
+    table1 = expand("table1", "paper", 1, tmp_path)
+    assert sorted({r.config.batch_size for r in table1}) == [16, 32, 64, 128, 256]
+    assert {(r.config.epochs, r.config.start_epoch, r.config.width) for r in table1} == {(50, 10, 1.0)}
+    fig5 = expand("fig5", "cpu", 1, tmp_path)
+    assert {r.config.dataset for r in fig5} == {"cifar100"} and {r.config.model for r in fig5} == {"resnet18", "vgg16"}
+    controls = {r.label: r.config for r in expand("controls", "cpu", 1, tmp_path)}
+    assert controls["sgd (harmonic LR, = rbwa)"].lr_schedule == "harmonic"
+    assert controls["sgd (step x0.1 at start, = rbwa-e)"].lr_schedule == "step"
+    variants = {r.label: r.config for r in expand("variants", "cpu", 1, tmp_path)}
+    assert variants["rbwa (epoch counter)"].counter == "epochs"
+    assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls"}
+
+
+def test_shared_runs_have_one_directory(tmp_path):
+    fig3 = {r.config.out for r in expand("fig3", "cpu", 2, tmp_path) if r.setting == "resnet18"}
+    table1 = {r.config.out for r in expand("table1", "cpu", 2, tmp_path) if r.setting == "64"}
+    assert fig3 == table1
+
+
+def test_seeds_pair_methods_and_user_flags_apply(tmp_path):
+    runs = expand("fig3", "smoke", 2, tmp_path, overrides={"dataset": "digits", "lr": 0.1})
+    assert {r.config.dataset for r in runs} == {"digits"} and {r.config.lr for r in runs} == {0.1}
+    with pytest.raises(UserError, match="controls sets lr_schedule itself"):
+        expand("controls", "smoke", 1, tmp_path, overrides={"lr_schedule": "cosine"})
+
+
+@pytest.mark.parametrize(("args", "message"), [(("fig9", "cpu", 3), "unknown experiment 'fig9'"),
+                                               (("fig3", "gpu", 3), "unknown preset 'gpu'"),
+                                               (("fig3", "cpu", 0), "--seeds must be >= 1")])
+def test_bad_arguments(tmp_path, args, message):
+    with pytest.raises(UserError, match=message):
+        expand(*args, out=tmp_path)
+
+
+def test_reproduce_skips_finished_runs_and_finishes_interrupted_ones(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    overrides = {"dataset": "digits", "train_subset": 100, "test_subset": 50}
+    runs = reproduce("fig3", preset="smoke", seeds=1, out=tmp_path, overrides=overrides)
+    manifest = json.loads((tmp_path / "fig3.json").read_text())
+    assert len(manifest["runs"]) == 4 and all((tmp_path / r["run"] / "summary.json").exists() for r in manifest["runs"])
+    stamps = {r.config.out: (tmp_path / r.config.out / "summary.json").stat().st_mtime_ns for r in runs}
+    # interrupt one run: drop its summary and last epoch, as a kill after epoch 1 would leave it
+    victim = runs[1].config.out
+    (tmp_path / victim / "summary.json").unlink()
+    capsys.readouterr()
+    reproduce("fig3", preset="smoke", seeds=1, out=tmp_path, overrides=overrides)
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 3 and out.count(": training") == 1
+    for r in runs:
+        if r.config.out != victim:
+            assert (tmp_path / r.config.out / "summary.json").stat().st_mtime_ns == stamps[r.config.out]
+    assert (tmp_path / victim / "summary.json").exists()

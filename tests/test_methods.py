@@ -1,0 +1,102 @@
+import math
+
+import pytest
+import torch
+
+from rbwa import RBWA
+from rbwa.config import make_config
+from rbwa.methods import SideAverage, build, lr_factor
+
+
+def test_lr_factor_by_hand():
+    args = {"total_steps": 100, "start_step": 40, "milestone_steps": [40, 70], "gamma": 0.1}
+    assert lr_factor("constant", 77, **args) == 1.0
+    assert [lr_factor("step", s, **args) for s in (39, 40, 69, 70)] == [1.0, pytest.approx(0.1), pytest.approx(0.1),
+                                                                         pytest.approx(0.01)]
+    assert lr_factor("cosine", 0, **args) == 1.0 and lr_factor("cosine", 50, **args) == pytest.approx(0.5)
+    assert lr_factor("cosine", 100, **args) == pytest.approx(0.0, abs=1e-12)
+    assert [lr_factor("harmonic", s, **args) for s in (39, 40, 41, 43)] == [1.0, 1.0, 0.5, 0.25]
+
+
+@pytest.mark.parametrize(("method", "expected"), [
+    ("rbwa", {"average": "mean", "start_step": 30, "every": 1}),
+    ("rbwa-e", {"average": "ema", "beta": 0.9, "start_step": 30}),
+    ("rswa", {"average": "mean", "every": 10, "start_step": 39}),
+    ("lookahead", {"average": "ema", "every": 5, "beta": 0.5, "start_step": 34}),
+])
+def test_recurrent_methods_are_the_wrapper(tiny_resnet, method, expected):
+    setup = build(make_config(method=method, start_epoch=3, epochs=5), tiny_resnet(), steps_per_epoch=10)
+    assert isinstance(setup.optimizer, RBWA) and setup.side is None
+    for key, value in expected.items():
+        assert getattr(setup.optimizer, key) == value
+
+
+def test_sgd_uses_the_config(tiny_resnet):
+    setup = build(make_config(method="sgd", lr=0.3, momentum=0.8, weight_decay=0.01, nesterov=True), tiny_resnet(), 10)
+    group = setup.optimizer.param_groups[0]
+    assert type(setup.optimizer) is torch.optim.SGD
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.3, 0.8, 0.01, True)
+
+
+def test_step_schedule_defaults_to_decay_at_start_epoch(tiny_resnet, batches):
+    from rbwa.config import resolve
+
+    model = tiny_resnet()
+    setup = build(resolve(make_config(method="sgd", lr_schedule="step", start_epoch=1, epochs=3, lr=1.0)), model, 2)
+    lrs = []
+    for step, (x, y) in enumerate(batches(5)):
+        lrs.append(setup.optimizer.param_groups[0]["lr"])
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        setup.optimizer.step()
+        setup.after_step(model, step)
+    assert lrs == [1.0, 1.0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.1)]
+
+
+def test_swa_side_copy_averages_end_of_epoch_weights(tiny_resnet):
+    model = tiny_resnet()
+    side = SideAverage(model, "swa", start_step=4, steps_per_epoch=2, ema_decay=0.9)
+    snapshots = []
+    for step in range(10):
+        with torch.no_grad():
+            model.head.bias.fill_(float(step))
+        side.after_step(model, step)
+        if step >= 4 and (step - 3) % 2 == 0:
+            snapshots.append(float(step))
+    assert snapshots == [5.0, 7.0, 9.0]
+    torch.testing.assert_close(side.model.module.head.bias, torch.full((3,), 7.0))
+
+
+def test_ema_side_copy(tiny_resnet):
+    model = tiny_resnet()
+    side = SideAverage(model, "ema", start_step=1, steps_per_epoch=5, ema_decay=0.5)
+    for step in range(4):
+        with torch.no_grad():
+            model.head.bias.fill_(float(step))
+        side.after_step(model, step)
+    # first update copies (1), then 0.5 * avg + 0.5 * new: 1 -> 1.5 -> 2.25
+    assert math.isclose(side.model.module.head.bias[0].item(), 2.25)
+
+
+def test_eval_model_reestimates_batchnorm_for_side_copies(tiny_resnet, batches):
+    model = tiny_resnet()
+    setup = build(make_config(method="swa", start_epoch=0, epochs=2), model, steps_per_epoch=1)
+    assert setup.eval_model(model, []) is model  # nothing averaged yet: the live model
+    setup.side.after_step(model, 0)
+    data = batches(2)
+    evaluated = setup.eval_model(model, data)
+    assert evaluated is setup.side.model
+    running = evaluated.module.stem[1].running_mean
+    x = torch.cat([b[0] for b in data])
+    expected = evaluated.module.stem[0](x).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(running, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_schedulefree_switches_modes(tiny_resnet, batches):
+    model = tiny_resnet()
+    setup = build(make_config(method="schedulefree"), model, 10)
+    setup.train_mode()
+    x, y = batches(1)[0]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    setup.optimizer.step()
+    setup.eval_model(model, batches(1))
+    assert setup.optimizer.param_groups[0]["train_mode"] is False

@@ -1,0 +1,80 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from rbwa.errors import UserError
+from rbwa.report import write_report
+
+
+def make_run(root: Path, name: str, *, model="resnet18", batch=64, accs=(40.0, 50.0), loss=0.5, status="finished"):
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    cfg = {"dataset": "cifar10", "model": model, "batch_size": batch, "epochs": len(accs) - 1, "start_epoch": 1,
+           "width": 0.125, "train_subset": 500, "test_subset": 100, "subset_seed": 0, "augment": "none", "lr": 0.05,
+           "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "constant"}
+    (run / "config.json").write_text(json.dumps(cfg))
+    metrics = [{"epoch": e, "train_loss": None if e == 0 else loss * (len(accs) - e), "train_acc": None,
+                "test_loss": 1.0, "test_acc": a, "lr": 0.05, "seconds": 1.0} for e, a in enumerate(accs)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    if status:
+        summary = {"status": status, "final_test_acc": accs[-1], "best_test_acc": max(accs), "final_train_loss": loss,
+                   "mean_epoch_seconds": 1.0, "versions": {"torch": "x"}, "device": "cpu"}
+        (run / "summary.json").write_text(json.dumps(summary))
+    return f"runs/{name}"
+
+
+def make_sweep(root: Path, gains: dict[str, list[float]], experiment="fig3", setting="model") -> None:
+    """RBWA and SGD runs per model with known paired gains; SGD's final accuracies are 50, 51, 52."""
+    entries = []
+    for model, model_gains in gains.items():
+        for seed, gain in enumerate(model_gains):
+            sgd_acc = 50.0 + seed
+            entries.append({"run": make_run(root, f"{model}-sgd-{seed}", model=model, accs=(10, sgd_acc), loss=0.4),
+                            "setting": model, "label": "sgd", "seed": seed})
+            entries.append({"run": make_run(root, f"{model}-rbwa-{seed}", model=model, accs=(10, sgd_acc + gain),
+                                            loss=0.4 - 0.1 * (gain > 0)),
+                            "setting": model, "label": "rbwa", "seed": seed})
+    manifest = {"experiment": experiment, "title": "Test sweep", "setting": setting, "preset": "smoke",
+                "runs": entries}
+    (root / f"{experiment}.json").write_text(json.dumps(manifest))
+
+
+def test_verdicts_follow_the_intervals(tmp_path):
+    make_sweep(tmp_path, {"resnet18": [2.0, 2.5, 3.0], "vgg16": [-2.0, -2.5, -3.0]})
+    report = write_report(tmp_path).read_text()
+    assert ("Claim 1, model resnet18: RBWA reaches higher final test accuracy than SGD: **supported** "
+            "(RBWA - SGD = +2.50 [+1.26, +3.74] points, n = 3 seeds; paper: +1.38)") in report
+    assert "Claim 1, model vgg16: RBWA reaches higher final test accuracy than SGD: **not supported (the opposite" in report
+    for png in ("fig3-resnet18.png", "fig3-vgg16.png"):
+        assert (tmp_path / png).stat().st_size > 10_000 and f"]({png})" in report
+    assert "| resnet18 | rbwa | 3 | 53.50 ± 1.50 | 53.50 ± 1.50 | 0.3000 ± 0.0000 |" in report
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    r = next(r for r in rows if r["setting"] == "resnet18" and r["method"] == "rbwa")
+    assert float(r["diff_vs_sgd"]) == pytest.approx(2.5) and float(r["paper_acc"]) == 83.36 and r["n"] == "3"
+
+
+def test_small_noisy_gain_is_inconclusive_or_rules_out_the_paper(tmp_path):
+    make_sweep(tmp_path, {"resnet18": [-1.0, 0.5, 1.5], "vgg16": [-0.3, 0.0, 0.3]})
+    report = write_report(tmp_path).read_text()
+    assert "model resnet18: RBWA reaches higher final test accuracy than SGD: **inconclusive at this scale**" in report
+    assert "model vgg16: RBWA reaches higher final test accuracy than SGD: **not supported (the paper's difference" in report
+
+
+def test_diverged_and_missing_runs_are_shown(tmp_path):
+    make_sweep(tmp_path, {"resnet18": [1.0, 2.0]})
+    manifest = json.loads((tmp_path / "fig3.json").read_text())
+    manifest["runs"].append({"run": make_run(tmp_path, "x-div", status="diverged"), "setting": "resnet18",
+                             "label": "rbwa", "seed": 2})
+    manifest["runs"].append({"run": "runs/never", "setting": "resnet18", "label": "sgd", "seed": 2})
+    (tmp_path / "fig3.json").write_text(json.dumps(manifest))
+    report = write_report(tmp_path, tmp_path / "out").read_text()
+    assert "| resnet18 | rbwa | 2 |" in report and "1 diverged" in report and "1 not run" in report
+
+
+def test_report_needs_manifests(tmp_path):
+    with pytest.raises(UserError, match="no experiment manifests"):
+        write_report(tmp_path)
+    with pytest.raises(UserError, match="is not a directory"):
+        write_report(tmp_path / "missing")

@@ -1,0 +1,118 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from rbwa.config import METHODS, make_config
+from rbwa.errors import UserError
+from rbwa.io import read_jsonl
+from rbwa.train import Diverged, train
+
+CIFAR_JPEG = Path(os.environ.get("RBWA_CIFAR10_JPEG", Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg"))
+KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+
+
+def digits_config(tmp_path, **kw):
+    pytest.importorskip("sklearn")
+    values = {"dataset": "digits", "width": 0.0625, "epochs": 3, "start_epoch": 1, "batch_size": 32,
+              "train_subset": 300, "test_subset": 100, "out": str(tmp_path / "run")}
+    values.update(kw)
+    return make_config(**values)
+
+
+def _without_seconds(metrics):
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
+
+
+@pytest.fixture(scope="session")
+def cifar_cache(tmp_path_factory):
+    if not CIFAR_JPEG.is_dir():
+        pytest.skip(f"{CIFAR_JPEG} is absent (set RBWA_CIFAR10_JPEG to a CIFAR-10 image folder)")
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_epochs_on_real_cifar10_learn_for_every_method(tmp_path, cifar_cache, method):
+    cfg = make_config(dataset=f"folder:{CIFAR_JPEG}", cache_dir=str(cifar_cache), width=0.125, epochs=2,
+                      start_epoch=1, batch_size=32, train_subset=500, test_subset=500, method=method,
+                      out=str(tmp_path / method))
+    summary = train(cfg, progress=False, log=lambda line: None)
+    run = tmp_path / method
+    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"}
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [0, 1, 2] and all(set(m) == KEYS for m in metrics)
+    # chance is 10%; 500 test images give a standard error of 1.3 points
+    assert summary["final_test_acc"] > 14.0 and summary["status"] == "finished"
+    assert json.loads((run / "config.json").read_text())["method"] == method
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = train(digits_config(tmp_path / "a", method="rbwa"), progress=False, log=lambda line: None)
+    b = train(digits_config(tmp_path / "b", method="rbwa"), progress=False, log=lambda line: None)
+    ma, mb = read_jsonl(tmp_path / "a/run/metrics.jsonl"), read_jsonl(tmp_path / "b/run/metrics.jsonl")
+    assert _without_seconds(ma) == _without_seconds(mb)  # every number but the wall time
+    assert a["final_test_acc"] == b["final_test_acc"]
+    c = train(digits_config(tmp_path / "c", method="rbwa", seed=1), progress=False, log=lambda line: None)
+    assert _without_seconds(read_jsonl(tmp_path / "c/run/metrics.jsonl")) != _without_seconds(ma)
+    assert c["status"] == "finished"
+
+
+@pytest.mark.parametrize("method", ["rbwa", "swa", "schedulefree"])
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, method):
+    straight = digits_config(tmp_path / "straight", method=method, augment="standard")
+    train(straight, progress=False, log=lambda line: None)
+
+    interrupted = digits_config(tmp_path / "resumed", method=method, augment="standard")
+
+    def stop_after_epoch_2(line):
+        if "epoch 2/" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, progress=False, log=stop_after_epoch_2)
+    assert len(read_jsonl(tmp_path / "resumed/run/metrics.jsonl")) == 3
+    train(interrupted, resume=True, progress=False, log=lambda line: None)
+    a = read_jsonl(tmp_path / "straight/run/metrics.jsonl")
+    b = read_jsonl(tmp_path / "resumed/run/metrics.jsonl")
+    assert _without_seconds(a) == _without_seconds(b)
+    wa = torch.load(tmp_path / "straight/run/checkpoint.pt", weights_only=False)
+    wb = torch.load(tmp_path / "resumed/run/checkpoint.pt", weights_only=False)
+    for k, v in wa["model"].items():
+        assert torch.equal(v, wb["model"][k]), k
+
+
+def test_existing_run_needs_resume_and_the_same_config(tmp_path):
+    cfg = digits_config(tmp_path, epochs=1, start_epoch=0)
+    train(cfg, progress=False, log=lambda line: None)
+    before = (tmp_path / "run/metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        train(cfg, progress=False)
+    with pytest.raises(UserError, match=r"different config \(lr, method\)"):
+        train(digits_config(tmp_path, epochs=1, start_epoch=0, lr=0.1, method="rbwa"), resume=True, progress=False)
+    assert train(cfg, resume=True)["status"] == "finished"  # finished: nothing to do
+    assert (tmp_path / "run/metrics.jsonl").read_bytes() == before
+
+
+def test_foreign_checkpoint_is_refused(tmp_path):
+    cfg = digits_config(tmp_path, epochs=2)
+    train(cfg, progress=False, log=lambda line: None)
+    (tmp_path / "run/summary.json").unlink()
+    (tmp_path / "run/checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="checkpoint .* is unreadable"):
+        train(cfg, resume=True, progress=False)
+
+
+def test_divergence_stops_the_run(tmp_path):
+    cfg = digits_config(tmp_path, lr=1e12, momentum=0.0, weight_decay=0.0)
+    with pytest.raises(Diverged, match="lower --lr"):
+        train(cfg, progress=False, log=lambda line: None)
+    assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == "diverged"
+    assert (tmp_path / "run/checkpoint.pt").exists()
+
+
+def test_amp_and_channels_last_on_cpu(tmp_path):
+    summary = train(digits_config(tmp_path, amp="bf16", channels_last=True, epochs=1, start_epoch=0),
+                    progress=False, log=lambda line: None)
+    assert summary["status"] == "finished"
