@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rbwa.data import load_dataset, stratified_indices
-from rbwa.data import cifar, folder
+from rbwa.data import cifar, folder, load_dataset, stratified_indices
 from rbwa.errors import UserError
 
 
@@ -29,7 +28,7 @@ def test_stratified_subset_largest_remainders():
     assert torch.bincount(labels[stratified_indices(labels, 4, 0)]).tolist() == [2, 1, 1]
 
 
-@pytest.mark.parametrize(("n", "message"), [(101, "larger than the dataset"), (2, "smaller than the number of classes")])
+@pytest.mark.parametrize(("n", "message"), [(101, "larger than the dataset"), (2, "smaller than the number of")])
 def test_stratified_subset_errors(n, message):
     with pytest.raises(UserError, match=message):
         stratified_indices(torch.arange(100) % 3, n, 0)

@@ -50,7 +50,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     nesterov: bool = False
     lr_schedule: str = "constant"
-    lr_milestones: list[int] | None = None  # epochs at which "step" multiplies the LR by lr_gamma; None -> [start_epoch]
+    lr_milestones: list[int] | None = None  # epochs where "step" multiplies the LR by lr_gamma; None: [start_epoch]
     lr_gamma: float = 0.1
     # averaging
     start_epoch: int = 10  # averaging starts with the first batch after this many complete epochs

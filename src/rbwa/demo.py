@@ -27,7 +27,8 @@ def demo(out: str | Path = "rbwa-demo", epochs: int | None = None, seed: int = 0
         summaries[method] = train(cfg, resume=True, progress=False, log=lambda line: None)
     rows = ["| method | final test acc (%) | best test acc (%) | final train loss |", "|---|---|---|---|"]
     for method, s in summaries.items():
-        rows.append(f"| {method} | {s['final_test_acc']:.2f} | {s['best_test_acc']:.2f} | {s['final_train_loss']:.4f} |")
+        rows.append(f"| {method} | {s['final_test_acc']:.2f} | {s['best_test_acc']:.2f} | "
+                    f"{s['final_train_loss']:.4f} |")
     table = "\n".join(rows)
     curves = {m: [read_jsonl(out / m / METRICS)] for m in METHODS}
     png = plot_curves(curves, out / "demo.png", f"rbwa demo: ResNet-18 (width 1/8) on digits, seed {seed}",

@@ -96,7 +96,7 @@ def parse_archive(name: str, path: Path) -> tuple[Split, Split]:
     """Parse an official-format archive (pickled batches of 3072-byte rows, CHW order) into splits."""
     spec = ARCHIVES[name]
     try:
-        tar = tarfile.open(path, "r:gz")
+        tar = tarfile.open(path, "r:gz")  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, OSError) as e:
         raise UserError(f"{path} is not a readable .tar.gz ({e}); download it again") from e
     with tar:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ def list_split(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int]
     """Class names (sorted folder names) and (file, label) pairs of one split."""
     folder = root / split
     if not folder.is_dir():
-        raise UserError(f"{folder} does not exist; an image folder needs {root}/train/<class>/ and {root}/test/<class>/")
+        raise UserError(f"{folder} does not exist; an image folder needs {root}/train/<class>/ and .../test/<class>/")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if not classes:
         raise UserError(f"{folder} has no class folders; put images in {folder}/<class>/")
@@ -93,8 +94,6 @@ def load_folder(root: Path, cache_dir: Path, image_size: int | None = None) -> t
         raise UserError(f"{root}: train and test images differ in size; pass --image-size to resize every image")
     blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images,
             "test_labels": test.labels, "classes": train_classes}
-    try:
+    with contextlib.suppress(OSError):  # an unwritable cache costs speed, not correctness
         atomic_torch_save(blob, cache)
-    except OSError:
-        pass  # an unwritable cache costs speed, not correctness
     return train, test

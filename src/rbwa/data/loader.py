@@ -57,7 +57,8 @@ class BatchLoader:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
-        return steps_per_epoch(len(self.labels), self.batch_size) if self.shuffle else -(-len(self.labels) // self.batch_size)
+        n = len(self.labels)
+        return steps_per_epoch(n, self.batch_size) if self.shuffle else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.labels)
