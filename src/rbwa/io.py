@@ -38,6 +38,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
 
 
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files a killed write left in ``directory``; returns them."""
+    stale = [p for p in Path(directory).glob(".*.tmp") if p.is_file()] if Path(directory).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Every complete line of a JSON-lines file."""
     if not Path(path).exists():

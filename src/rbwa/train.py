@@ -26,9 +26,10 @@ from rbwa.config import TrainConfig, resolve, validate
 from rbwa.data import Split, load_dataset, stratified_indices
 from rbwa.data.loader import BatchLoader, channel_stats
 from rbwa.errors import UserError
-from rbwa.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from rbwa.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from rbwa.methods import build
 from rbwa.models import build_model
+from rbwa.resources import available_bytes, estimate_bytes, human
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
 # keys that may differ between a run and its resumption without changing its numbers
@@ -88,6 +89,7 @@ def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> bool:
         return False
     if not resume:
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    remove_stale_temporaries(out)  # a write killed half-way; the file it was replacing is intact
     try:
         old = json.loads(saved.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -109,6 +111,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != "rbwa-checkpoint-1":
         raise UserError(f"{path} is not an rbwa checkpoint; delete it to restart the run")
     return ckpt
+
+
+def check_memory(cfg: TrainConfig, train: Split, test: Split, model: nn.Module, device: torch.device) -> None:
+    """Refuse a run whose data, weights, optimizer state and averages would not fit in free memory."""
+    data = sum(t.numel() * t.element_size() for t in (train.images, train.labels, test.images, test.labels))
+    need = estimate_bytes(data, sum(p.numel() for p in model.parameters()),
+                          sum(b.numel() for b in model.buffers()), cfg.method, cfg.momentum > 0, cfg.implementation)
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise UserError(f"this run needs about {human(need)} on {device} (dataset {human(data)}) but only "
+                        f"{human(free)} is free; use --train-subset, a smaller --width, or another device")
 
 
 def _log_line(out: Path, line: str) -> None:
@@ -142,6 +155,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     setup = build(cfg, model, steps)
+    check_memory(cfg, train_split, test_split, model, device)
     forward = torch.compile(model) if cfg.compile else model
     amp = cfg.amp == "bf16"
 
@@ -165,10 +179,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
 
     def finish_epoch(record: dict[str, Any], epoch: int) -> None:
         metrics.append(record)
-        atomic_torch_save({"format": "rbwa-checkpoint-1", "epoch": epoch, "model": model.state_dict(),
-                           "setup": setup.state_dict(), "loader_rng": train_loader.generator.get_state(),
-                           "torch_rng": torch.get_rng_state(), "metrics": metrics}, out / CHECKPOINT)
-        atomic_write_bytes(out / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics).encode())
+        try:
+            atomic_torch_save({"format": "rbwa-checkpoint-1", "epoch": epoch, "model": model.state_dict(),
+                               "setup": setup.state_dict(), "loader_rng": train_loader.generator.get_state(),
+                               "torch_rng": torch.get_rng_state(), "metrics": metrics}, out / CHECKPOINT)
+            atomic_write_bytes(out / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics).encode())
+        except OSError as e:
+            raise UserError(f"cannot write the epoch {epoch} checkpoint in {out} ({e.strerror}); the previous "
+                            "checkpoint is intact: free some space and rerun with --resume") from e
         train_part = "" if record["train_loss"] is None else (
             f"train loss {record['train_loss']:.4f} train acc {record['train_acc']:.2f}%, ")
         line = (f"{cfg.method} epoch {epoch}/{cfg.epochs}: {train_part}test loss {record['test_loss']:.4f} "

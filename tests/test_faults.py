@@ -1,0 +1,143 @@
+"""Fault injection: SIGKILL at random moments, failing writes, too little memory."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rbwa import io as rbwa_io
+from rbwa.config import make_config
+from rbwa.errors import UserError
+from rbwa.io import read_jsonl
+from rbwa.resources import estimate_bytes
+from rbwa.train import train
+
+pytest.importorskip("sklearn")
+TRAIN = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "32", "--train-subset", "300", "--test-subset",
+         "100", "--augment", "standard", "--method", "rbwa", "--epochs", "12", "--start-epoch", "3", "--quiet"]
+RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "train.log"}
+
+
+def assert_every_file_parses(run: Path) -> int:
+    """Every run file is complete; returns the number of hidden temporaries a killed write left behind."""
+    temporaries = 0
+    for path in run.iterdir():
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            temporaries += 1
+            continue
+        assert path.name in RUN_FILES, path
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".jsonl":
+            read_jsonl(path)
+        elif path.suffix == ".pt":
+            torch.load(path, weights_only=False)
+    return temporaries
+
+
+def _without_seconds(metrics):
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
+
+
+def test_training_survives_many_sigkills_bit_identically(tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "-m", "rbwa", "train", *TRAIN, "--out", str(reference)], check=True,
+                   capture_output=True)
+    run = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = temporaries = 0
+    while True:
+        proc = subprocess.Popen([sys.executable, "-m", "rbwa", "train", *TRAIN, "--out", str(run), "--resume"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            # the first 24 starts are killed after 1-4 s (imports take about 2 s); then the run may finish
+            proc.wait(timeout=rng.uniform(1.0, 4.0) if kills < 24 else 600)
+            assert proc.returncode == 0
+            break
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            kills += 1
+        if run.exists():
+            temporaries += assert_every_file_parses(run)
+    assert kills >= 20
+    assert assert_every_file_parses(run) == 0  # resuming removed what killed writes left
+    killed, straight = read_jsonl(run / "metrics.jsonl"), read_jsonl(reference / "metrics.jsonl")
+    assert _without_seconds(killed) == _without_seconds(straight)
+    a = torch.load(run / "checkpoint.pt", weights_only=False)
+    b = torch.load(reference / "checkpoint.pt", weights_only=False)
+    for key, value in b["model"].items():
+        assert torch.equal(a["model"][key], value), key
+    assert a["setup"]["optimizer"]["rbwa"]["folds"] == b["setup"]["optimizer"]["rbwa"]["folds"]
+
+
+def test_sweep_killed_mid_way_ends_with_the_same_runs(tmp_path):
+    args = ["reproduce", "fig3", "--preset", "smoke", "--seeds", "1", "--dataset", "digits", "--train-subset", "100",
+            "--test-subset", "50"]
+    subprocess.run([sys.executable, "-m", "rbwa", *args, "--out", str(tmp_path / "a")], check=True,
+                   capture_output=True)
+    rng = random.Random(1)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-m", "rbwa", *args, "--out", str(tmp_path / "b")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(2.5, 6.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    subprocess.run([sys.executable, "-m", "rbwa", *args, "--out", str(tmp_path / "b")], check=True,
+                   capture_output=True)
+    runs_a = sorted(p.name for p in (tmp_path / "a/runs").iterdir())
+    assert runs_a == sorted(p.name for p in (tmp_path / "b/runs").iterdir()) and len(runs_a) == 4
+    for name in runs_a:
+        assert _without_seconds(read_jsonl(tmp_path / "a/runs" / name / "metrics.jsonl")) == \
+            _without_seconds(read_jsonl(tmp_path / "b/runs" / name / "metrics.jsonl"))
+
+
+def _config(tmp_path, **kw):
+    values = {"dataset": "digits", "width": 0.0625, "epochs": 3, "start_epoch": 1, "batch_size": 32,
+              "train_subset": 200, "test_subset": 50, "method": "rbwa", "out": str(tmp_path / "run")}
+    return make_config(**{**values, **kw})
+
+
+def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    cfg = _config(tmp_path)
+    writes = {"n": 0}
+    real = rbwa_io.torch.save
+
+    def save_until_disk_full(obj, f):
+        writes["n"] += 1
+        if writes["n"] == 3:  # epoch 2's checkpoint: half written, then the disk is full
+            f.write(b"\0" * 100)
+            raise OSError(28, "No space left on device")
+        real(obj, f)
+
+    monkeypatch.setattr(rbwa_io.torch, "save", save_until_disk_full)
+    with pytest.raises(UserError, match=r"No space left on device\); the previous checkpoint is intact"):
+        train(cfg, progress=False, log=lambda line: None)
+    ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and not list((tmp_path / "run").glob(".*.tmp"))
+    monkeypatch.setattr(rbwa_io.torch, "save", real)
+    resumed = train(cfg, resume=True, progress=False, log=lambda line: None)
+    straight = train(_config(tmp_path / "x"), progress=False, log=lambda line: None)
+    assert resumed["final_test_acc"] == straight["final_test_acc"]
+    assert resumed["final_train_loss"] == straight["final_train_loss"]
+
+
+def test_too_little_memory_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr("rbwa.train.available_bytes", lambda device: 1000)
+    with pytest.raises(UserError, match=r"needs about .* on cpu .* but only 1000 B is free"):
+        train(_config(tmp_path), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_memory_estimate_by_hand():
+    # 1000 data bytes; 10 parameters: weights + grads + momentum + one average = 4 copies; 3 buffers
+    assert estimate_bytes(1000, 10, 3, "rbwa", momentum=True) == 1000 + 4 * (4 * 10 + 3)
+    assert estimate_bytes(1000, 10, 3, "rbwa", momentum=True, implementation="lr_scale") == 1000 + 4 * (3 * 10 + 3)
+    assert estimate_bytes(0, 10, 3, "swa", momentum=False) == 4 * (3 * 10 + 3 + 3)  # the side copy's buffers too
+    assert estimate_bytes(0, 10, 0, "sgd", momentum=False) == 80
