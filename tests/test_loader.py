@@ -75,3 +75,14 @@ def test_channel_stats_by_hand():
     mean, std = channel_stats(images)
     torch.testing.assert_close(mean, torch.full((3,), 0.5))
     torch.testing.assert_close(std, torch.full((3,), 0.5**0.5), atol=1e-6, rtol=0)
+
+
+def test_ranks_share_every_global_batch_exactly():
+    x = _images(40)
+    y = torch.arange(40)
+    kw = {"mean": torch.zeros(3), "std": torch.ones(3), "shuffle": True, "augment": True, "seed": 5}
+    whole = list(BatchLoader(x, y, 12, **kw))
+    shards = [list(BatchLoader(x, y, 12, rank=r, world=2, **kw)) for r in range(2)]
+    assert len(whole) == len(shards[0]) == len(shards[1]) == 4
+    for (xa, ya), (x0, y0), (x1, y1) in zip(whole, *shards):
+        assert torch.equal(torch.cat([y0, y1]), ya) and torch.equal(torch.cat([x0, x1]), xa)

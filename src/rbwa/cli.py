@@ -7,6 +7,7 @@ exits with status 3.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import types
 import typing
@@ -57,7 +58,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     values = load_yaml(ns.config) if ns.config else {}
     values.update(given(ns))
-    summary = train(make_config(**values), resume=ns.resume, progress=None if not ns.quiet else False)
+    try:
+        summary = train(make_config(**values), resume=ns.resume, progress=None if not ns.quiet else False)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(f"{summary.get('method', '')}: final test accuracy {summary['final_test_acc']:.2f}%, "
           f"best {summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}), "
           f"final train loss {summary['final_train_loss']:.4g}; run directory {values.get('out', TrainConfig.out)}")

@@ -66,6 +66,7 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch of all processes
     eval_batch_size: int = 500
     out: str = "runs/run"
 

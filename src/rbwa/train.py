@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from rbwa.errors import UserError
 from rbwa.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from rbwa.methods import build
 from rbwa.models import build_model
+from rbwa.models.syncbn import convert_global_bn
 from rbwa.resources import available_bytes, estimate_bytes, human
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
@@ -113,6 +115,29 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device(cfg.device)
+    if world == 1:
+        return 0, 1, device
+    if cfg.batch_size % world:
+        raise UserError(f"batch size {cfg.batch_size} (the global batch) is not divisible by {world} processes")
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
 def check_memory(cfg: TrainConfig, train: Split, test: Split, model: nn.Module, device: torch.device) -> None:
     """Refuse a run whose data, weights, optimizer state and averages would not fit in free memory."""
     data = sum(t.numel() * t.element_size() for t in (train.images, train.labels, test.images, test.labels))
@@ -134,6 +159,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     """Train one run; returns its summary. Raises UserError for bad input, Diverged on NaN/Inf loss."""
     cfg = resolve(cfg)
     validate(cfg)
+    rank, world, device = init_distributed(cfg)
+    main = rank == 0  # only the first process writes
     out = Path(cfg.out)
     resuming = check_run_dir(cfg, out, resume)
     if resuming and (out / SUMMARY).exists():
@@ -141,29 +168,38 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     ckpt = load_checkpoint(out / CHECKPOINT) if resuming and (out / CHECKPOINT).exists() else None
 
     train_split, test_split = prepare_data(cfg)
-    device = torch.device(cfg.device)
     mean, std = channel_stats(train_split.images)
     common = {"mean": mean, "std": std, "device": device, "channels_last": cfg.channels_last}
     train_loader = BatchLoader(train_split.images, train_split.labels, cfg.batch_size, shuffle=True,
-                               augment=cfg.augment == "standard", seed=cfg.seed, **common)
+                               augment=cfg.augment == "standard", seed=cfg.seed, rank=rank, world=world, **common)
     bn_loader = BatchLoader(train_split.images, train_split.labels, cfg.eval_batch_size, **common)
     test_loader = BatchLoader(test_split.images, test_split.labels, cfg.eval_batch_size, **common)
     steps = len(train_loader)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(train_split.classes), cfg.width).to(device)
+    model = build_model(cfg.model, len(train_split.classes), cfg.width)
+    if cfg.sync_bn:
+        model = convert_global_bn(model)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     setup = build(cfg, model, steps)
     check_memory(cfg, train_split, test_split, model, device)
-    forward = torch.compile(model) if cfg.compile else model
+    forward: nn.Module = model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        forward = torch.compile(forward)
     amp = cfg.amp == "bf16"
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / CONFIG, cfg.to_dict())
-    except OSError as e:
-        raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
+    barrier(world)  # every process has checked the run directory before the first one writes to it
+    if main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / CONFIG, cfg.to_dict())
+        except OSError as e:
+            raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
 
     metrics: list[dict[str, Any]] = []
     first_epoch = 1
@@ -179,10 +215,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
 
     def finish_epoch(record: dict[str, Any], epoch: int) -> None:
         metrics.append(record)
+        if not main:
+            return
         try:
             atomic_torch_save({"format": "rbwa-checkpoint-1", "epoch": epoch, "model": model.state_dict(),
                                "setup": setup.state_dict(), "loader_rng": train_loader.generator.get_state(),
-                               "torch_rng": torch.get_rng_state(), "metrics": metrics}, out / CHECKPOINT)
+                               "torch_rng": torch.get_rng_state(), "metrics": metrics, "versions": versions()},
+                              out / CHECKPOINT)
             atomic_write_bytes(out / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics).encode())
         except OSError as e:
             raise UserError(f"cannot write the epoch {epoch} checkpoint in {out} ({e.strerror}); the previous "
@@ -227,14 +266,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             count += len(y)
-        train_loss = loss_sum.item() / count
+        totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=device)])
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        train_loss, train_acc = totals[0].item() / totals[2].item(), 100.0 * totals[1].item() / totals[2].item()
         if not math.isfinite(train_loss):
-            summary = {"status": "diverged", "epoch": epoch, "versions": versions()}
-            atomic_write_json(out / SUMMARY, summary)
+            if main:
+                atomic_write_json(out / SUMMARY, {"status": "diverged", "epoch": epoch, "versions": versions()})
             raise Diverged(f"training loss became {train_loss} in epoch {epoch}; the last good checkpoint is kept "
                            f"in {out / CHECKPOINT}; lower --lr")
         test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
-        finish_epoch({"epoch": epoch, "train_loss": train_loss, "train_acc": 100.0 * correct.item() / count,
+        finish_epoch({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                       "test_loss": test_loss, "test_acc": test_acc, "lr": float(lr),
                       "seconds": time.perf_counter() - t0}, epoch)
 
@@ -248,8 +290,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         "wall_seconds": sum(m["seconds"] for m in metrics), "steps_per_epoch": steps,
         "train_size": len(train_split), "test_size": len(test_split),
         "mean_epoch_seconds": sum(m["seconds"] for m in trained) / max(1, len(trained)),
-        "versions": versions(), "device": str(device),
+        "versions": versions(), "device": str(device), "processes": world,
     }
-    atomic_write_json(out / SUMMARY, summary)
+    if main:
+        atomic_write_json(out / SUMMARY, summary)
     return summary
 

@@ -40,11 +40,15 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 class BatchLoader:
-    """Iterate over (normalised float images, labels) batches of a split held on ``device``."""
+    """Iterate over (normalised float images, labels) batches of a split held on ``device``.
+
+    ``batch_size`` is the global batch; with ``world`` > 1 processes, rank ``rank`` yields its
+    contiguous share of every global batch, so the ranks together see exactly the one-process batches.
+    """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean: Tensor, std: Tensor,
                  device: torch.device | str = "cpu", shuffle: bool = False, augment: bool = False,
-                 seed: int = 0, channels_last: bool = False) -> None:
+                 seed: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1) -> None:
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -55,22 +59,28 @@ class BatchLoader:
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         n = len(self.labels)
         return steps_per_epoch(n, self.batch_size) if self.shuffle else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # one epoch's random numbers are drawn up front on the CPU and moved once: no per-step transfers
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.augment:
+            dy = torch.randint(0, 2 * PAD + 1, (n,), generator=self.generator).to(self.device)
+            dx = torch.randint(0, 2 * PAD + 1, (n,), generator=self.generator).to(self.device)
+            flip = (torch.rand(n, generator=self.generator) < 0.5).to(self.device)
+        order = order.to(self.device)
         for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[index.to(self.device)]
+            lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
+            # this rank's share of the global batch (all of it on one process)
+            lo, hi = lo + (hi - lo) * self.rank // self.world, lo + (hi - lo) * (self.rank + 1) // self.world
+            index = order[lo:hi]
+            x = self.images[index]
             if self.augment:
-                m = len(index)
-                dy = torch.randint(0, 2 * PAD + 1, (m,), generator=self.generator)
-                dx = torch.randint(0, 2 * PAD + 1, (m,), generator=self.generator)
-                flip = torch.rand(m, generator=self.generator) < 0.5
-                x = crop_flip(x, dy.to(self.device), dx.to(self.device), flip.to(self.device))
+                x = crop_flip(x, dy[lo:hi], dx[lo:hi], flip[lo:hi])
             x = ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-            yield x, self.labels[index.to(self.device)]
+            yield x, self.labels[index]

@@ -1,0 +1,69 @@
+"""DDP under torchrun, on CPU with the gloo backend and 2 processes."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+ARGS = {"dataset": "digits", "width": 0.125, "batch_size": 32, "train_subset": 128, "test_subset": 64,
+        "epochs": 2, "start_epoch": 1, "method": "rbwa", "sync_bn": True, "lr": 0.001}
+
+DRIVER = textwrap.dedent("""
+    import os, sys, torch
+    import rbwa.train as t
+    from rbwa.config import make_config
+    captured = {}
+    real_build = t.build
+    def build(cfg, model, steps):
+        captured["setup"], captured["model"] = real_build(cfg, model, steps), model
+        return captured["setup"]
+    t.build = build
+    t.train(make_config(**eval(sys.argv[1]), out=sys.argv[2]), progress=False, log=lambda line: None)
+    opt, model = captured["setup"].optimizer, captured["model"]
+    rank = os.environ.get("RANK", "0")
+    torch.save({"averages": opt.averages, "folds": opt.folds, "model": model.state_dict()},
+               os.path.join(sys.argv[3], f"rank{rank}.pt"))
+""")
+
+
+def _run(tmp_path, name, nproc, threads=1):
+    out = tmp_path / name
+    out.mkdir()
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd = [*(launcher if nproc > 1 else [sys.executable]), str(driver), repr(ARGS), str(out / "run"), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_two_processes_match_one_and_agree_with_each_other(tmp_path):
+    two = _run(tmp_path, "two", 2)
+    one = _run(tmp_path, "one", 1)
+    # the float noise of training itself: the same one-process run with another summation order (threads)
+    noise_run = _run(tmp_path, "noise", 1, threads=2)
+    r0, r1 = torch.load(two / "rank0.pt"), torch.load(two / "rank1.pt")
+    single, other = torch.load(one / "rank0.pt"), torch.load(noise_run / "rank0.pt")
+    # the averaging state is identical on every rank: it folds identical weights
+    assert r0["folds"] == r1["folds"] == single["folds"] > 0
+    for a, b in zip(r0["averages"], r1["averages"], strict=True):
+        assert torch.equal(a, b)
+    def max_diff(a, b):  # over the weights (BatchNorm running statistics are not weights)
+        return max((a[k] - b[k]).abs().max().item() for k in a if "running_" not in k and a[k].is_floating_point())
+
+    for key, value in r0["model"].items():
+        assert torch.equal(value, r1["model"][key]), key
+    # the global batch is the same, so 2 processes equal 1 up to float summation order: within the
+    # spread that merely changing the thread count gives (tiny BatchNorm nets on digits amplify it)
+    noise = max_diff(single["model"], other["model"])
+    assert max_diff(single["model"], r0["model"]) <= 10 * max(noise, 1e-6)
+    assert max_diff(single["model"], r0["model"]) < 0.01
+    # only rank 0 wrote the run directory, and it is complete
+    assert {p.name for p in (two / "run").iterdir()} >= {"config.json", "metrics.jsonl", "summary.json"}
+    assert not (one / "rank1.pt").exists()
