@@ -1,0 +1,73 @@
+"""RBWA for PyTorch Lightning: a callback that folds after every optimizer step.
+
+    from rbwa.lightning import RBWACallback
+    trainer = lightning.Trainer(callbacks=[RBWACallback(start_epoch=10)])
+    trainer.fit(model)
+
+The same fold rule as :class:`rbwa.RBWA` (``fold_weight``, ``fold_``); its state (the average and the
+counters) goes into Lightning checkpoints, so ``trainer.fit(model, ckpt_path=...)`` resumes exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from rbwa.averaging import AVERAGES, COUNTERS, fold_, fold_weight
+
+
+class RBWACallback(pl.Callback):
+    """Fold the trainable parameters into their average after every optimizer step from ``start_epoch`` on."""
+
+    def __init__(self, start_epoch: int = 0, average: str = "mean", beta: float = 0.9, every: int = 1,
+                 counter: str = "folds") -> None:
+        if not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch!r}")
+        if average not in AVERAGES:
+            raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if counter not in COUNTERS or (counter == "epochs" and average != "mean"):
+            raise ValueError(f"counter must be 'folds', or 'epochs' with average='mean'; got {counter!r}")
+        self.start_epoch, self.average, self.beta, self.every, self.counter = start_epoch, average, beta, every, counter
+        self.steps_since_start = 0  # optimizer steps taken since averaging began
+        self.folds = 0
+        self.averages: list[torch.Tensor] | None = None
+        self._last_global_step: int | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stepped = trainer.global_step != self._last_global_step
+        self._last_global_step = trainer.global_step
+        if not stepped or trainer.current_epoch < self.start_epoch:
+            return
+        t = self.steps_since_start
+        self.steps_since_start += 1
+        if t % self.every:
+            return
+        n = trainer.current_epoch - self.start_epoch if self.counter == "epochs" else self.folds
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        if self.averages is None:
+            self.averages = [p.detach().clone() for p in params]
+        else:
+            self.averages = [a.to(p.device) for a, p in zip(self.averages, params, strict=True)]
+        fold_(self.averages, params, fold_weight(self.average, n, self.beta))
+        self.folds += 1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_global_step = trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps_since_start": self.steps_since_start, "folds": self.folds, "averages": self.averages,
+                "settings": [self.start_epoch, self.average, self.beta, self.every, self.counter]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict["settings"] != [self.start_epoch, self.average, self.beta, self.every, self.counter]:
+            raise ValueError("RBWACallback state was saved with different settings")
+        self.steps_since_start = state_dict["steps_since_start"]
+        self.folds = state_dict["folds"]
+        self.averages = state_dict["averages"]

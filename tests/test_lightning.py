@@ -1,0 +1,83 @@
+import pytest
+import torch
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from rbwa import RBWA  # noqa: E402
+from rbwa.lightning import RBWACallback  # noqa: E402
+
+STEPS_PER_EPOCH, START_EPOCH = 4, 1
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 6, generator=g, dtype=torch.float64)
+    return torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())
+
+
+def make_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)).double()
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = make_net()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(data(), batch_size=8, shuffle=False)
+
+
+def trainer(epochs, tmp_path, **kw):
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, **kw)
+
+
+def reference(epochs):
+    """The same training with the plain-PyTorch wrapper."""
+    net = make_net()
+    opt = RBWA(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), start_step=START_EPOCH * STEPS_PER_EPOCH)
+    loader = torch.utils.data.DataLoader(data(), batch_size=8, shuffle=False)
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    return net, opt
+
+
+def test_callback_matches_the_wrapper(tmp_path):
+    model, callback = Tiny(), RBWACallback(start_epoch=START_EPOCH)
+    trainer(3, tmp_path, callbacks=[callback], enable_checkpointing=False).fit(model)
+    net, opt = reference(3)
+    assert callback.folds == opt.folds == 2 * STEPS_PER_EPOCH
+    for a, b in zip(model.net.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_callback_resumes_from_a_lightning_checkpoint(tmp_path):
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = RBWACallback(start_epoch=START_EPOCH)
+    trainer(2, tmp_path, callbacks=[first, ckpt]).fit(Tiny())
+    resumed_cb, model = RBWACallback(start_epoch=START_EPOCH), Tiny()
+    trainer(4, tmp_path, callbacks=[resumed_cb]).fit(model, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    net, opt = reference(4)
+    assert resumed_cb.folds == opt.folds
+    for a, b in zip(model.net.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="beta"):
+        RBWACallback(beta=1.0)
+    with pytest.raises(ValueError, match="counter"):
+        RBWACallback(average="ema", counter="epochs")
