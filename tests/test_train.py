@@ -112,7 +112,16 @@ def test_divergence_stops_the_run(tmp_path):
     assert (tmp_path / "run/checkpoint.pt").exists()
 
 
-def test_amp_and_channels_last_on_cpu(tmp_path):
-    summary = train(digits_config(tmp_path, amp="bf16", channels_last=True, epochs=1, start_epoch=0),
+def test_amp_and_channels_last_on_cpu_keep_float32_averages(tmp_path):
+    summary = train(digits_config(tmp_path, amp="bf16", channels_last=True, epochs=2, method="rbwa"),
+                    progress=False, log=lambda line: None)
+    assert summary["status"] == "finished"
+    ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=False)
+    averages = ckpt["setup"]["optimizer"]["rbwa"]["averages"]
+    assert averages and all(a.dtype == torch.float32 for a in averages)  # bf16 folds would round to no change
+
+
+def test_compile_on_a_tiny_model(tmp_path):
+    summary = train(digits_config(tmp_path, compile=True, epochs=1, start_epoch=0, train_subset=64, test_subset=20),
                     progress=False, log=lambda line: None)
     assert summary["status"] == "finished"
