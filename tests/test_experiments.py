@@ -70,3 +70,13 @@ def test_reproduce_skips_finished_runs_and_finishes_interrupted_ones(tmp_path, c
         if r.config.out != victim:
             assert (tmp_path / r.config.out / "summary.json").stat().st_mtime_ns == stamps[r.config.out]
     assert (tmp_path / victim / "summary.json").exists()
+
+
+def test_a_diverged_run_does_not_stop_the_sweep(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    overrides = {"dataset": "digits", "train_subset": 100, "test_subset": 50, "lr": 1e12, "momentum": 0.0,
+                 "weight_decay": 0.0}
+    runs = reproduce("fig3", preset="smoke", seeds=1, out=tmp_path, overrides=overrides)
+    statuses = [json.loads((tmp_path / r.config.out / "summary.json").read_text())["status"] for r in runs]
+    assert statuses == ["diverged"] * 4
+    assert "4 run(s) diverged" in capsys.readouterr().out

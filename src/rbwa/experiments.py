@@ -116,7 +116,7 @@ def manifest(experiment: str, preset: str, runs: list[GridRun], out: Path) -> di
 def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | Path = "runs",
               overrides: dict[str, Any] | None = None, dry_run: bool = False) -> list[GridRun]:
     """Train every run of the grid that is not finished yet; finished runs are skipped, interrupted ones resumed."""
-    from rbwa.train import SUMMARY, train
+    from rbwa.train import SUMMARY, Diverged, train
 
     out = Path(out)
     runs = expand(experiment, preset, seeds, out, overrides)
@@ -128,10 +128,17 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
         atomic_write_json(out / f"{experiment}.json", manifest(experiment, preset, runs, out))
     except OSError as e:
         raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
+    diverged = []
     for i, r in enumerate(runs, 1):
         done = (Path(r.config.out) / SUMMARY).exists()
         print(f"[{i}/{len(runs)}] {experiment} {r.setting} {r.label} seed {r.seed}: "
               f"{'finished, skipped' if done else 'training'}", flush=True)
         if not done:
-            train(r.config, resume=True, progress=False)
+            try:
+                train(r.config, resume=True, progress=False)
+            except Diverged as e:  # recorded in its summary.json; the report shows it; the sweep goes on
+                print(f"  diverged: {e}", flush=True)
+                diverged.append(r.name)
+    if diverged:
+        print(f"{len(diverged)} run(s) diverged and are marked so in their summary.json: {', '.join(diverged)}")
     return runs
