@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from rbwa.data import Split, load_dataset, stratified_indices
 from rbwa.data.loader import BatchLoader, channel_stats
 from rbwa.errors import UserError
 from rbwa.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
-from rbwa.methods import build
+from rbwa.methods import Setup, build
 from rbwa.models import build_model
 from rbwa.models.syncbn import convert_global_bn
 from rbwa.resources import available_bytes, estimate_bytes, human
@@ -154,6 +154,33 @@ def _log_line(out: Path, line: str) -> None:
         f.write(line + "\n")
 
 
+def train_epoch(model: nn.Module, forward: nn.Module, setup: Setup, batches: Iterable, step: int,
+                amp: bool) -> tuple[torch.Tensor, float]:
+    """One pass over ``batches``; returns (loss sum, correct, count) as one device tensor, and the last LR.
+
+    Nothing here waits for the device: the sums stay on it until the epoch ends.
+    """
+    model.train()
+    setup.train_mode()
+    device = next(model.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    lr = float("nan")
+    for x, y in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = forward(x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+        setup.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = setup.optimizer.param_groups[0]["lr"]
+        setup.optimizer.step()
+        setup.after_step(model, step)
+        step += 1
+        totals[0] += loss.detach().double() * len(y)
+        totals[1] += (logits.detach().argmax(1) == y).sum()
+        totals[2] += len(y)
+    return totals, float(lr)
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
           log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one run; returns its summary. Raises UserError for bad input, Diverged on NaN/Inf loss."""
@@ -210,6 +237,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         torch.set_rng_state(ckpt["torch_rng"])
         metrics = ckpt["metrics"]
         first_epoch = ckpt["epoch"] + 1
+    provenance = versions()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     show_bar = sys.stderr.isatty() if progress is None else progress
 
@@ -220,7 +248,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         try:
             atomic_torch_save({"format": "rbwa-checkpoint-1", "epoch": epoch, "model": model.state_dict(),
                                "setup": setup.state_dict(), "loader_rng": train_loader.generator.get_state(),
-                               "torch_rng": torch.get_rng_state(), "metrics": metrics, "versions": versions()},
+                               "torch_rng": torch.get_rng_state(), "metrics": metrics, "versions": provenance},
                               out / CHECKPOINT)
             atomic_write_bytes(out / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics).encode())
         except OSError as e:
@@ -241,38 +269,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        setup.train_mode()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        count = 0
-        step = (epoch - 1) * steps
-        lr = cfg.lr
         batches = train_loader
         if show_bar:
             from tqdm import tqdm
 
             batches = tqdm(train_loader, desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}", leave=False)
-        for x, y in batches:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = forward(x)
-                loss = nn.functional.cross_entropy(logits.float(), y)
-            setup.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            lr = setup.optimizer.param_groups[0]["lr"]
-            setup.optimizer.step()
-            setup.after_step(model, step)
-            step += 1
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            count += len(y)
-        totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=device)])
+        totals, lr = train_epoch(model, forward, setup, batches, (epoch - 1) * steps, amp)
         if world > 1:
             torch.distributed.all_reduce(totals)
         train_loss, train_acc = totals[0].item() / totals[2].item(), 100.0 * totals[1].item() / totals[2].item()
         if not math.isfinite(train_loss):
             if main:
-                atomic_write_json(out / SUMMARY, {"status": "diverged", "epoch": epoch, "versions": versions()})
+                atomic_write_json(out / SUMMARY, {"status": "diverged", "epoch": epoch, "versions": provenance})
             raise Diverged(f"training loss became {train_loss} in epoch {epoch}; the last good checkpoint is kept "
                            f"in {out / CHECKPOINT}; lower --lr")
         test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
@@ -290,7 +298,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         "wall_seconds": sum(m["seconds"] for m in metrics), "steps_per_epoch": steps,
         "train_size": len(train_split), "test_size": len(test_split),
         "mean_epoch_seconds": sum(m["seconds"] for m in trained) / max(1, len(trained)),
-        "versions": versions(), "device": str(device), "processes": world,
+        "versions": provenance, "device": str(device), "processes": world,
     }
     if main:
         atomic_write_json(out / SUMMARY, summary)
