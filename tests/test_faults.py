@@ -141,3 +141,30 @@ def test_memory_estimate_by_hand():
     assert estimate_bytes(1000, 10, 3, "rbwa", momentum=True, implementation="lr_scale") == 1000 + 4 * (3 * 10 + 3)
     assert estimate_bytes(0, 10, 3, "swa", momentum=False) == 4 * (3 * 10 + 3 + 3)  # the side copy's buffers too
     assert estimate_bytes(0, 10, 0, "sgd", momentum=False) == 80
+
+
+def test_file_size_limit_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    import resource
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "rbwa", "train", *TRAIN, "--out", str(run), "--resume"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (run / "checkpoint.pt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    before = (run / "checkpoint.pt").read_bytes()
+    limit = len(before) - 1  # the next checkpoint, the same size, cannot be written whole
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(args, capture_output=True, text=True, preexec_fn=limit_file_size)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error: cannot write the epoch")
+    assert "the previous checkpoint is intact" in result.stderr
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert assert_every_file_parses(run) == 0

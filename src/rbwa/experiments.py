@@ -106,9 +106,11 @@ def expand(experiment: str, preset: str, seeds: int, out: str | Path,
     return runs
 
 
-def manifest(experiment: str, preset: str, runs: list[GridRun], out: Path) -> dict[str, Any]:
+def manifest(experiment: str, preset: str, runs: list[GridRun], out: Path,
+             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     spec = EXPERIMENTS[experiment]
     return {"experiment": experiment, "title": spec["title"], "setting": spec["setting"], "preset": preset,
+            "overrides": overrides or {},
             "runs": [{"run": str(Path(r.config.out).relative_to(out)), "setting": r.setting, "label": r.label,
                       "seed": r.seed} for r in runs]}
 
@@ -125,7 +127,7 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
             print(f"{r.setting:>10}  {r.label:<36} seed {r.seed}  {r.config.out}")
         return runs
     try:
-        atomic_write_json(out / f"{experiment}.json", manifest(experiment, preset, runs, out))
+        atomic_write_json(out / f"{experiment}.json", manifest(experiment, preset, runs, out, overrides))
     except OSError as e:
         raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
     diverged = []

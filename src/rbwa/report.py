@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rbwa.config import PRESETS, TrainConfig
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_bytes, read_jsonl
 from rbwa.plots import plot_curves
@@ -32,6 +33,7 @@ PAPER: dict[tuple[str, str, int, str], tuple[float, float]] = {
 TABLE1 = {16: ((82.27, 0.01776), (83.76, 0.00473)), 32: ((82.5, 0.01760), (84.25, 0.00384)),
           64: ((82.31, 0.01283), (83.36, 0.00209)), 128: ((82.46, 0.00035), (82.55, 0.00039)),
           256: ((80.56, 0.00038), (80.74, 0.00047))}
+ORDER = ["fig3", "fig5", "table1", "variants", "controls"]  # the paper's order, then our controls
 SMALL_BATCHES, LARGE_BATCHES = ("16", "32", "64"), ("128", "256")
 
 
@@ -71,6 +73,7 @@ class Experiment:
     title: str
     setting: str
     preset: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # the flags given to `rbwa reproduce`
     runs: list[Run] = field(default_factory=list)
 
     def groups(self) -> dict[tuple[str, str], list[Run]]:
@@ -95,12 +98,13 @@ def load_experiments(root: Path) -> list[Experiment]:
         spec = _json(manifest)
         if not isinstance(spec, dict) or "experiment" not in spec:
             continue
-        exp = Experiment(spec["experiment"], spec["title"], spec["setting"], spec["preset"])
+        exp = Experiment(spec["experiment"], spec["title"], spec["setting"], spec["preset"], spec.get("overrides", {}))
         for entry in spec["runs"]:
             path = root / entry["run"]
             exp.runs.append(Run(path, entry["setting"], entry["label"], entry["seed"], _json(path / "config.json"),
                                 read_jsonl(path / "metrics.jsonl"), _json(path / "summary.json")))
         experiments.append(exp)
+    experiments.sort(key=lambda e: ORDER.index(e.name) if e.name in ORDER else len(ORDER))
     if not experiments:
         raise UserError(f"{root} holds no experiment manifests (*.json written by `rbwa reproduce`)")
     return experiments
@@ -250,6 +254,7 @@ def _protocol(experiments: list[Experiment]) -> list[str]:
         return ["No finished runs yet."]
     cfg, summary = runs[0].config, runs[0].summary
     v = summary.get("versions", {})
+    commits = sorted({str(r.summary.get("versions", {}).get("git")) for r in runs})
     seconds = [r.summary.get("mean_epoch_seconds") for r in runs if r.summary.get("mean_epoch_seconds")]
     return [
         f"- Data: `{cfg['dataset']}`; training subset {cfg['train_subset'] or 'all'} images "
@@ -261,9 +266,28 @@ def _protocol(experiments: list[Experiment]) -> list[str]:
         "unless the table varies it.",
         f"- Machine: {v.get('platform')} ({v.get('machine')}), {v.get('torch_threads')} torch threads, device "
         f"{summary.get('device')}; torch {v.get('torch')}, numpy {v.get('numpy')}, Python {v.get('python')}, "
-        f"rbwa {v.get('rbwa')} at git {v.get('git')}.",
+        f"rbwa {v.get('rbwa')} at git {', '.join(commits)}.",
         f"- Mean epoch time over {len(seconds)} runs: {sum(seconds) / max(1, len(seconds)):.1f} s.",
+        "", "Differences from the paper's protocol (PAPER.md):", "", *_differences(cfg),
     ]
+
+
+def _differences(cfg: dict[str, Any]) -> list[str]:
+    """What this sweep's config changes from the paper's stated protocol, and what it fills in."""
+    paper = {**TrainConfig().to_dict(), **PRESETS["paper"]}
+    named = {"epochs": "epochs", "start_epoch": "averaging start epoch", "width": "model width",
+             "train_subset": "training images", "test_subset": "test images"}
+    everything = {"train_subset": "all 50,000", "test_subset": "all 10,000"}
+    lines = [f"- {label}: {cfg[key]} (class-balanced subset) instead of {everything[key]}" if key in everything
+             else f"- {label}: {cfg[key]} instead of {paper[key]}"
+             for key, label in named.items() if cfg.get(key) != paper[key]]
+    if cfg["dataset"].startswith("folder:"):
+        lines.append(f"- data: the image folder `{cfg['dataset'][7:]}` (JPEG re-encoded CIFAR, slightly below the "
+                     "official images in accuracy) instead of the official archives")
+    lines.append(f"- not stated by the paper, chosen here: SGD lr {cfg['lr']}, momentum {cfg['momentum']}, weight "
+                 f"decay {cfg['weight_decay']}, constant LR, augmentation `{cfg['augment']}`, several seeds "
+                 "(the paper's numbers look like single runs), training loss = mean over each epoch's batches")
+    return lines
 
 
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -281,10 +305,10 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     for exp in experiments:
         rows = summarise(exp)
         all_rows += rows
+        flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in exp.overrides.items())
         md += [f"## {exp.name}: {exp.title}", "", f"Preset `{exp.preset}`; command: "
                f"`rbwa reproduce {exp.name} --preset {exp.preset} --seeds "
-               f"{max((r.seed for r in exp.runs), default=0) + 1} --out {root}` (plus the data flags of the "
-               "Protocol section).", ""]
+               f"{max((r.seed for r in exp.runs), default=0) + 1} --out {root}{flags}`", ""]
         by_setting: dict[str, dict[str, list[list[dict]]]] = defaultdict(dict)
         for (setting, label), runs in exp.groups().items():
             done = [r.metrics for r in runs if r.finished]
