@@ -305,7 +305,10 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     for exp in experiments:
         rows = summarise(exp)
         all_rows += rows
-        flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in exp.overrides.items())
+        overrides = exp.overrides
+        if not overrides:  # a manifest from before they were recorded: the data location is in every config
+            overrides = {"dataset": d for d in {r.config["dataset"] for r in exp.runs if r.config} if ":" in d}
+        flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items())
         md += [f"## {exp.name}: {exp.title}", "", f"Preset `{exp.preset}`; command: "
                f"`rbwa reproduce {exp.name} --preset {exp.preset} --seeds "
                f"{max((r.seed for r in exp.runs), default=0) + 1} --out {root}{flags}`", ""]
