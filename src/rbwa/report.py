@@ -307,7 +307,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         all_rows += rows
         overrides = exp.overrides
         if not overrides:  # a manifest from before they were recorded: the data location is in every config
-            overrides = {"dataset": d for d in {r.config["dataset"] for r in exp.runs if r.config} if ":" in d}
+            folders = sorted({r.config["dataset"] for r in exp.runs if r.config and ":" in r.config["dataset"]})
+            overrides = {"dataset": folders[0]} if len(folders) == 1 else {}
         flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items())
         md += [f"## {exp.name}: {exp.title}", "", f"Preset `{exp.preset}`; command: "
                f"`rbwa reproduce {exp.name} --preset {exp.preset} --seeds "
