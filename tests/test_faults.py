@@ -4,6 +4,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,25 +44,38 @@ def _without_seconds(metrics):
     return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
 
 
+def _epochs_logged(run: Path) -> int:
+    log = run / "train.log"
+    return log.read_text().count("\n") if log.exists() else 0
+
+
 def test_training_survives_many_sigkills_bit_identically(tmp_path):
+    args = [*TRAIN, "--epochs", "40"]
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, "-m", "rbwa", "train", *TRAIN, "--out", str(reference)], check=True,
+    subprocess.run([sys.executable, "-m", "rbwa", "train", *args, "--out", str(reference)], check=True,
                    capture_output=True)
     run = tmp_path / "killed"
     rng = random.Random(0)
     kills = temporaries = 0
     while True:
-        proc = subprocess.Popen([sys.executable, "-m", "rbwa", "train", *TRAIN, "--out", str(run), "--resume"],
+        logged = _epochs_logged(run)
+        proc = subprocess.Popen([sys.executable, "-m", "rbwa", "train", *args, "--out", str(run), "--resume"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            # the first 24 starts are killed after 1-4 s (imports take about 2 s); then the run may finish
-            proc.wait(timeout=rng.uniform(1.0, 4.0) if kills < 24 else 600)
+        if kills >= 25:  # enough: let it finish
+            assert proc.wait(timeout=600) == 0
+            break
+        # kill at a random moment: while starting up, or within the next epoch after 0 or 1 more epochs
+        # are logged (checkpoint writes included), so that every start makes at most about two epochs
+        wait_for = logged + rng.choice([0, 0, 1])
+        while _epochs_logged(run) < wait_for and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4))
+        if proc.poll() is not None:
             assert proc.returncode == 0
             break
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            kills += 1
+        proc.kill()
+        proc.wait()
+        kills += 1
         if run.exists():
             temporaries += assert_every_file_parses(run)
     assert kills >= 20
@@ -146,7 +160,6 @@ def test_memory_estimate_by_hand():
 def test_file_size_limit_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     import resource
     import signal
-    import time
 
     run = tmp_path / "run"
     args = [sys.executable, "-m", "rbwa", "train", *TRAIN, "--out", str(run), "--resume"]
