@@ -33,3 +33,4 @@ def test_verdicts():
     assert verdict(-0.5, 0.6, claimed=1.38).startswith("not supported (the paper's difference of +1.38")
     assert verdict(-0.5, 2.0, claimed=1.38) == "inconclusive at this scale"
     assert verdict(float("nan"), float("nan")).startswith("inconclusive")
+    assert verdict(0.0, 0.0) == "not supported (no difference in any seed)"

@@ -44,11 +44,14 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[f
 def verdict(lo: float, hi: float, claimed: float | None = None) -> str:
     """A claim that the difference is positive, judged from its 95% CI.
 
-    supported: the CI lies above 0. not supported: it lies below 0, or below the paper's own gain
-    (``claimed``) while including 0. Otherwise, or with fewer than 2 seeds: inconclusive.
+    supported: the CI lies above 0. not supported: it lies below 0, or is exactly 0 (identical in every
+    seed), or lies below the paper's own gain (``claimed``) while including 0. Otherwise, or with fewer
+    than 2 seeds: inconclusive.
     """
     if math.isnan(lo) or math.isnan(hi):
         return "inconclusive at this scale (fewer than 2 seeds)"
+    if lo == hi == 0:
+        return "not supported (no difference in any seed)"
     if lo > 0:
         return "supported"
     if hi < 0:
