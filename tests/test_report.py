@@ -100,3 +100,10 @@ def test_table1_claims_from_constructed_runs(tmp_path):
     assert "Claim 3: the gain is larger at batch sizes 16-64 than at 128-256: **supported**" in report
     assert "the best batch size for RBWA is 32 (paper): ours is **32**" in report
     assert "| 16 | sgd | 3 | 51.00 ± 1.00 |" in report and "| 82.27 | 0.01776 |" in report
+
+
+def test_variants_get_a_verdict_each(tmp_path):
+    make_sweep(tmp_path, {"resnet18": [2.0, 2.5, 3.0]}, experiment="variants")
+    report = write_report(tmp_path).read_text()
+    assert "Does rbwa beat sgd? **supported** (rbwa - sgd = +2.50 [+1.26, +3.74] points, n = 3)." in report
+    assert "Is rbwa's final training loss lower than sgd's? **supported**" in report

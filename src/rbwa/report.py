@@ -211,6 +211,16 @@ def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[str]:
             top = max(rbwa_rows, key=lambda r: r["final_acc_mean"])
             lines.append(f"Claim 3b: the best batch size for RBWA is 32 (paper): ours is **{top['setting']}** "
                          f"({top['final_acc_mean']:.2f}% mean final test accuracy).")
+    if exp.name == "variants":
+        for r in rows:
+            if r["method"] == "sgd" or r["pairs"] == 0:
+                continue
+            lines.append(f"Does {r['method']} beat sgd? **{verdict(r['diff_lo'], r['diff_hi'])}** ({r['method']} - sgd = "
+                         f"{_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} points, n = {r['pairs']}).")
+            if r["method"].startswith("rbwa"):
+                lines.append(f"Is {r['method']}'s final training loss lower than sgd's? "
+                             f"**{verdict(r['loss_gain_lo'], r['loss_gain_hi'])}** (sgd - {r['method']} = "
+                             f"{_fmt_ci(r['loss_gain_vs_sgd'], r['loss_gain_lo'], r['loss_gain_hi'], 4)}).")
     if exp.name == "controls":
         groups = exp.groups()
         for (setting, label), runs in groups.items():
