@@ -215,8 +215,9 @@ def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[str]:
         for r in rows:
             if r["method"] == "sgd" or r["pairs"] == 0:
                 continue
-            lines.append(f"Does {r['method']} beat sgd? **{verdict(r['diff_lo'], r['diff_hi'])}** ({r['method']} - sgd = "
-                         f"{_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} points, n = {r['pairs']}).")
+            lines.append(f"Does {r['method']} beat sgd? **{verdict(r['diff_lo'], r['diff_hi'])}** "
+                         f"({r['method']} - sgd = {_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} points, "
+                         f"n = {r['pairs']}).")
             if r["method"].startswith("rbwa"):
                 lines.append(f"Is {r['method']}'s final training loss lower than sgd's? "
                              f"**{verdict(r['loss_gain_lo'], r['loss_gain_hi'])}** (sgd - {r['method']} = "
