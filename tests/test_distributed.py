@@ -67,3 +67,15 @@ def test_two_processes_match_one_and_agree_with_each_other(tmp_path):
     # only rank 0 wrote the run directory, and it is complete
     assert {p.name for p in (two / "run").iterdir()} >= {"config.json", "metrics.jsonl", "summary.json"}
     assert not (one / "rank1.pt").exists()
+
+
+def test_global_batch_must_split_evenly(monkeypatch):
+    from rbwa.config import make_config
+    from rbwa.errors import UserError
+    from rbwa.train import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=r"batch size 33 \(the global batch\) is not divisible by 2 processes"):
+        init_distributed(make_config(batch_size=33))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_distributed(make_config(batch_size=33)) == (0, 1, torch.device("cpu"))
