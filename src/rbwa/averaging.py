@@ -72,12 +72,13 @@ def fold_reference_(averages: Sequence[Tensor], params: Sequence[Tensor], weight
         param.copy_(avg)
 
 
-def _check_arguments(
-    start_step: int, average: str, beta: float, every: int, counter: str, steps_per_epoch: int | None,
-    implementation: str,
-) -> None:
-    if not isinstance(start_step, int) or start_step < 0:
-        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}")
+def check_start(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def check_fold_schedule(average: str, beta: float, every: int, counter: str) -> None:
+    """The arguments every user of the fold rule shares (the wrapper and the Lightning callback)."""
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     if not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
@@ -86,11 +87,18 @@ def _check_arguments(
         raise ValueError(f"every must be an integer >= 1, got {every!r}")
     if counter not in COUNTERS:
         raise ValueError(f"counter must be one of {COUNTERS}, got {counter!r}")
-    if counter == "epochs":
-        if average != "mean":
-            raise ValueError("counter='epochs' applies to average='mean' only")
-        if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be an integer >= 1 with counter='epochs', got {steps_per_epoch!r}")
+    if counter == "epochs" and average != "mean":
+        raise ValueError("counter='epochs' applies to average='mean' only")
+
+
+def _check_arguments(
+    start_step: int, average: str, beta: float, every: int, counter: str, steps_per_epoch: int | None,
+    implementation: str,
+) -> None:
+    check_start("start_step", start_step)
+    check_fold_schedule(average, beta, every, counter)
+    if counter == "epochs" and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
+        raise ValueError(f"steps_per_epoch must be an integer >= 1 with counter='epochs', got {steps_per_epoch!r}")
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
 

@@ -15,7 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from rbwa.averaging import AVERAGES, COUNTERS, fold_, fold_weight
+from rbwa.averaging import check_fold_schedule, check_start, fold_, fold_weight
 
 
 class RBWACallback(pl.Callback):
@@ -23,16 +23,8 @@ class RBWACallback(pl.Callback):
 
     def __init__(self, start_epoch: int = 0, average: str = "mean", beta: float = 0.9, every: int = 1,
                  counter: str = "folds") -> None:
-        if not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch!r}")
-        if average not in AVERAGES:
-            raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an integer >= 1, got {every!r}")
-        if counter not in COUNTERS or (counter == "epochs" and average != "mean"):
-            raise ValueError(f"counter must be 'folds', or 'epochs' with average='mean'; got {counter!r}")
+        check_start("start_epoch", start_epoch)
+        check_fold_schedule(average, beta, every, counter)
         self.start_epoch, self.average, self.beta, self.every, self.counter = start_epoch, average, beta, every, counter
         self.steps_since_start = 0  # optimizer steps taken since averaging began
         self.folds = 0
