@@ -100,6 +100,7 @@ def test_table1_claims_from_constructed_runs(tmp_path):
     assert "Claim 3: the gain is larger at batch sizes 16-64 than at 128-256: **supported**" in report
     assert "the best batch size for RBWA is 32 (paper): ours is **32**" in report
     assert "| 16 | sgd | 3 | 51.00 ± 1.00 |" in report and "| 82.27 | 0.01776 |" in report
+    assert "](table1-gain.png)" in report and (tmp_path / "table1-gain.png").stat().st_size > 10_000
 
 
 def test_variants_get_a_verdict_each(tmp_path):

@@ -63,6 +63,35 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, sta
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"{title}\n{band}", fontsize=10)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gain(points: list[tuple[float, float, float, float, float | None]], path: Path, title: str,
+              xlabel: str) -> Path:
+    """RBWA - SGD accuracy per setting (x on a log2 axis): ours as mean with its 95% CI, the paper's as markers.
+
+    ``points`` holds (x, mean, ci_low, ci_high, paper) per setting; a NaN interval (one seed) draws no bar.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    xs = np.array([p[0] for p in points], dtype=float)
+    mean, lo, hi = (np.array([p[i] for p in points], dtype=float) for i in (1, 2, 3))
+    err = np.nan_to_num(np.stack([mean - lo, hi - mean]), nan=0.0)
+    ax.errorbar(xs, mean, yerr=err, fmt="o-", color=COLORS["rbwa"], capsize=4, label="ours: mean, 95% CI (paired)")
+    paper = [(x, p[4]) for x, p in zip(xs, points) if p[4] is not None]
+    if paper:
+        ax.plot(*zip(*paper), "s--", color="#777777", markerfacecolor="none", label="paper (single runs)")
+    ax.axhline(0.0, color="#444444", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set(title=title, xlabel=xlabel, ylabel="RBWA - SGD final test accuracy (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Write the figure atomically (a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")

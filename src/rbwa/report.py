@@ -19,7 +19,7 @@ from typing import Any
 from rbwa.config import PRESETS, TrainConfig
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_bytes, read_jsonl
-from rbwa.plots import plot_curves
+from rbwa.plots import plot_curves, plot_gain
 from rbwa.stats import mean_std, paired_difference, verdict
 
 # The paper's reported final test accuracy (%) and final loss (PAPER.md), keyed (dataset, model, batch, method).
@@ -37,13 +37,16 @@ ORDER = ["fig3", "fig5", "table1", "variants", "controls"]  # the paper's order,
 SMALL_BATCHES, LARGE_BATCHES = ("16", "32", "64"), ("128", "256")
 
 
+def paper_table1_gain(batch: str) -> float:
+    """Table 1's RBWA - SGD final test accuracy at one batch size (points)."""
+    (sgd, _), (rbwa, _) = TABLE1[int(batch)]
+    return rbwa - sgd
+
+
 def paper_batch_effect() -> float:
     """Table 1's mean RBWA gain at batch 16-64 minus its mean gain at 128-256 (about +1.29 points)."""
-    def gain(b: str) -> float:
-        (sgd, _), (rbwa, _) = TABLE1[int(b)]
-        return rbwa - sgd
-
-    return sum(map(gain, SMALL_BATCHES)) / len(SMALL_BATCHES) - sum(map(gain, LARGE_BATCHES)) / len(LARGE_BATCHES)
+    return (sum(map(paper_table1_gain, SMALL_BATCHES)) / len(SMALL_BATCHES)
+            - sum(map(paper_table1_gain, LARGE_BATCHES)) / len(LARGE_BATCHES))
 
 
 @dataclass
@@ -335,6 +338,13 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
             name = f"{exp.name}-{setting}.png".replace(" ", "_")
             plot_curves(groups, out / name, f"{exp.title} — {exp.setting} {setting}", start_epoch=cfg["start_epoch"])
             md += [f"![{exp.name} {setting}]({name})", ""]
+        gains = [r for r in rows if r["method"] == "rbwa" and r["pairs"]]
+        if exp.name == "table1" and gains:
+            name = "table1-gain.png"
+            plot_gain([(float(r["setting"]), r["diff_vs_sgd"], r["diff_lo"], r["diff_hi"],
+                        paper_table1_gain(r["setting"])) for r in gains],
+                      out / name, f"RBWA's gain over SGD by {exp.setting}", exp.setting)
+            md += [f"![{exp.name} gain]({name})", ""]
         md += [_table(exp, rows), ""]
         verdicts = claims(exp, rows)
         answers += verdicts

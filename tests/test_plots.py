@@ -1,0 +1,25 @@
+import math
+
+import numpy as np
+from PIL import Image
+
+from rbwa.plots import curve_band, plot_curves, plot_gain
+
+
+def test_curve_band_uses_only_epochs_every_run_has():
+    a = [{"epoch": 0, "loss": None}, {"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}]
+    b = [{"epoch": 0, "loss": None}, {"epoch": 1, "loss": 4.0}]  # interrupted after epoch 1
+    epochs, mean, lo, hi = curve_band([a, b], "loss")
+    assert epochs.tolist() == [1] and mean.tolist() == [3.0] and lo.tolist() == [2.0] and hi.tolist() == [4.0]
+
+
+def test_plots_are_written_atomically_as_png(tmp_path):
+    runs = [[{"epoch": e, "test_acc": 10.0 * e + s, "train_loss": None if e == 0 else 1.0 / e} for e in range(4)]
+            for s in range(2)]
+    curves = plot_curves({"sgd": runs, "rbwa": runs}, tmp_path / "c.png", "title", start_epoch=1)
+    gain = plot_gain([(16, 1.0, 0.5, 1.5, 1.49), (32, -1.0, math.nan, math.nan, None)], tmp_path / "g.png",
+                     "gain", "batch size")
+    for path in (curves, gain):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and np.asarray(image).std() > 0  # not a blank canvas
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "g.png"]  # no temporaries left
