@@ -47,6 +47,7 @@ def test_verdicts_follow_the_intervals(tmp_path):
     assert ("Claim 1, model resnet18: RBWA reaches higher final test accuracy than SGD: **supported** "
             "(RBWA - SGD = +2.50 [+1.26, +3.74] points, n = 3 seeds; paper: +1.38)") in report
     assert "model vgg16: RBWA reaches higher final test accuracy than SGD: **not supported (the opposite" in report
+    assert "Not in this directory, so not answered here: fig5, table1, variants, controls" in report
     for png in ("fig3-resnet18.png", "fig3-vgg16.png"):
         assert (tmp_path / png).stat().st_size > 10_000 and f"]({png})" in report
     assert "| resnet18 | rbwa | 3 | 53.50 ± 1.50 | 53.50 ± 1.50 | 0.3000 ± 0.0000 |" in report

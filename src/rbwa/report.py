@@ -350,8 +350,12 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         answers += verdicts
         if verdicts:
             md += ["Verdicts:", "", *[f"- {v}" for v in verdicts], ""]
-    md[md.index("## Protocol"):md.index("## Protocol")] = ["## Answers", "", *([f"- {a}" for a in answers] or
-                                                             ["- No verdicts yet: no finished pairs of runs."]), ""]
+    answers = [f"- {a}" for a in answers] or ["- No verdicts yet: no finished pairs of runs."]
+    absent = [name for name in ORDER if name not in {e.name for e in experiments}]
+    if absent:  # say which of the paper's experiments this report cannot answer for
+        answers.append(f"- Not in this directory, so not answered here: {', '.join(absent)} "
+                       f"(run `rbwa reproduce {absent[0]} ...` with the same --out to add it).")
+    md[md.index("## Protocol"):md.index("## Protocol")] = ["## Answers", "", *answers, ""]
     buf = io.StringIO()
     if all_rows:
         writer = csv.DictWriter(buf, fieldnames=list(all_rows[0]))
