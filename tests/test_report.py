@@ -51,6 +51,8 @@ def test_verdicts_follow_the_intervals(tmp_path):
     for png in ("fig3-resnet18.png", "fig3-vgg16.png"):
         assert (tmp_path / png).stat().st_size > 10_000 and f"]({png})" in report
     assert "| resnet18 | rbwa | 3 | 53.50 ± 1.50 | 53.50 ± 1.50 | 0.3000 ± 0.0000 |" in report
+    assert "| resnet18 | sgd | 3 | 51.00 ± 1.00 |" in report and "| 81.98 | 0.013 | 93-95.7 (a) | - |" in report
+    assert "(a) a tuned ResNet-18" in report
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     r = next(r for r in rows if r["setting"] == "resnet18" and r["method"] == "rbwa")
     assert float(r["diff_vs_sgd"]) == pytest.approx(2.5) and float(r["paper_acc"]) == 83.36 and r["n"] == "3"

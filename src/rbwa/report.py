@@ -33,6 +33,15 @@ PAPER: dict[tuple[str, str, int, str], tuple[float, float]] = {
 TABLE1 = {16: ((82.27, 0.01776), (83.76, 0.00473)), 32: ((82.5, 0.01760), (84.25, 0.00384)),
           64: ((82.31, 0.01283), (83.36, 0.00209)), 128: ((82.46, 0.00035), (82.55, 0.00039)),
           256: ((80.56, 0.00038), (80.74, 0.00047))}
+# Reference points from elsewhere (PAPER.md), for scale: full-data, tuned, long-budget test accuracy (%).
+ANCHORS: dict[tuple[str, str, str], str] = {
+    ("cifar10", "resnet18", "sgd"): "93-95.7 (a)", ("cifar100", "resnet18", "sgd"): "75.6-77 (a)",
+    ("cifar10", "vgg16", "sgd"): "93.25 (b)", ("cifar10", "vgg16", "swa"): "93.64 (b)",
+    ("cifar100", "vgg16", "sgd"): "72.55 (b)", ("cifar100", "vgg16", "swa"): "74.27 (b)",
+}
+ANCHOR_SOURCES = ("Anchors (test accuracy reported elsewhere, on all the data, for scale): (a) a tuned ResNet-18, "
+                  "200 epochs, cosine LR, crop+flip; (b) timgaripov/swa, VGG-16, batch 128, augmentation, "
+                  "1.5x budget.")
 ORDER = ["fig3", "fig5", "table1", "variants", "controls"]  # the paper's order, then our controls
 SMALL_BATCHES, LARGE_BATCHES = ("16", "32", "64"), ("128", "256")
 
@@ -123,6 +132,14 @@ def paper_numbers(exp: Experiment, setting: str, label: str, runs: list[Run]) ->
     return PAPER.get((dataset, cfg["model"], cfg["batch_size"], label))
 
 
+def anchor(runs: list[Run], label: str) -> str | None:
+    cfg = next((r.config for r in runs if r.config), None)
+    if cfg is None:
+        return None
+    dataset = "cifar100" if "100" in cfg["dataset"] else "cifar10"
+    return ANCHORS.get((dataset, cfg["model"], label))
+
+
 def _final(runs: list[Run], key: str) -> dict[int, float]:
     return {r.seed: r.summary[key] for r in runs if r.finished and r.summary.get(key) is not None}
 
@@ -163,6 +180,7 @@ def summarise(exp: Experiment) -> list[dict[str, Any]]:
             "diff_vs_sgd": diff[0], "diff_lo": diff[1], "diff_hi": diff[2], "pairs": diff[3],
             "loss_gain_vs_sgd": loss_diff[0], "loss_gain_lo": loss_diff[1], "loss_gain_hi": loss_diff[2],
             "paper_acc": None if paper is None else paper[0], "paper_loss": None if paper is None else paper[1],
+            "anchor_acc": anchor(runs, label),
         })
     return rows
 
@@ -246,8 +264,8 @@ def _or_dash(value: Any) -> str:
 
 def _table(exp: Experiment, rows: list[dict[str, Any]]) -> str:
     out = [f"| {exp.setting} | method | n | final test acc (%) | best test acc (%) | final train loss | "
-           "final acc - SGD, 95% CI | paper acc | paper loss | not finished |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "final acc - SGD, 95% CI | paper acc | paper loss | anchor acc | not finished |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         missing = []
         if r["diverged"]:
@@ -258,7 +276,7 @@ def _table(exp: Experiment, rows: list[dict[str, Any]]) -> str:
             f"| {r['setting']} | {r['method']} | {r['n']} | {_fmt(r['final_acc_mean'], r['final_acc_std'])} | "
             f"{_fmt(r['best_acc_mean'], r['best_acc_std'])} | {_fmt(r['final_loss_mean'], r['final_loss_std'], 4)} | "
             f"{_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} | {_or_dash(r['paper_acc'])} | "
-            f"{_or_dash(r['paper_loss'])} | {', '.join(missing) or '-'} |")
+            f"{_or_dash(r['paper_loss'])} | {_or_dash(r['anchor_acc'])} | {', '.join(missing) or '-'} |")
     return "\n".join(out)
 
 
@@ -346,6 +364,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
                       out / name, f"RBWA's gain over SGD by {exp.setting}", exp.setting)
             md += [f"![{exp.name} gain]({name})", ""]
         md += [_table(exp, rows), ""]
+        if any(r["anchor_acc"] for r in rows):
+            md += [ANCHOR_SOURCES, ""]
         verdicts = claims(exp, rows)
         answers += verdicts
         if verdicts:
