@@ -7,7 +7,7 @@ from rbwa.experiments import EXPERIMENTS, expand, reproduce
 
 
 @pytest.mark.parametrize(("experiment", "points"), [("fig3", 4), ("fig5", 4), ("table1", 10), ("variants", 8),
-                                                    ("controls", 6)])
+                                                    ("controls", 7)])
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
 def test_grid_expansion(tmp_path, experiment, points, preset):
     runs = expand(experiment, preset, seeds=3, out=tmp_path)
@@ -25,7 +25,8 @@ def test_grid_contents(tmp_path):
     assert {r.config.dataset for r in fig5} == {"cifar100"} and {r.config.model for r in fig5} == {"resnet18", "vgg16"}
     controls = {r.label: r.config for r in expand("controls", "cpu", 1, tmp_path)}
     assert controls["sgd (harmonic LR, = rbwa)"].lr_schedule == "harmonic"
-    assert controls["sgd (step x0.1 at start, = rbwa-e)"].lr_schedule == "step"
+    assert controls["sgd (step x0.1 at start)"].lr_schedule == "step"
+    assert controls["sgd (rbwa-e's LR, = rbwa-e)"].lr_schedule == "rbwa-e"
     variants = {r.label: r.config for r in expand("variants", "cpu", 1, tmp_path)}
     assert variants["rbwa (epoch counter)"].counter == "epochs"
     assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls"}

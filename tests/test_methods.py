@@ -9,13 +9,15 @@ from rbwa.methods import SideAverage, build, lr_factor
 
 
 def test_lr_factor_by_hand():
-    args = {"total_steps": 100, "start_step": 40, "milestone_steps": [40, 70], "gamma": 0.1}
+    args = {"total_steps": 100, "start_step": 40, "milestone_steps": [40, 70], "gamma": 0.1, "beta": 0.8}
     assert lr_factor("constant", 77, **args) == 1.0
     assert [lr_factor("step", s, **args) for s in (39, 40, 69, 70)] == [1.0, pytest.approx(0.1), pytest.approx(0.1),
                                                                          pytest.approx(0.01)]
     assert lr_factor("cosine", 0, **args) == 1.0 and lr_factor("cosine", 50, **args) == pytest.approx(0.5)
     assert lr_factor("cosine", 100, **args) == pytest.approx(0.0, abs=1e-12)
     assert [lr_factor("harmonic", s, **args) for s in (39, 40, 41, 43)] == [1.0, 1.0, 0.5, 0.25]
+    assert [lr_factor("rbwa-e", s, **args) for s in (39, 40, 41, 99)] == [1.0, 1.0, pytest.approx(0.2),
+                                                                          pytest.approx(0.2)]
 
 
 @pytest.mark.parametrize(("method", "expected"), [
@@ -100,3 +102,23 @@ def test_schedulefree_switches_modes(tiny_resnet, batches):
     setup.optimizer.step()
     setup.eval_model(model, batches(1))
     assert setup.optimizer.param_groups[0]["train_mode"] is False
+
+
+@pytest.mark.parametrize(("method", "schedule"), [("rbwa", "harmonic"), ("rbwa-e", "rbwa-e")])
+def test_recurrent_method_equals_sgd_on_its_fold_schedule(tiny_resnet, batches, method, schedule):
+    """The controls' exact twins: SGD on the fold schedule takes the recurrent method's steps (float64)."""
+    data = batches(7, dtype=torch.float64)
+    common = {"start_epoch": 1, "epochs": 4, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, "beta": 0.8}
+    weights = []
+    for cfg in (make_config(method=method, **common), make_config(method="sgd", lr_schedule=schedule, **common)):
+        torch.manual_seed(0)
+        model = tiny_resnet().double()
+        setup = build(cfg, model, steps_per_epoch=2)
+        for step, (x, y) in enumerate(data):
+            setup.optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            setup.optimizer.step()
+            setup.after_step(model, step)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)

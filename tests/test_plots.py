@@ -3,7 +3,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from rbwa.plots import curve_band, plot_curves, plot_gain
+from rbwa.plots import COLORS, curve_band, line_styles, plot_curves, plot_gain
 
 
 def test_curve_band_uses_only_epochs_every_run_has():
@@ -23,3 +23,13 @@ def test_plots_are_written_atomically_as_png(tmp_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and np.asarray(image).std() > 0  # not a blank canvas
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "g.png"]  # no temporaries left
+
+
+def test_every_line_of_a_figure_is_told_apart():
+    labels = ["sgd", "rbwa", "sgd (harmonic LR, = rbwa)", "rbwa-e", "sgd (rbwa-e's LR, = rbwa-e)",
+              "sgd (step x0.1 at start)", "sgd (cosine LR)", "swa"]
+    styles = line_styles(labels)
+    assert styles["sgd (harmonic LR, = rbwa)"] == (COLORS["rbwa"], ":")  # dotted over the method it equals
+    assert styles["sgd (rbwa-e's LR, = rbwa-e)"] == (COLORS["rbwa-e"], ":")
+    assert styles["swa"] == (COLORS["swa"], "--") and styles["sgd"] == (COLORS["sgd"], "-")
+    assert len(set(styles.values())) == len(labels)

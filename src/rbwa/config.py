@@ -16,7 +16,7 @@ from rbwa.errors import UserError
 
 METHODS = ("sgd", "rbwa", "rbwa-e", "rswa", "swa", "ema", "lookahead", "schedulefree")
 MODELS = ("resnet18", "vgg16")
-LR_SCHEDULES = ("constant", "step", "cosine", "harmonic")
+LR_SCHEDULES = ("constant", "step", "cosine", "harmonic", "rbwa-e")
 AUGMENTS = ("none", "standard")
 COUNTERS = ("folds", "epochs")
 IMPLEMENTATIONS = ("copy", "lr_scale")

@@ -52,7 +52,8 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
                      ("rbwa", {"method": "rbwa"}),
                      ("sgd (harmonic LR, = rbwa)", {"method": "sgd", "lr_schedule": "harmonic"}),
                      ("rbwa-e", {"method": "rbwa-e"}),
-                     ("sgd (step x0.1 at start, = rbwa-e)", {"method": "sgd", "lr_schedule": "step"}),
+                     ("sgd (rbwa-e's LR, = rbwa-e)", {"method": "sgd", "lr_schedule": "rbwa-e"}),
+                     ("sgd (step x0.1 at start)", {"method": "sgd", "lr_schedule": "step"}),
                      ("sgd (cosine LR)", {"method": "sgd", "lr_schedule": "cosine"}),
                  ]]},
 }

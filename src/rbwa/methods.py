@@ -19,15 +19,20 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from rbwa.averaging import RBWA, lookahead, rswa
+from rbwa.averaging import RBWA, fold_weight, lookahead, rswa
 from rbwa.config import TrainConfig
+
+# LR schedules that a recurrent average is algebraically equal to: the fold weight of RBWA (mean) or
+# RBWA-E (ema) at every step from the start, so SGD on them takes exactly the recurrent method's steps.
+FOLD_SCHEDULES = {"harmonic": "mean", "rbwa-e": "ema"}
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, start_step: int, milestone_steps: list[int],
-              gamma: float) -> float:
+              gamma: float, beta: float) -> float:
     """Multiplier of the base LR at optimizer step ``step`` (0-based). Pure.
 
-    ``harmonic`` is the schedule RBWA(mean) is algebraically equal to: 1/(k+1) from the start step.
+    ``harmonic`` (1/(k+1) at the k-th step from the start) is the schedule RBWA equals; ``rbwa-e`` (1 at
+    the start step, then 1 - beta) is the one RBWA-E equals: its first fold takes the live weights as they are.
     """
     if schedule == "constant":
         return 1.0
@@ -35,8 +40,8 @@ def lr_factor(schedule: str, step: int, total_steps: int, start_step: int, miles
         return gamma ** sum(step >= m for m in milestone_steps)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-    if schedule == "harmonic":
-        return 1.0 if step < start_step else 1.0 / (step - start_step + 1)
+    if schedule in FOLD_SCHEDULES:
+        return 1.0 if step < start_step else fold_weight(FOLD_SCHEDULES[schedule], step - start_step, beta)
     raise ValueError(f"unknown LR schedule {schedule!r}")
 
 
@@ -134,6 +139,6 @@ def build(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Setup:
     milestones = [m * steps_per_epoch for m in (cfg.lr_milestones or [])]
 
     def factor(step: int) -> float:
-        return lr_factor(cfg.lr_schedule, step, total, start, milestones, cfg.lr_gamma)
+        return lr_factor(cfg.lr_schedule, step, total, start, milestones, cfg.lr_gamma, cfg.beta)
 
     return Setup(opt, LambdaLR(opt, factor), side)

@@ -17,6 +17,30 @@ COLORS = {"sgd": "#444444", "rbwa": "#d62728", "rbwa-e": "#ff7f0e", "rswa": "#8c
           "ema": "#17becf", "lookahead": "#2ca02c", "schedulefree": "#9467bd"}
 
 
+# colours for lines that are not a method of their own (the controls: SGD on another LR schedule)
+EXTRA_COLORS = ("#bcbd22", "#e377c2", "#7f7f7f", "#aec7e8", "#98df8a")
+
+
+def line_styles(labels: list[str]) -> dict[str, tuple[str | None, str]]:
+    """Colour and line style per label, distinct within a figure.
+
+    A method keeps its colour in every figure; side copies are dashed (their training curve is SGD's);
+    an exact twin ("sgd (..., = rbwa)") is dotted in its twin's colour, so a perfect overlap reads as one.
+    """
+    extra = iter(EXTRA_COLORS)
+    styles = {}
+    for label in labels:
+        method = label.split(" ")[0]
+        twin = label.rsplit("= ", 1)[1].rstrip(")") if "= " in label else None
+        if twin in COLORS:
+            styles[label] = (COLORS[twin], ":")
+        elif label == method or method in SIDE_COPY:
+            styles[label] = (COLORS.get(method), "--" if method in SIDE_COPY else "-")
+        else:
+            styles[label] = (next(extra, None), "-")
+    return styles
+
+
 def curve_band(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Epochs, mean, min and max of ``key`` over runs (metrics lists), on the epochs every run has."""
     by_epoch: dict[int, list[float]] = {}
@@ -33,16 +57,17 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, sta
     """Two panels (test accuracy; training loss, log scale): mean over seeds, shaded min-max band."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     n_seeds = sorted({len(runs) for runs in groups.values()})
+    styles = line_styles(list(groups))
     for label, runs in groups.items():
-        color = COLORS.get(label.split(" ")[0])
+        color, linestyle = styles[label]
         for ax, key in ((acc_ax, "test_acc"), (loss_ax, "train_loss")):
             epochs, mean, lo, hi = curve_band(runs, key)
             if len(epochs) == 0:
                 continue
             side_copy = label.split(" ")[0] in SIDE_COPY
-            ax.plot(epochs, mean, label=label + (" (side copy)" if side_copy else ""), color=color, linewidth=1.6,
-                    linestyle="--" if side_copy else "-")
-            if len(runs) > 1:
+            ax.plot(epochs, mean, label=label + (" (side copy)" if side_copy else ""), color=color,
+                    linewidth=2.4 if linestyle == ":" else 1.6, linestyle=linestyle)
+            if len(runs) > 1 and linestyle != ":":  # a twin's band would hide the one it equals
                 ax.fill_between(epochs, lo, hi, color=color, alpha=0.18, linewidth=0)
     seeds = "/".join(str(n) for n in n_seeds)
     band = f"line: mean of {seeds} seed(s); band: min-max" if max(n_seeds) > 1 else "single run"

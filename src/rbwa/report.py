@@ -251,7 +251,7 @@ def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[str]:
         for (setting, label), runs in groups.items():
             if not label.startswith("sgd ("):
                 continue
-            twin = "rbwa-e" if "rbwa-e" in label else "rbwa"
+            twin = "rbwa-e" if label.endswith("= rbwa-e)") else "rbwa"  # the other controls are for rbwa
             a, b = _final(groups.get((setting, twin), []), "final_test_acc"), _final(runs, "final_test_acc")
             m, lo, hi, n = paired_difference(a, b)
             if n == 0:
