@@ -67,8 +67,9 @@ def test_reproduce_then_report(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     code, out, _ = run_cli(capsys, ["reproduce", "controls", "--preset", "smoke", "--seeds", "2", "--dataset", "digits",
                                     "--train-subset", "100", "--test-subset", "50", "--out", str(sweep)])
-    assert code == 0 and out.count(": training") == 12
+    assert code == 0 and out.count(": training") == 14  # 7 lines x 2 seeds
     code, out, _ = run_cli(capsys, ["report", str(sweep)])
     report = (sweep / "report.md").read_text()
     assert code == 0 and "Does rbwa beat sgd (harmonic LR, = rbwa)?" in report and "controls-resnet18.png" in report
+    assert "Does rbwa-e beat sgd (rbwa-e's LR, = rbwa-e)?" in report
     assert (sweep / "results.csv").exists()
