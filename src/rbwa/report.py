@@ -122,22 +122,32 @@ def load_experiments(root: Path) -> list[Experiment]:
     return experiments
 
 
-def paper_numbers(exp: Experiment, setting: str, label: str, runs: list[Run]) -> tuple[float, float] | None:
+def _config(runs: list[Run]) -> dict[str, Any] | None:
+    """The first config among the runs, with ``paper_dataset`` set to the paper's name for its data."""
     cfg = next((r.config for r in runs if r.config), None)
+    return None if cfg is None else {**cfg, "paper_dataset": "cifar100" if "100" in cfg["dataset"] else "cifar10"}
+
+
+def paper_numbers(exp: Experiment, setting: str, label: str, runs: list[Run]) -> tuple[float, float] | None:
+    cfg = _config(runs)
     if cfg is None or label not in ("sgd", "rbwa"):
         return None
     if exp.name == "table1":
         return TABLE1.get(int(setting), (None, None))[label == "rbwa"]
-    dataset = "cifar100" if "100" in cfg["dataset"] else "cifar10"
-    return PAPER.get((dataset, cfg["model"], cfg["batch_size"], label))
+    return PAPER.get((cfg["paper_dataset"], cfg["model"], cfg["batch_size"], label))
 
 
 def anchor(runs: list[Run], label: str) -> str | None:
-    cfg = next((r.config for r in runs if r.config), None)
-    if cfg is None:
+    cfg = _config(runs)
+    return None if cfg is None else ANCHORS.get((cfg["paper_dataset"], cfg["model"], label))
+
+
+def paper_gain(rows: list[dict[str, Any]], setting: str) -> float | None:
+    """The paper's RBWA - SGD final test accuracy at one setting, from the rows' paper columns."""
+    by = {r["method"]: r["paper_acc"] for r in rows if r["setting"] == setting}
+    if by.get("rbwa") is None or by.get("sgd") is None:
         return None
-    dataset = "cifar100" if "100" in cfg["dataset"] else "cifar10"
-    return ANCHORS.get((dataset, cfg["model"], label))
+    return by["rbwa"] - by["sgd"]
 
 
 def _final(runs: list[Run], key: str) -> dict[int, float]:
@@ -190,18 +200,12 @@ def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[str]:
     by = {(r["setting"], r["method"]): r for r in rows}
     lines = []
 
-    def paper_gain(setting: str) -> float | None:
-        a, b = by.get((setting, "rbwa"), {}), by.get((setting, "sgd"), {})
-        if a.get("paper_acc") is None or b.get("paper_acc") is None:
-            return None
-        return a["paper_acc"] - b["paper_acc"]
-
     if exp.name in ("fig3", "fig5", "table1"):
         for setting in dict.fromkeys(r["setting"] for r in rows):
             r = by.get((setting, "rbwa"))
             if r is None or r["pairs"] == 0:
                 continue
-            gain = paper_gain(setting)
+            gain = paper_gain(rows, setting)
             lines.append(f"Claim 1, {exp.setting} {setting}: RBWA reaches higher final test accuracy than SGD: "
                          f"**{verdict(r['diff_lo'], r['diff_hi'], gain)}** (RBWA - SGD = "
                          f"{_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} points, n = {r['pairs']} seeds; "
@@ -359,11 +363,11 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
             name = f"{exp.name}-{setting}.png".replace(" ", "_")
             plot_curves(groups, out / name, f"{exp.title} — {exp.setting} {setting}", start_epoch=cfg["start_epoch"])
             md += [f"![{exp.name} {setting}]({name})", ""]
-        gains = [r for r in rows if r["method"] == "rbwa" and r["pairs"]]
-        if exp.name == "table1" and gains:
+        gains = [r for r in rows if r["method"] == "rbwa" and r["pairs"]] if exp.name == "table1" else []
+        if gains:
             name = "table1-gain.png"
             plot_gain([(float(r["setting"]), r["diff_vs_sgd"], r["diff_lo"], r["diff_hi"],
-                        paper_table1_gain(r["setting"])) for r in gains],
+                        paper_gain(rows, r["setting"])) for r in gains],
                       out / name, f"RBWA's gain over SGD by {exp.setting}", exp.setting)
             md += [f"![{exp.name} gain]({name})", ""]
         md += [_table(exp, rows), ""]
