@@ -7,8 +7,11 @@ trained once. ``OUT/<experiment>.json`` lists the runs of each experiment for ``
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,15 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
                      ("ema", {"method": "ema"}),
                      ("lookahead", {"method": "lookahead"}),
                  ]]},
+    "alternatives": {"title": "RBWA against its alternatives on ResNet-18, CIFAR-10", "setting": "model",
+                     "grid": [("resnet18", label, {"model": "resnet18", **o}) for label, o in [
+                         ("sgd", {"method": "sgd"}),
+                         ("rbwa", {"method": "rbwa"}),
+                         ("rbwa (epoch counter)", {"method": "rbwa", "counter": "epochs"}),
+                         ("sgd (step x0.1 at start)", {"method": "sgd", "lr_schedule": "step"}),
+                         ("sgd (cosine LR)", {"method": "sgd", "lr_schedule": "cosine"}),
+                         ("swa", {"method": "swa"}),
+                     ]]},
     "controls": {"title": "RBWA against learning-rate annealing controls, ResNet-18, CIFAR-10", "setting": "model",
                  "grid": [("resnet18", label, {"model": "resnet18", **o}) for label, o in [
                      ("sgd", {"method": "sgd"}),
@@ -81,6 +93,41 @@ def run_name(cfg: TrainConfig) -> str:
     extra = "" if cfg.lr_schedule == "constant" else f"-{cfg.lr_schedule}"
     extra += "" if cfg.counter == "folds" or cfg.method != "rbwa" else f"-{cfg.counter}"
     return f"{cfg.model}-bs{cfg.batch_size}-{cfg.method}{extra}-s{cfg.seed}-{digest}"
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[bool]:
+    """Hold ``run_dir/.lock`` while a run trains; yields False when a live process holds it already.
+
+    The lock is an flock, so it dies with its process: a killed sweep leaves no stale lock behind.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a live process is training the run in ``run_dir`` now."""
+    if not (run_dir / LOCK).exists():
+        return False
+    with open(run_dir / LOCK, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def expand(experiment: str, preset: str, seeds: int, out: str | Path,
@@ -133,10 +180,16 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
         raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
     diverged = []
     for i, r in enumerate(runs, 1):
-        done = (Path(r.config.out) / SUMMARY).exists()
-        print(f"[{i}/{len(runs)}] {experiment} {r.setting} {r.label} seed {r.seed}: "
-              f"{'finished, skipped' if done else 'training'}", flush=True)
-        if not done:
+        head = f"[{i}/{len(runs)}] {experiment} {r.setting} {r.label} seed {r.seed}:"
+        if (Path(r.config.out) / SUMMARY).exists():
+            print(f"{head} finished, skipped", flush=True)
+            continue
+        # several sweeps (or launcher workers) may share one --out: each run trains in one process only
+        with run_lock(Path(r.config.out)) as mine:
+            if not mine:
+                print(f"{head} training in another process, skipped", flush=True)
+                continue
+            print(f"{head} training", flush=True)
             try:
                 train(r.config, resume=True, progress=False)
             except Diverged as e:  # recorded in its summary.json; the report shows it; the sweep goes on
