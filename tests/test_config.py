@@ -1,6 +1,7 @@
 import pytest
 
 from rbwa.config import PRESETS, TrainConfig, load_yaml, make_config, preset_defaults, resolve, validate
+from rbwa.data.loader import steps_per_epoch
 from rbwa.errors import UserError
 
 
@@ -65,5 +66,10 @@ def test_presets_are_valid_configs():
         validate(resolve(make_config(**preset_defaults(name))))
     cpu = preset_defaults("cpu")
     assert cpu["start_epoch"] / cpu["epochs"] == TrainConfig().start_epoch / TrainConfig().epochs
+    # cpu-full: the paper's step count, all of CIFAR-10 at batch 64 = 782 batches an epoch, averaging from 20%
+    full = preset_defaults("cpu-full")
+    assert full.get("train_subset") is None and full.get("test_subset") is None
+    assert steps_per_epoch(50_000, full["batch_size"]) == 782 and full["start_epoch"] / full["epochs"] == 0.2
+    assert (full["width"], full["augment"] if "augment" in full else TrainConfig().augment) == (0.125, "none")
     with pytest.raises(UserError, match="unknown preset 'huge'"):
         preset_defaults("huge")

@@ -1,3 +1,4 @@
+import hashlib
 import io
 import pickle
 import tarfile
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rbwa.data import cifar, folder, load_dataset, stratified_indices
+from rbwa.data import cifar, dataset_identity, folder, load_dataset, stratified_indices
 from rbwa.errors import UserError
 
 
@@ -182,3 +183,31 @@ def test_digits_as_32x32_rgb():
     assert train.images.shape[1:] == (3, 32, 32) and len(train) + len(test) == 1797
     assert len(test) == 359 and torch.bincount(test.labels).min() >= 35
     assert torch.equal(train.images[:, 0], train.images[:, 1])  # grey, as RGB
+
+
+# ---- dataset identity: what the data is, not where it lies ------------------------------------------
+def test_folder_identity_is_independent_of_the_path_and_follows_the_content(tmp_path):
+    a = make_folder(tmp_path / "one" / "pics")
+    b = make_folder(tmp_path / "two" / "pics")  # the same files in another place
+    ida = folder.folder_identity(a, tmp_path / "cache")
+    assert ida == folder.folder_identity(b, tmp_path / "cache")
+    assert ida.startswith("folder:pics (6 train + 6 test images, sha256 ") and str(tmp_path) not in ida
+    # by hand: the digest covers every file's place in the tree and its bytes, in listing order
+    digest = hashlib.sha256(b"rbwa image folder v1\n")
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            for i in range(3):
+                digest.update(f"{split}/{c}/{i}.png\n".encode())
+                digest.update((a / split / c / f"{i}.png").read_bytes())
+    assert ida.endswith(f"sha256 {digest.hexdigest()[:16]})")
+    # one changed pixel changes it; the digest is cached per file listing
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(b / "test" / "b" / "2.png")
+    assert folder.folder_identity(b, tmp_path / "cache") != ida
+    assert len(list((tmp_path / "cache" / "folders").glob("*.id.json"))) == 3  # a, b, and b changed
+
+
+def test_builtin_datasets_are_named_by_name(tmp_path):
+    assert dataset_identity("cifar10", str(tmp_path)) == "cifar10"
+    assert dataset_identity("digits", str(tmp_path)) == "digits"
+    with pytest.raises(UserError, match="does not exist"):
+        dataset_identity(f"folder:{tmp_path}/nothing", str(tmp_path))

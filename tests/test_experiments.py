@@ -7,8 +7,8 @@ from rbwa.experiments import EXPERIMENTS, expand, reproduce
 
 
 @pytest.mark.parametrize(("experiment", "points"), [("fig3", 4), ("fig5", 4), ("table1", 10), ("variants", 8),
-                                                    ("controls", 7)])
-@pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
+                                                    ("controls", 7), ("alternatives", 6)])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-full", "paper"])
 def test_grid_expansion(tmp_path, experiment, points, preset):
     runs = expand(experiment, preset, seeds=3, out=tmp_path)
     assert len(runs) == points * 3
@@ -29,7 +29,11 @@ def test_grid_contents(tmp_path):
     assert controls["sgd (rbwa-e's LR, = rbwa-e)"].lr_schedule == "rbwa-e"
     variants = {r.label: r.config for r in expand("variants", "cpu", 1, tmp_path)}
     assert variants["rbwa (epoch counter)"].counter == "epochs"
-    assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls"}
+    alternatives = {r.label: r.config for r in expand("alternatives", "cpu-full", 1, tmp_path)}
+    assert (alternatives["rbwa (epoch counter)"].counter, alternatives["sgd (cosine LR)"].lr_schedule,
+            alternatives["sgd (step x0.1 at start)"].lr_schedule, alternatives["swa"].method) == (
+        "epochs", "cosine", "step", "swa")
+    assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls", "alternatives"}
 
 
 def test_shared_runs_have_one_directory(tmp_path):

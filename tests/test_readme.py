@@ -1,6 +1,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -17,3 +19,19 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'pip install -e ".[test]"' in README.read_text() and 'pip install -e ".[test]"' in ci
     assert "ruff check && pytest" in README.read_text() and ci.rstrip().endswith("ruff check && pytest")
+
+
+def test_readme_reproduce_command_finds_every_committed_run(monkeypatch, capsys):
+    """The README's own command, pointed at the committed results, trains nothing: every run is finished."""
+    from rbwa.cli import main
+
+    command = re.search(r"^rbwa reproduce (fig3 .*)$", README.read_text(), re.M).group(1).split()
+    data = README.parent / command[command.index("--dataset") + 1][len("folder:"):]
+    if not data.is_dir():
+        pytest.skip(f"{data} is absent")
+    monkeypatch.chdir(README.parent)
+    manifest = (README.parent / "results/cpu/fig3.json").read_bytes()
+    assert main(["reproduce", *command, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 12 and all(" finished " in line for line in lines)
+    assert (README.parent / "results/cpu/fig3.json").read_bytes() == manifest

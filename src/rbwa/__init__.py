@@ -2,5 +2,5 @@
 
 from rbwa.averaging import RBWA, fold_, fold_reference_, fold_weight, lookahead, rbwa, rbwa_e, rswa
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["RBWA", "fold_", "fold_reference_", "fold_weight", "lookahead", "rbwa", "rbwa_e", "rswa", "__version__"]

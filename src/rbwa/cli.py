@@ -96,6 +96,16 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(ns: argparse.Namespace) -> int:
+    from rbwa.migrate import migrate
+
+    renamed = migrate(ns.runs, ns.dataset)
+    for old, new in renamed:
+        print(f"{old} -> {new}")
+    print(f"renamed {len(renamed)} run(s) in {ns.runs}; configs and manifests now carry no machine path")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="rbwa", description="Recurrent Batch Weight Averaging: train, reproduce the paper, report.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -129,6 +139,11 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
     rp.add_argument("--out", default=None, help="where to write report.md, results.csv and PNGs (default: RUNS)")
     rp.set_defaults(func=cmd_report)
+    m = sub.add_parser("migrate", help="rename the runs of a sweep made before rbwa 0.2 (data named by path)")
+    m.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
+    m.add_argument("--dataset", default=None,
+                   help="folder:PATH of the data on this machine, where the path the runs recorded is gone")
+    m.set_defaults(func=cmd_migrate)
     return p
 
 

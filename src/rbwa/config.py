@@ -75,6 +75,20 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+# where things lie on one machine: never part of a run's identity, never written into a saved config
+MACHINE_KEYS = ("out", "data_dir", "cache_dir")
+
+
+def portable(cfg: TrainConfig, dataset_id: str) -> dict[str, Any]:
+    """The config as run names and config.json record it: no machine path, the dataset by what it is."""
+    return {**{k: v for k, v in cfg.to_dict().items() if k not in MACHINE_KEYS}, "dataset": dataset_id}
+
+
+def identify(cfg: TrainConfig) -> dict[str, Any]:
+    """``portable(cfg)`` with the dataset's identity looked up (an image folder's digest is cached)."""
+    from rbwa.data import dataset_identity
+
+    return portable(cfg, dataset_identity(cfg.dataset, cfg.cache_dir or default_dir("RBWA_CACHE")))
 
 
 def default_dir(env: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rbwa.config import TrainConfig, make_config, preset_defaults, resolve, validate
+from rbwa.config import MACHINE_KEYS, TrainConfig, identify, make_config, preset_defaults, resolve, validate
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_json
 
@@ -85,10 +85,14 @@ class GridRun:
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """A readable, unique directory name: the usual varying keys and a hash of everything else."""
+    """A readable, unique directory name: the usual varying keys and a hash of everything else.
+
+    The hash sees the dataset as what it is (``identify``), never where it lies, so any copy of the data,
+    given by any path, finds the same runs.
+    """
     # only keys that differ from the defaults enter the hash, so adding a config key keeps every name
     defaults = TrainConfig().to_dict()
-    keys = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "data_dir", "cache_dir") and v != defaults[k]}
+    keys = {k: v for k, v in identify(cfg).items() if v != defaults[k]}
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
     extra = "" if cfg.lr_schedule == "constant" else f"-{cfg.lr_schedule}"
     extra += "" if cfg.counter == "folds" or cfg.method != "rbwa" else f"-{cfg.counter}"
@@ -130,6 +134,22 @@ def is_locked(run_dir: Path) -> bool:
         return False
 
 
+STATUSES = ("finished", "diverged", "running", "interrupted", "not started")
+
+
+def run_status(run_dir: Path) -> str:
+    """One of STATUSES: a summary says finished or diverged; a live lock, running; a checkpoint, interrupted."""
+    from rbwa.train import CHECKPOINT, SUMMARY
+
+    try:
+        return json.loads((run_dir / SUMMARY).read_text()).get("status", "finished")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if is_locked(run_dir):
+        return "running"
+    return "interrupted" if (run_dir / CHECKPOINT).exists() else "not started"
+
+
 def expand(experiment: str, preset: str, seeds: int, out: str | Path,
            overrides: dict[str, Any] | None = None) -> list[GridRun]:
     """Every run of ``experiment`` under ``preset``: grid points x seeds 0..seeds-1. Validated, nothing written."""
@@ -156,9 +176,13 @@ def expand(experiment: str, preset: str, seeds: int, out: str | Path,
 
 def manifest(experiment: str, preset: str, runs: list[GridRun], out: Path,
              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``OUT/<experiment>.json``: the runs and the flags given, with no path of this machine in it."""
     spec = EXPERIMENTS[experiment]
+    recorded = {k: v for k, v in (overrides or {}).items() if k not in MACHINE_KEYS}
+    if "dataset" in recorded and runs:
+        recorded["dataset"] = identify(runs[0].config)["dataset"]
     return {"experiment": experiment, "title": spec["title"], "setting": spec["setting"], "preset": preset,
-            "overrides": overrides or {},
+            "overrides": recorded,
             "runs": [{"run": str(Path(r.config.out).relative_to(out)), "setting": r.setting, "label": r.label,
                       "seed": r.seed} for r in runs]}
 
@@ -172,7 +196,7 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
     runs = expand(experiment, preset, seeds, out, overrides)
     if dry_run:
         for r in runs:
-            print(f"{r.setting:>10}  {r.label:<36} seed {r.seed}  {r.config.out}")
+            print(f"{r.setting:>10}  {r.label:<36} seed {r.seed}  {run_status(Path(r.config.out)):<11}  {r.config.out}")
         return runs
     try:
         atomic_write_json(out / f"{experiment}.json", manifest(experiment, preset, runs, out, overrides))

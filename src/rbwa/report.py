@@ -125,7 +125,10 @@ def load_experiments(root: Path) -> list[Experiment]:
 def _config(runs: list[Run]) -> dict[str, Any] | None:
     """The first config among the runs, with ``paper_dataset`` set to the paper's name for its data."""
     cfg = next((r.config for r in runs if r.config), None)
-    return None if cfg is None else {**cfg, "paper_dataset": "cifar100" if "100" in cfg["dataset"] else "cifar10"}
+    if cfg is None:
+        return None
+    name = folder_name(cfg["dataset"]) or cfg["dataset"]
+    return {**cfg, "paper_dataset": "cifar100" if "100" in name else "cifar10"}
 
 
 def paper_numbers(exp: Experiment, setting: str, label: str, runs: list[Run]) -> tuple[float, float] | None:
@@ -311,6 +314,18 @@ def _protocol(experiments: list[Experiment]) -> list[str]:
     ]
 
 
+def folder_name(dataset: str) -> str | None:
+    """The folder's name in an image-folder dataset as configs record it (``folder:NAME (...)``), else None."""
+    return dataset[len("folder:"):].split(" (")[0].rstrip("/").rsplit("/", 1)[-1] if dataset.startswith("folder:") \
+        else None
+
+
+def _flag_value(value: Any) -> str:
+    """A flag's value in a printed command; an image folder, recorded by content, as a path to fill in."""
+    name = folder_name(value) if isinstance(value, str) else None
+    return value if name is None else f"folder:PATH/TO/{name}"
+
+
 def _differences(cfg: dict[str, Any]) -> list[str]:
     """What this sweep's config changes from the paper's stated protocol, and what it fills in."""
     paper = {**TrainConfig().to_dict(), **PRESETS["paper"]}
@@ -320,9 +335,9 @@ def _differences(cfg: dict[str, Any]) -> list[str]:
     lines = [f"- {label}: {cfg[key]} (class-balanced subset) instead of {everything[key]}" if key in everything
              else f"- {label}: {cfg[key]} instead of {paper[key]}"
              for key, label in named.items() if cfg.get(key) != paper[key]]
-    if cfg["dataset"].startswith("folder:"):
-        lines.append(f"- data: the image folder `{cfg['dataset'][7:]}` (JPEG re-encoded CIFAR, slightly below the "
-                     "official images in accuracy) instead of the official archives")
+    if folder := folder_name(cfg["dataset"]):
+        lines.append(f"- data: the image folder `{folder}` (JPEG re-encoded CIFAR, slightly below the official images "
+                     "in accuracy) instead of the official archives")
     lines.append(f"- not stated by the paper, chosen here: SGD lr {cfg['lr']}, momentum {cfg['momentum']}, weight "
                  f"decay {cfg['weight_decay']}, constant LR, augmentation `{cfg['augment']}`, several seeds "
                  "(the paper's numbers look like single runs), training loss = mean over each epoch's batches")
@@ -341,6 +356,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
           "*not supported* when it lies below 0, is exactly 0 (identical in every seed), or includes 0 but lies "
           "below the paper's own difference; "
           "*inconclusive at this scale* otherwise.", "", "## Protocol", "", *_protocol(experiments), ""]
+    shown = root.name if root.is_absolute() else root  # no path of this machine in a report
     answers = []
     for exp in experiments:
         rows = summarise(exp)
@@ -349,10 +365,10 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         if not overrides:  # a manifest from before they were recorded: the data location is in every config
             folders = sorted({r.config["dataset"] for r in exp.runs if r.config and ":" in r.config["dataset"]})
             overrides = {"dataset": folders[0]} if len(folders) == 1 else {}
-        flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items())
+        flags = "".join(f" --{k.replace('_', '-')} {_flag_value(v)}" for k, v in overrides.items())
         md += [f"## {exp.name}: {exp.title}", "", f"Preset `{exp.preset}`; command: "
                f"`rbwa reproduce {exp.name} --preset {exp.preset} --seeds "
-               f"{max((r.seed for r in exp.runs), default=0) + 1} --out {root}{flags}`", ""]
+               f"{max((r.seed for r in exp.runs), default=0) + 1} --out {shown}{flags}`", ""]
         by_setting: dict[str, dict[str, list[list[dict]]]] = defaultdict(dict)
         for (setting, label), runs in exp.groups().items():
             done = [r.metrics for r in runs if r.finished]

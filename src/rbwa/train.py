@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from rbwa import __version__
-from rbwa.config import TrainConfig, resolve, validate
+from rbwa.config import MACHINE_KEYS, TrainConfig, identify, resolve, validate
 from rbwa.data import Split, load_dataset, stratified_indices
 from rbwa.data.loader import BatchLoader, channel_stats
 from rbwa.errors import UserError
@@ -34,8 +34,6 @@ from rbwa.models.syncbn import convert_global_bn
 from rbwa.resources import available_bytes, estimate_bytes, human
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
-# keys that may differ between a run and its resumption without changing its numbers
-RESUMABLE_DIFFERENCES = {"out", "data_dir", "cache_dir"}
 
 
 class Diverged(Exception):
@@ -96,10 +94,13 @@ def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> bool:
         old = json.loads(saved.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{saved} is unreadable ({e}); move the directory away and start again") from e
-    new, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    # a key absent from an older run's config.json had its default then
+    new, defaults = identify(cfg), TrainConfig().to_dict()
+    # a key absent from an older run's config.json had its default then; where things lie may differ
     differing = sorted(k for k in set(old) | set(new)
-                       if k not in RESUMABLE_DIFFERENCES and old.get(k, defaults.get(k)) != new.get(k))
+                       if k not in MACHINE_KEYS and old.get(k, defaults.get(k)) != new.get(k))
+    if differing == ["dataset"] and str(old.get("dataset")).startswith("folder:") and "(" not in old["dataset"]:
+        raise UserError(f"{out} names its data by path ({old['dataset']}), as runs before rbwa 0.2 did; "
+                        f"run `rbwa migrate {out.parent.parent}` once to rename its runs")
     if differing:
         raise UserError(f"{out} was run with a different config ({', '.join(differing)}); use another --out")
     return True
@@ -224,7 +225,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     if main:
         try:
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / CONFIG, cfg.to_dict())
+            atomic_write_json(out / CONFIG, identify(cfg))
         except OSError as e:
             raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from rbwa.data.dataset import Split, stratified_indices
@@ -13,6 +14,25 @@ DATASETS = ("cifar10", "cifar100", "digits", "folder:PATH")
 def check_dataset_name(name: str) -> None:
     if name not in ("cifar10", "cifar100", "digits") and not (name.startswith("folder:") and len(name) > 7):
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def folder_path(name: str) -> Path:
+    return Path(name[len("folder:"):]).expanduser()
+
+
+@functools.lru_cache(maxsize=16)
+def dataset_identity(name: str, cache_dir: str) -> str:
+    """The dataset as run names and saved configs record it: what it is, never where it lies.
+
+    The official archives and digits are defined by their name (the archives are MD5-checked when
+    loaded); an image folder by its name, split sizes and a digest of its content.
+    """
+    check_dataset_name(name)
+    if not name.startswith("folder:"):
+        return name
+    from rbwa.data.folder import folder_identity
+
+    return folder_identity(folder_path(name), Path(cache_dir))
 
 
 def load_dataset(name: str, data_dir: Path, cache_dir: Path, image_size: int | None = None,
@@ -29,7 +49,7 @@ def load_dataset(name: str, data_dir: Path, cache_dir: Path, image_size: int | N
         return load_digits()
     from rbwa.data.folder import load_folder
 
-    return load_folder(Path(name[len("folder:"):]).expanduser(), Path(cache_dir), image_size)
+    return load_folder(folder_path(name), Path(cache_dir), image_size)
 
 
-__all__ = ["DATASETS", "Split", "check_dataset_name", "load_dataset", "stratified_indices"]
+__all__ = ["DATASETS", "Split", "check_dataset_name", "dataset_identity", "load_dataset", "stratified_indices"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from rbwa.data.dataset import Split
 from rbwa.errors import UserError
-from rbwa.io import atomic_torch_save
+from rbwa.io import atomic_torch_save, atomic_write_json
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 CACHE_VERSION = 1
@@ -44,6 +45,35 @@ def fingerprint(files: list[tuple[Path, int]], image_size: int | None) -> str:
         st = path.stat()
         digest.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
+
+
+def content_digest(root: Path, files: list[tuple[Path, int]]) -> str:
+    """SHA-256 of every file's place in the tree (split/class/name) and bytes: the same for any copy of the data."""
+    digest = hashlib.sha256(b"rbwa image folder v1\n")
+    for path, _ in files:
+        digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def folder_identity(root: Path, cache_dir: Path) -> str:
+    """What an image folder *is*, independent of where it lies: its name, split sizes and content digest.
+
+    Reading every file takes a few seconds for CIFAR-10, so the digest is cached, keyed by the files'
+    paths, sizes and modification times.
+    """
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist")
+    train = list_split(root, "train")[1]
+    test = list_split(root, "test")[1]
+    cache = cache_dir / "folders" / f"{root.name}-{fingerprint(train + test, None)}.id.json"
+    try:
+        digest = json.loads(cache.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        digest = content_digest(root, train + test)
+        with contextlib.suppress(OSError):  # an unwritable cache costs seconds, not correctness
+            atomic_write_json(cache, {"sha256": digest})
+    return f"folder:{root.name} ({len(train)} train + {len(test)} test images, sha256 {digest[:16]})"
 
 
 def decode(path: Path, image_size: int | None) -> np.ndarray:
