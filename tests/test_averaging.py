@@ -235,3 +235,13 @@ def test_lookahead_matches_slow_weight_update():
     slow = slow + 0.5 * (s[5] - slow)
     slow = slow + 0.5 * (s[8] - slow)
     torch.testing.assert_close(p.detach(), slow, rtol=0, atol=1e-12)
+
+
+def test_lr_multipliers_follow_the_fold_rule_by_hand():
+    opt = RBWA(torch.optim.SGD([torch.zeros(1)], lr=0.1), start_step=2)
+    assert opt.lr_multipliers(5) == [1.0, 1.0, 1.0, 1 / 2, 1 / 3]  # the first fold takes the weights as they are
+    by_epoch = RBWA(torch.optim.SGD([torch.zeros(1)], lr=0.1), start_step=2, counter="epochs", steps_per_epoch=2)
+    assert by_epoch.lr_multipliers(7) == [1.0, 1.0, 1.0, 1.0, 1 / 2, 1 / 2, 1 / 3]
+    ema = RBWA(torch.optim.SGD([torch.zeros(1)], lr=0.1), start_step=1, average="ema", beta=0.9)
+    assert ema.lr_multipliers(4) == pytest.approx([1.0, 1.0, 0.1, 0.1])
+    assert opt.steps == 0 and opt.folds == 0  # a look at the schedule takes no step

@@ -110,5 +110,70 @@ def test_table1_claims_from_constructed_runs(tmp_path):
 def test_variants_get_a_verdict_each(tmp_path):
     make_sweep(tmp_path, {"resnet18": [2.0, 2.5, 3.0]}, experiment="variants")
     report = write_report(tmp_path).read_text()
-    assert "Does rbwa beat sgd? **supported** (rbwa - sgd = +2.50 [+1.26, +3.74] points, n = 3)." in report
+    assert ("Does rbwa beat sgd? **supported** (rbwa - sgd = +2.50 [+1.26, +3.74] points, n = 3 seeds); "
+            "mean of the last 5 epochs: **supported**") in report
     assert "Is rbwa's final training loss lower than sgd's? **supported**" in report
+
+
+def _pair_sweep(root: Path, experiment: str, label: str, curves: dict[int, tuple[list[float], list[float]]],
+                test_size: int = 2000) -> None:
+    """sgd and ``label`` runs with the given test-accuracy curves (epoch 0 first) per seed."""
+    entries = []
+    for seed, (base, other) in curves.items():
+        for name, accs in (("sgd", base), (label, other)):
+            run = make_run(root, f"{name}-{seed}".replace(" ", "_"), accs=tuple(accs))
+            summary = json.loads((root / run / "summary.json").read_text())
+            (root / run / "summary.json").write_text(json.dumps({**summary, "test_size": test_size}))
+            entries.append({"run": run, "setting": "resnet18", "label": name, "seed": seed})
+    (root / f"{experiment}.json").write_text(json.dumps({"experiment": experiment, "title": "t",
+                                                          "setting": "model", "preset": "smoke", "runs": entries}))
+
+
+def test_last_epochs_measure_and_holm_are_shown_beside_the_final_verdict(tmp_path):
+    # final epoch: +1, +1.5, +2 (supported); the 5 epochs before it: -3 each, so the last-5 means are
+    # (-3 x 4 + d) / 5 = -2.2, -2.1, -2.0: the opposite holds, and the report must say the measures disagree
+    curves = {s: ([10] + [50.0] * 9, [10] + [50.0] * 4 + [47.0] * 4 + [50.0 + d])
+              for s, d in enumerate((1.0, 1.5, 2.0))}
+    _pair_sweep(tmp_path, "variants", "rbwa-e", curves)
+    report = write_report(tmp_path).read_text()
+    assert ("Does rbwa-e beat sgd? **supported** (rbwa-e - sgd = +1.50 [+0.26, +2.74] points, n = 3 seeds); "
+            "mean of the last 5 epochs: **not supported (the opposite holds)** (-2.10 [-2.35, -1.85]); "
+            "**the two measures disagree**") in report
+    # two tests in this report (accuracy; rbwa-e's loss ties at 0 every epoch, p = 1): Holm doubles the
+    # smaller p. Accuracy: t = 1.5 / (0.5 / sqrt 3) = 5.196 on 2 df, p = 1 - t / sqrt(t^2 + 2) = 0.0351,
+    # significant alone but not after the correction
+    p = 1 - 5.196152 / (5.196152 ** 2 + 2) ** 0.5
+    assert f"Holm over the 2 tests of this report: p = {2 * p:.3g}, **inconclusive after correction**" in report
+
+
+def test_no_difference_needs_whole_curves_within_one_test_image(tmp_path):
+    # equal at the final epoch in every seed, but one seed is 3 images apart at epoch 2
+    one = 100 / 2000
+    curves = {0: ([10, 40, 45, 50], [10, 40, 45, 50]), 1: ([10, 41, 46, 51], [10, 41 + one, 46, 51]),
+              2: ([10, 42, 47, 52], [10, 42, 47 + 3 * one, 52])}
+    _pair_sweep(tmp_path, "controls", "sgd (harmonic LR, = rbwa)", {s: (c[1], c[0]) for s, c in curves.items()})
+    text = (tmp_path / "controls.json").read_text().replace('"sgd"', '"rbwa"')
+    (tmp_path / "controls.json").write_text(text)
+    report = write_report(tmp_path).read_text()
+    assert "Does rbwa beat sgd (harmonic LR, = rbwa)? **inconclusive at this scale** (rbwa - control = +0.00" in report
+    assert "largest difference at any epoch of any seed: 0.15 points (tolerance 0.05 points)" in report
+    # within one image at every epoch: no difference
+    (tmp_path / "runs").rename(tmp_path / "old")
+    curves[2] = ([10, 42, 47, 52], [10, 42, 47 + one, 52])
+    _pair_sweep(tmp_path, "controls", "sgd (harmonic LR, = rbwa)", {s: (c[1], c[0]) for s, c in curves.items()})
+    (tmp_path / "controls.json").write_text((tmp_path / "controls.json").read_text().replace('"sgd"', '"rbwa"'))
+    report = write_report(tmp_path).read_text()
+    assert ("Does rbwa beat sgd (harmonic LR, = rbwa)? **not supported (no difference in any seed)**") in report
+    assert "largest difference at any epoch of any seed: 0.05 points (tolerance 0.05 points)" in report
+
+
+def test_mechanism_figure_from_the_fold_rule(tmp_path):
+    make_sweep(tmp_path, {"resnet18": [2.0, 2.5]})
+    for summary in (tmp_path / "runs").glob("*rbwa*/summary.json"):
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "steps_per_epoch": 782}))
+    for config in (tmp_path / "runs").glob("*/config.json"):
+        config.write_text(json.dumps({**json.loads(config.read_text()), "method": "rbwa"}))
+    report = write_report(tmp_path).read_text()
+    # one epoch after the start the fold weight is 1/(782+1) here and 1/(79+1) at the cpu preset's 5,000 images
+    assert "the step is lr/783 = 6.4e-05 at 782 batches an epoch and lr/80 = 0.00063 at 79" in report
+    assert (tmp_path / "effective-lr.png").stat().st_size > 10_000 and "](effective-lr.png)" in report

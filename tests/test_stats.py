@@ -2,7 +2,18 @@ import math
 
 import pytest
 
-from rbwa.stats import mean_ci, mean_std, paired_difference, t975, verdict
+from rbwa.stats import (
+    category,
+    holm,
+    holm_verdict,
+    mean_ci,
+    mean_std,
+    paired_difference,
+    paired_p,
+    t975,
+    verdict,
+    within,
+)
 
 
 def test_mean_std_by_hand():
@@ -33,4 +44,35 @@ def test_verdicts():
     assert verdict(-0.5, 0.6, claimed=1.38).startswith("not supported (the paper's difference of +1.38")
     assert verdict(-0.5, 2.0, claimed=1.38) == "inconclusive at this scale"
     assert verdict(float("nan"), float("nan")).startswith("inconclusive")
-    assert verdict(0.0, 0.0) == "not supported (no difference in any seed)"
+    # "no difference" comes from the tolerance rule over whole curves, never from an exact 0 at one epoch
+    assert verdict(0.0, 0.0) == "inconclusive at this scale"
+    assert verdict(-0.01, 0.02, same=True) == "not supported (no difference in any seed)"
+
+
+def test_paired_p_by_hand():
+    # differences 1, 2, 3: t = 2 / (1 / sqrt 3) = 3.4641 with 2 degrees of freedom; the t(2) CDF has the
+    # closed form 1/2 + t / (2 sqrt(t^2 + 2)), so p = 1 - t / sqrt(t^2 + 2) = 1 - 3.4641 / sqrt(14)
+    assert paired_p([1.0, 2.0, 3.0]) == pytest.approx(1 - math.sqrt(12) / math.sqrt(14))
+    assert paired_p([0.0, 0.0]) == 1.0 and paired_p([2.0, 2.0]) == 0.0 and math.isnan(paired_p([1.0]))
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.02, 0.03, 0.04 (m = 4): 4 x 0.01 = 0.04, 3 x 0.02 = 0.06, 2 x 0.03 = 0.06, 1 x 0.04 -> 0.06
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    # capped at 1, monotone, NaN left out of m
+    adjusted = holm([0.5, float("nan"), 0.01])
+    assert adjusted[0] == 0.5 and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+    assert holm([0.6, 0.7]) == [1.0, 1.0]
+    assert holm([]) == []
+
+
+def test_holm_verdicts_and_categories():
+    assert holm_verdict(1.0, 0.049) == "supported" and holm_verdict(-1.0, 0.01).endswith("(the opposite holds)")
+    assert holm_verdict(1.0, 0.06) == "inconclusive after correction"
+    assert holm_verdict(0.0, 1.0, same=True).endswith("(no difference in any seed)")
+    assert category("inconclusive at this scale") == category("inconclusive after correction") == "inconclusive"
+    assert category("not supported (the opposite holds)") == "not supported"
+
+
+def test_tolerance_rule():
+    assert within([0.0, -0.05, 0.05], 0.05) and not within([0.0, 0.051], 0.05) and not within([], 1.0)

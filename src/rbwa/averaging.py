@@ -187,6 +187,19 @@ class RBWA(Optimizer):
             n = folds
         return fold_weight(self.average, n, self.beta)
 
+    def lr_multipliers(self, steps: int) -> list[float]:
+        """The factor on the learning rate of each of the first ``steps`` steps, by this wrapper's own fold rule.
+
+        Because every step starts from the average, a fold with weight w is exactly a base step with its
+        learning rate times w (the identity the tests check); steps that do not fold keep the full rate.
+        """
+        out, folds = [], 0
+        for t in range(steps):
+            folding = self.folds_at(t)
+            out.append(self.weight_at(t, folds) if folding else 1.0)
+            folds += int(folding)
+        return out
+
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 

@@ -115,6 +115,26 @@ def plot_gain(points: list[tuple[float, float, float, float, float | None]], pat
     return _save(fig, path)
 
 
+def plot_effective_lr(series: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
+                      start_epoch: float) -> Path:
+    """Effective learning rate (fold weight x lr) against training progress in epochs, log scale.
+
+    ``series`` maps a label to (epoch of each step, effective LR of each step).
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for (label, (x, y)), style in zip(series.items(), ("-", "--", "-.", ":")):
+        ax.plot(x, y, style, label=label, linewidth=1.6)
+    ax.axvline(start_epoch, color="#444444", linewidth=1, linestyle=":")
+    ax.annotate(" averaging starts", (start_epoch, ax.get_ylim()[1]), va="top", fontsize=8)
+    ax.set_yscale("log")
+    ax.set(title=title, xlabel="training progress (epochs; every step is one point)",
+           ylabel="effective learning rate (fold weight x lr)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     """Write the figure atomically (a temporary file, then a rename)."""
     path = Path(path)

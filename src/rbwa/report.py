@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rbwa.config import PRESETS, TrainConfig
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_bytes, read_jsonl
-from rbwa.plots import plot_curves, plot_gain
-from rbwa.stats import mean_std, paired_difference, verdict
+from rbwa.plots import plot_curves, plot_effective_lr, plot_gain
+from rbwa.stats import category, holm, holm_verdict, mean_ci, mean_std, paired_difference, paired_p, verdict, within
 
 # The paper's reported final test accuracy (%) and final loss (PAPER.md), keyed (dataset, model, batch, method).
 PAPER: dict[tuple[str, str, int, str], tuple[float, float]] = {
@@ -42,7 +44,9 @@ ANCHORS: dict[tuple[str, str, str], str] = {
 ANCHOR_SOURCES = ("Anchors (test accuracy reported elsewhere, on all the data, for scale): (a) a tuned ResNet-18, "
                   "200 epochs, cosine LR, crop+flip; (b) timgaripov/swa, VGG-16, batch 128, augmentation, "
                   "1.5x budget.")
-ORDER = ["fig3", "fig5", "table1", "variants", "controls"]  # the paper's order, then our controls
+LAST_EPOCHS = 5  # the second measure: mean over the last epochs, which a single noisy final epoch cannot sway
+LOSS_TOLERANCE = 1e-4  # training losses closer than this at every epoch of every seed count as no difference
+ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives"]  # the paper's order, then our controls
 SMALL_BATCHES, LARGE_BATCHES = ("16", "32", "64"), ("128", "256")
 
 
@@ -195,77 +199,171 @@ def summarise(exp: Experiment) -> list[dict[str, Any]]:
             "paper_acc": None if paper is None else paper[0], "paper_loss": None if paper is None else paper[1],
             "anchor_acc": anchor(runs, label),
         })
+        last = _measure(runs, "test_acc", LAST_EPOCHS)
+        rows[-1]["last5_acc_mean"], rows[-1]["last5_acc_std"], _ = mean_std(list(last.values()))
+        last_diff = paired_difference(last, _measure(sgd, "test_acc", LAST_EPOCHS)) if label != "sgd" else none
+        rows[-1].update(last5_diff_vs_sgd=last_diff[0], last5_diff_lo=last_diff[1], last5_diff_hi=last_diff[2])
     return rows
 
 
-def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[str]:
-    """Verdict lines for the paper's claims that this experiment tests."""
-    by = {(r["setting"], r["method"]): r for r in rows}
-    lines = []
+@dataclass
+class Finding:
+    """One claim put to the runs: per-seed paired differences (positive = the claim holds) under two measures."""
+
+    claim: str
+    what: str  # the difference, in words: "RBWA - SGD"
+    final: dict[int, float]  # seed -> difference of the final-epoch values (the paper's measure)
+    last: dict[int, float]  # seed -> difference of the means over the last LAST_EPOCHS epochs
+    curve: list[float] = field(default_factory=list)  # the difference at every epoch of every seed
+    tolerance: float = 0.0  # the size below which a difference counts as none
+    claimed: float | None = None  # the paper's own difference, where it reports one
+    digits: int = 2
+    unit: str = " points"
+    note: str = ""
+    show_curve: bool = False  # twin comparisons always show the largest difference over the curve
+
+    @property
+    def same(self) -> bool:
+        return within(self.curve, self.tolerance)
+
+    def stats(self, which: str) -> tuple[float, float, float, int]:
+        values = self.final if which == "final" else self.last
+        mean, lo, hi = mean_ci(list(values.values()))
+        return mean, lo, hi, len(values)
+
+    def verdict(self, which: str = "final") -> str:
+        _, lo, hi, _ = self.stats(which)
+        return verdict(lo, hi, self.claimed if which == "final" else None, self.same)
+
+    @property
+    def p(self) -> float:
+        return paired_p(list(self.final.values()))
+
+
+def _measure(runs: list[Run], metric: str, last: int = 1) -> dict[int, float]:
+    """Seed -> the mean of ``metric`` over the last ``last`` trained epochs (epoch >= 1) of each finished run."""
+    out = {}
+    for r in runs:
+        values = [m[metric] for m in r.metrics if m["epoch"] > 0][-last:]
+        if r.finished and values and None not in values:
+            out[r.seed] = sum(values) / len(values)
+    return out
+
+
+def _curve(a: list[Run], b: list[Run], metric: str) -> list[float]:
+    """a - b at every epoch both runs of a seed reached, over every seed both have."""
+    bs = {r.seed: {m["epoch"]: m[metric] for m in r.metrics} for r in b if r.finished}
+    out = []
+    for r in a:
+        if r.finished and r.seed in bs:
+            out += [m[metric] - bs[r.seed][m["epoch"]] for m in r.metrics
+                    if m.get(metric) is not None and bs[r.seed].get(m["epoch"]) is not None]
+    return out
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
+    return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
+
+
+def _test_images(runs: list[Run]) -> int | None:
+    return next((r.summary.get("test_size") for r in runs if r.summary and r.summary.get("test_size")), None)
+
+
+def compare(claim: str, what: str, a: list[Run], b: list[Run], metric: str = "test_acc",
+            **kw: Any) -> Finding:
+    """The finding that ``a`` beats ``b`` on ``metric``: higher accuracy, or lower loss for a loss metric.
+
+    The 'no difference' tolerance: accuracies at most one test image apart, losses at most LOSS_TOLERANCE.
+    """
+    sign = -1.0 if metric.endswith("loss") else 1.0
+    test_images = _test_images(a + b)
+
+    def diffs(last: int) -> dict[int, float]:
+        return {s: sign * d for s, d in _paired(_measure(a, metric, last), _measure(b, metric, last)).items()}
+
+    # accuracy: at most one test image apart (a float margin keeps one image's worth inside); loss: LOSS_TOLERANCE
+    tolerance = LOSS_TOLERANCE if sign < 0 else (100.0 / test_images * (1 + 1e-9) if test_images else 0.0)
+    return Finding(claim, what, diffs(1), diffs(LAST_EPOCHS), _curve(a, b, metric), tolerance,
+                   digits=4 if sign < 0 else 2, unit="" if sign < 0 else " points", **kw)
+
+
+def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[Finding | str]:
+    """The paper's claims that this experiment tests, as findings (and plain lines for claim 3b)."""
+    groups = exp.groups()
+    out: list[Finding | str] = []
 
     if exp.name in ("fig3", "fig5", "table1"):
         for setting in dict.fromkeys(r["setting"] for r in rows):
-            r = by.get((setting, "rbwa"))
-            if r is None or r["pairs"] == 0:
+            rbwa, sgd = groups.get((setting, "rbwa"), []), groups.get((setting, "sgd"), [])
+            if not _paired(_measure(rbwa, "test_acc"), _measure(sgd, "test_acc")):
                 continue
             gain = paper_gain(rows, setting)
-            lines.append(f"Claim 1, {exp.setting} {setting}: RBWA reaches higher final test accuracy than SGD: "
-                         f"**{verdict(r['diff_lo'], r['diff_hi'], gain)}** (RBWA - SGD = "
-                         f"{_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} points, n = {r['pairs']} seeds; "
-                         f"paper: {'-' if gain is None else f'{gain:+.2f}'}).")
-            lines.append(f"Claim 2, {exp.setting} {setting}: RBWA's final training loss is lower than SGD's: "
-                         f"**{verdict(r['loss_gain_lo'], r['loss_gain_hi'])}** (SGD - RBWA = "
-                         f"{_fmt_ci(r['loss_gain_vs_sgd'], r['loss_gain_lo'], r['loss_gain_hi'], 4)}).")
+            out.append(compare(f"Claim 1, {exp.setting} {setting}: RBWA reaches higher final test accuracy than SGD",
+                               "RBWA - SGD", rbwa, sgd, claimed=gain,
+                               note=f"; paper: {'-' if gain is None else f'{gain:+.2f}'}"))
+            out.append(compare(f"Claim 2, {exp.setting} {setting}: RBWA's final training loss is lower than SGD's",
+                               "SGD - RBWA", rbwa, sgd, "train_loss"))
     if exp.name == "table1":
-        gains = defaultdict(dict)
-        for (setting, label), runs in exp.groups().items():
-            if label == "rbwa":
-                sgd = _final(exp.groups().get((setting, "sgd"), []), "final_test_acc")
-                for seed, acc in _final(runs, "final_test_acc").items():
-                    if seed in sgd:
-                        gains[seed][setting] = acc - sgd[seed]
-        small = {s: sum(g[b] for b in SMALL_BATCHES) / len(SMALL_BATCHES) for s, g in gains.items()
-                 if set(SMALL_BATCHES) <= set(g)}
-        large = {s: sum(g[b] for b in LARGE_BATCHES) / len(LARGE_BATCHES) for s, g in gains.items()
-                 if set(LARGE_BATCHES) <= set(g)}
-        if small and large:
-            m, lo, hi, n = paired_difference(small, large)
+        def effect(last: int) -> dict[int, float]:
+            gains: dict[int, dict[str, float]] = defaultdict(dict)
+            for (setting, label), runs in groups.items():
+                if label == "rbwa":
+                    sgd = _measure(groups.get((setting, "sgd"), []), "test_acc", last)
+                    for seed, d in _paired(_measure(runs, "test_acc", last), sgd).items():
+                        gains[seed][setting] = d
+            return {s: sum(g[b] for b in SMALL_BATCHES) / len(SMALL_BATCHES)
+                    - sum(g[b] for b in LARGE_BATCHES) / len(LARGE_BATCHES)
+                    for s, g in gains.items() if set(SMALL_BATCHES + LARGE_BATCHES) <= set(g)}
+
+        if effect(1):
             paper = paper_batch_effect()
-            lines.append("Claim 3: the gain is larger at batch sizes 16-64 than at 128-256: "
-                         f"**{verdict(lo, hi, paper)}** (mean gain at 16-64 minus mean gain at 128-256 = "
-                         f"{_fmt_ci(m, lo, hi)} points, n = {n}; paper: {paper:+.2f}).")
+            out.append(Finding("Claim 3: the gain is larger at batch sizes 16-64 than at 128-256",
+                               "mean gain at 16-64 minus mean gain at 128-256", effect(1), effect(LAST_EPOCHS),
+                               claimed=paper, note=f"; paper: {paper:+.2f}"))
         rbwa_rows = [r for r in rows if r["method"] == "rbwa" and r["n"]]
         if len(rbwa_rows) == len(TABLE1):  # only once every batch size has runs
             top = max(rbwa_rows, key=lambda r: r["final_acc_mean"])
             others = ", ".join(f"{r['setting']}: {r['final_acc_mean']:.2f}%" for r in rbwa_rows if r is not top)
             spread = max(r["final_acc_std"] for r in rbwa_rows)
-            lines.append(f"Claim 3b: the best batch size for RBWA is 32 (paper): ours is **{top['setting']}** "
-                         f"({top['final_acc_mean']:.2f}% mean final test accuracy; {others}; the std over seeds "
-                         f"is up to {spread:.2f} points).")
-    if exp.name == "variants":
-        for r in rows:
-            if r["method"] == "sgd" or r["pairs"] == 0:
+            out.append(f"Claim 3b: the best batch size for RBWA is 32 (paper): ours is **{top['setting']}** "
+                       f"({top['final_acc_mean']:.2f}% mean final test accuracy; {others}; the std over seeds "
+                       f"is up to {spread:.2f} points).")
+    if exp.name in ("variants", "alternatives"):
+        for (setting, label), runs in groups.items():
+            sgd = groups.get((setting, "sgd"), [])
+            if label == "sgd" or not _paired(_measure(runs, "test_acc"), _measure(sgd, "test_acc")):
                 continue
-            lines.append(f"Does {r['method']} beat sgd? **{verdict(r['diff_lo'], r['diff_hi'])}** "
-                         f"({r['method']} - sgd = {_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} points, "
-                         f"n = {r['pairs']}).")
-            if r["method"].startswith("rbwa"):
-                lines.append(f"Is {r['method']}'s final training loss lower than sgd's? "
-                             f"**{verdict(r['loss_gain_lo'], r['loss_gain_hi'])}** (sgd - {r['method']} = "
-                             f"{_fmt_ci(r['loss_gain_vs_sgd'], r['loss_gain_lo'], r['loss_gain_hi'], 4)}).")
-    if exp.name == "controls":
-        groups = exp.groups()
+            out.append(compare(f"Does {label} beat sgd?", f"{label} - sgd", runs, sgd))
+            if label.startswith("rbwa"):
+                out.append(compare(f"Is {label}'s final training loss lower than sgd's?", f"sgd - {label}",
+                                   runs, sgd, "train_loss"))
+    if exp.name in ("controls", "alternatives"):
         for (setting, label), runs in groups.items():
             if not label.startswith("sgd ("):
                 continue
             twin = "rbwa-e" if label.endswith("= rbwa-e)") else "rbwa"  # the other controls are for rbwa
-            a, b = _final(groups.get((setting, twin), []), "final_test_acc"), _final(runs, "final_test_acc")
-            m, lo, hi, n = paired_difference(a, b)
-            if n == 0:
-                continue
-            lines.append(f"Does {twin} beat {label}? **{verdict(lo, hi)}** ({twin} - control = "
-                         f"{_fmt_ci(m, lo, hi)} points, n = {n}).")
-    return lines
+            ours = groups.get((setting, twin), [])
+            if _paired(_measure(ours, "test_acc"), _measure(runs, "test_acc")):
+                out.append(compare(f"Does {twin} beat {label}?", f"{twin} - control", ours, runs, show_curve=True))
+    return out
+
+
+def render(f: Finding, p_adjusted: float, tests: int) -> str:
+    """One verdict line: both measures, whether they agree, the Holm-adjusted verdict, the curve's largest gap."""
+    mean, lo, hi, n = f.stats("final")
+    mean5, lo5, hi5, _ = f.stats("last")
+    v, v5 = f.verdict("final"), f.verdict("last")
+    agree = "the two measures agree" if category(v) == category(v5) else "**the two measures disagree**"
+    p = "-" if math.isnan(p_adjusted) else f"{p_adjusted:.3g}"
+    head = f"{f.claim}{' ' if f.claim.endswith('?') else ': '}**{v}**"
+    line = (f"{head} ({f.what} = {_fmt_ci(mean, lo, hi, f.digits)}{f.unit}, n = {n} seeds{f.note}); "
+            f"mean of the last {LAST_EPOCHS} epochs: **{v5}** ({_fmt_ci(mean5, lo5, hi5, f.digits)}); {agree}; "
+            f"Holm over the {tests} tests of this report: p = {p}, "
+            f"**{holm_verdict(mean, p_adjusted, f.same)}**")
+    if f.curve and (f.show_curve or f.same):
+        line += (f"; largest difference at any epoch of any seed: {max(abs(d) for d in f.curve):.{f.digits}g}"
+                 f"{f.unit} (tolerance {f.tolerance:.{f.digits}g}{f.unit})")
+    return line + "."
 
 
 def _or_dash(value: Any) -> str:
@@ -274,8 +372,8 @@ def _or_dash(value: Any) -> str:
 
 def _table(exp: Experiment, rows: list[dict[str, Any]]) -> str:
     out = [f"| {exp.setting} | method | n | final test acc (%) | best test acc (%) | final train loss | "
-           "final acc - SGD, 95% CI | paper acc | paper loss | anchor acc | not finished |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           f"final acc - SGD, 95% CI | last-{LAST_EPOCHS}-epoch acc - SGD | paper acc | paper loss | anchor acc | "
+           "not finished |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         missing = []
         if r["diverged"]:
@@ -285,7 +383,8 @@ def _table(exp: Experiment, rows: list[dict[str, Any]]) -> str:
         out.append(
             f"| {r['setting']} | {r['method']} | {r['n']} | {_fmt(r['final_acc_mean'], r['final_acc_std'])} | "
             f"{_fmt(r['best_acc_mean'], r['best_acc_std'])} | {_fmt(r['final_loss_mean'], r['final_loss_std'], 4)} | "
-            f"{_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} | {_or_dash(r['paper_acc'])} | "
+            f"{_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} | "
+            f"{_fmt_ci(r['last5_diff_vs_sgd'], r['last5_diff_lo'], r['last5_diff_hi'])} | {_or_dash(r['paper_acc'])} | "
             f"{_or_dash(r['paper_loss'])} | {_or_dash(r['anchor_acc'])} | {', '.join(missing) or '-'} |")
     return "\n".join(out)
 
@@ -344,6 +443,45 @@ def _differences(cfg: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _multipliers(spe: int, cfg: dict[str, Any], counter: str) -> np.ndarray:
+    """RBWA's LR factor at every step of a run with ``spe`` steps an epoch, from the wrapper's own fold rule."""
+    import torch
+
+    from rbwa.averaging import RBWA
+
+    opt = RBWA(torch.optim.SGD([torch.zeros(1)], lr=cfg["lr"]), start_step=cfg["start_epoch"] * spe,
+               counter=counter, steps_per_epoch=spe)
+    return np.array(opt.lr_multipliers(cfg["epochs"] * spe))
+
+
+def mechanism(experiments: list[Experiment], out: Path) -> list[str]:
+    """A figure of RBWA's effective learning rate at this sweep's batches per epoch and at the other preset's."""
+    run = next((r for e in experiments for r in e.runs if r.finished and r.config and r.summary.get("steps_per_epoch")
+                and r.config.get("method") == "rbwa" and r.config.get("counter", "folds") == "folds"), None)
+    if run is None:
+        return []
+    cfg, spe = run.config, run.summary["steps_per_epoch"]
+    subset = PRESETS["cpu"]["train_subset"]
+    small = -(-subset // cfg["batch_size"])  # the cpu preset's epoch: 5,000 images
+    other = small if spe != small else -(-50_000 // cfg["batch_size"])
+    series = {}
+    for label, n, counter in ((f"RBWA (Eq. 2), {spe} batches an epoch (this sweep)", spe, "folds"),
+                              (f"RBWA (Eq. 2), {other} batches an epoch", other, "folds"),
+                              (f"RBWA, epoch counter, {spe} batches an epoch", spe, "epochs")):
+        lr = cfg["lr"] * _multipliers(n, cfg, counter)
+        series[label] = (np.arange(len(lr)) / n, lr)
+    series["SGD, constant learning rate"] = (np.array([0.0, cfg["epochs"]]), np.array([cfg["lr"]] * 2))
+    plot_effective_lr(series, out / "effective-lr.png", "What RBWA does to the step size", cfg["start_epoch"])
+    after = {n: cfg["lr"] / (n + 1) for n in (spe, other)}  # the step that ends the first averaging epoch
+    return ["## Why: RBWA's effective learning rate", "",
+            "![effective learning rate](effective-lr.png)", "",
+            f"Drawn from the wrapper's own fold rule (`RBWA.lr_multipliers`) with this sweep's lr {cfg['lr']}, "
+            f"{cfg['epochs']} epochs and start epoch {cfg['start_epoch']}. Because each step starts from the "
+            "average, RBWA is its base optimizer with the learning rate times the fold weight 1/(k+1). The counter "
+            f"counts batches, so one epoch after the start the step is lr/{spe + 1} = {after[spe]:.2g} at {spe} "
+            f"batches an epoch and lr/{other + 1} = {after[other]:.2g} at {other}; the epoch counter's is lr/2.", ""]
+
+
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     root = Path(runs_dir)
     out = Path(out_dir or root)
@@ -351,13 +489,18 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     all_rows = []
     md = ["# rbwa: reproduction report", "",
           "Generated by `rbwa report` from the run directories beside it; every number below is computed from "
-          "them. Accuracy differences are paired by seed (same initial weights and batch order) with 95% "
+          "them. Differences are paired by seed (same initial weights and batch order) with 95% "
           "t confidence intervals. Verdict rule: *supported* when the 95% CI of the difference lies above 0; "
-          "*not supported* when it lies below 0, is exactly 0 (identical in every seed), or includes 0 but lies "
-          "below the paper's own difference; "
-          "*inconclusive at this scale* otherwise.", "", "## Protocol", "", *_protocol(experiments), ""]
+          "*not supported* when it lies below 0, or includes 0 but lies below the paper's own difference, or "
+          "when the two curves agree within a tolerance at every epoch of every seed (*no difference*: "
+          f"accuracies at most one test image apart, training losses at most {LOSS_TOLERANCE:g} apart); "
+          "*inconclusive at this scale* otherwise. Every verdict is given twice: on the final epoch (the paper's "
+          f"measure) and on the mean of the last {LAST_EPOCHS} epochs, with whether the two agree; and beside it, "
+          "the verdict after Holm's correction for all the paired t-tests of this report (two-sided, "
+          "family-wise error 5%; a run shared by two experiments is tested in each).",
+          "", "## Protocol", "", *_protocol(experiments), ""]
     shown = root.name if root.is_absolute() else root  # no path of this machine in a report
-    answers = []
+    sections: list[tuple[int, list[Finding | str]]] = []  # where each experiment's verdicts go in md
     for exp in experiments:
         rows = summarise(exp)
         all_rows += rows
@@ -389,16 +532,25 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         md += [_table(exp, rows), ""]
         if any(r["anchor_acc"] for r in rows):
             md += [ANCHOR_SOURCES, ""]
-        verdicts = claims(exp, rows)
-        answers += verdicts
-        if verdicts:
-            md += ["Verdicts:", "", *[f"- {v}" for v in verdicts], ""]
-    answers = [f"- {a}" for a in answers] or ["- No verdicts yet: no finished pairs of runs."]
+        sections.append((len(md), claims(exp, rows)))
+    findings = [f for _, items in sections for f in items if isinstance(f, Finding)]
+    adjusted = dict(zip(map(id, findings), holm([f.p for f in findings])))
+    tests = sum(not math.isnan(p) for p in adjusted.values())
+
+    def line(item: Finding | str) -> str:
+        return f"- {item if isinstance(item, str) else render(item, adjusted[id(item)], tests)}"
+
+    answers = [line(item) for _, items in sections for item in items]
+    for at, items in reversed(sections):
+        if items:
+            md[at:at] = ["Verdicts:", "", *map(line, items), ""]
+    answers = answers or ["- No verdicts yet: no finished pairs of runs."]
     absent = [name for name in ORDER if name not in {e.name for e in experiments}]
     if absent:  # say which of the paper's experiments this report cannot answer for
         answers.append(f"- Not in this directory, so not answered here: {', '.join(absent)} "
                        f"(run `rbwa reproduce {absent[0]} ...` with the same --out to add it).")
-    md[md.index("## Protocol"):md.index("## Protocol")] = ["## Answers", "", *answers, ""]
+    md[md.index("## Protocol"):md.index("## Protocol")] = ["## Answers", "", *answers, "",
+                                                           *mechanism(experiments, out)]
     buf = io.StringIO()
     if all_rows:
         writer = csv.DictWriter(buf, fieldnames=list(all_rows[0]))

@@ -1,4 +1,4 @@
-"""Small statistics for the report: mean, std, t confidence intervals, paired differences, verdicts. Pure."""
+"""Small statistics for the report: mean, std, t intervals, paired tests, Holm's correction, verdicts. Pure."""
 
 from __future__ import annotations
 
@@ -41,17 +41,63 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[f
     return mean, lo, hi, len(seeds)
 
 
-def verdict(lo: float, hi: float, claimed: float | None = None) -> str:
+def paired_p(differences: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test that the mean difference is 0 (NaN for fewer than 2)."""
+    from scipy.stats import t
+
+    mean, std, n = mean_std(differences)
+    if n < 2:
+        return NAN
+    if std == 0:
+        return 1.0 if mean == 0 else 0.0
+    return float(2 * t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment: the i-th smallest of m p-values becomes max over j <= i of (m - j + 1) p_(j),
+    capped at 1. NaN p-values (too few seeds to test) stay NaN and do not count in m."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    adjusted = [NAN] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def within(differences: Sequence[float], tolerance: float) -> bool:
+    """Whether every difference (one per seed and epoch) is at most ``tolerance`` in size: the 'no difference' rule."""
+    return len(differences) > 0 and max(abs(d) for d in differences) <= tolerance
+
+
+def category(text: str) -> str:
+    """A verdict's category, for comparing two verdicts: supported, not supported, or inconclusive."""
+    return text.split(" (")[0].replace(" at this scale", "").replace(" after correction", "")
+
+
+def holm_verdict(mean: float, p_adjusted: float, same: bool = False, alpha: float = 0.05) -> str:
+    """A claim that the difference is positive, judged from its Holm-adjusted two-sided p-value."""
+    if same:
+        return "not supported (no difference in any seed)"
+    if math.isnan(p_adjusted):
+        return "inconclusive (fewer than 2 seeds)"
+    if p_adjusted < alpha:
+        return "supported" if mean > 0 else "not supported (the opposite holds)"
+    return "inconclusive after correction"
+
+
+def verdict(lo: float, hi: float, claimed: float | None = None, same: bool = False) -> str:
     """A claim that the difference is positive, judged from its 95% CI.
 
-    supported: the CI lies above 0. not supported: it lies below 0, or is exactly 0 (identical in every
-    seed), or lies below the paper's own gain (``claimed``) while including 0. Otherwise, or with fewer
-    than 2 seeds: inconclusive.
+    not supported (no difference): ``same``, i.e. the two curves agree within the stated tolerance at
+    every epoch of every seed (``within``). supported: the CI lies above 0. not supported: it lies below
+    0, or lies below the paper's own gain (``claimed``) while including 0. Otherwise, or with fewer than 2
+    seeds: inconclusive.
     """
+    if same:
+        return "not supported (no difference in any seed)"
     if math.isnan(lo) or math.isnan(hi):
         return "inconclusive at this scale (fewer than 2 seeds)"
-    if lo == hi == 0:
-        return "not supported (no difference in any seed)"
     if lo > 0:
         return "supported"
     if hi < 0:
