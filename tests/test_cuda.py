@@ -1,0 +1,52 @@
+"""GPU checks (issue 14), run by `pytest -m cuda` and by benchmarks/gpu.py; skipped where no CUDA GPU is."""
+
+import pytest
+import torch
+
+from rbwa.averaging import RBWA
+from rbwa.data.loader import BatchLoader, crop_flip
+from rbwa.models import build_model
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_bf16_autocast_and_channels_last_really_apply_and_averages_stay_float32():
+    model = build_model("resnet18", 10, 0.25).cuda().to(memory_format=torch.channels_last)
+    seen = []
+    model.conv1.register_forward_hook(lambda m, i, o: seen.append((o.dtype, i[0].is_contiguous(
+        memory_format=torch.channels_last))))
+    opt = RBWA(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), start_step=0)
+    x = torch.randn(8, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), torch.zeros(8, dtype=torch.long, device="cuda"))
+    loss.backward()
+    opt.step()
+    assert seen == [(torch.bfloat16, True)]
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert {a.dtype for a in opt.averages} == {torch.float32} and opt.averages[0].is_cuda
+
+
+def test_compiled_forward_is_the_one_used():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_model("resnet18", 10, 0.125).cuda()
+    compiled = torch.compile(model)
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-3, atol=1e-3)
+    assert counters["stats"]["unique_graphs"] >= 1
+
+
+def test_loader_on_the_gpu_gives_the_cpu_batches():
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(10)
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    batches = {dev: list(BatchLoader(images, labels, 4, mean, std, device=dev, shuffle=True, augment=True, seed=3))
+               for dev in ("cpu", "cuda")}
+    for (xc, yc), (xg, yg) in zip(batches["cpu"], batches["cuda"], strict=True):
+        assert xg.is_cuda and torch.equal(yc, yg.cpu()) and torch.equal(xc, xg.cpu())
+    dy, dx, flip = torch.tensor([0, 8]), torch.tensor([4, 2]), torch.tensor([False, True])
+    assert torch.equal(crop_flip(images[:2], dy, dx, flip), crop_flip(images[:2].cuda(), dy.cuda(), dx.cuda(),
+                                                                      flip.cuda()).cpu())
