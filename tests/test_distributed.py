@@ -79,3 +79,51 @@ def test_global_batch_must_split_evenly(monkeypatch):
         init_distributed(make_config(batch_size=33))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert init_distributed(make_config(batch_size=33)) == (0, 1, torch.device("cpu"))
+
+
+BN_DRIVER = textwrap.dedent("""
+    import os, sys, torch
+    import torch.distributed as dist
+    from rbwa.models.syncbn import GlobalBatchNorm2d, convert_global_bn
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 4, 4) * (1 + i) + 5 * i for i in range(3)]  # global batches, unequal stats
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        bn = convert_global_bn(torch.nn.BatchNorm2d(3, momentum=None))  # as swa_utils.update_bn sets it
+        for b in batches:
+            bn(b.chunk(world)[rank].to(dtype))
+        out[str(dtype)] = (bn.running_mean.clone(), bn.running_var.clone(), bn.running_mean.dtype)
+    if rank == 0:
+        torch.save(out, sys.argv[1])
+    dist.barrier()
+    dist.destroy_process_group()
+""")
+
+
+def test_global_batchnorm_cumulative_average_and_float32_statistics(tmp_path):
+    """momentum=None (update_bn's cumulative average) gives nn.BatchNorm2d's running statistics of the global
+    batches, and bf16 inputs accumulate in float32; 2 real gloo processes."""
+    driver = tmp_path / "bn.py"
+    driver.write_text(BN_DRIVER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(driver),
+           str(tmp_path / "bn.pt")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "bn.pt")
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 4, 4) * (1 + i) + 5 * i for i in range(3)]
+    reference = torch.nn.BatchNorm2d(3, momentum=None)
+    for b in batches:
+        reference(b)
+    mean, var, dtype = got[str(torch.float32)]
+    torch.testing.assert_close(mean, reference.running_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var, reference.running_var, rtol=1e-5, atol=1e-5)
+    # by hand: the cumulative average of the three batch means is near (0 + 5 + 10) / 3 = 5
+    assert abs(mean.mean().item() - 5.0) < 0.5
+    bmean, bvar, bdtype = got[str(torch.bfloat16)]
+    assert bdtype == torch.float32  # bf16 inputs rounded once, statistics summed in float32
+    torch.testing.assert_close(bmean, reference.running_mean, rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(bvar, reference.running_var, rtol=2e-2, atol=5e-2)

@@ -33,25 +33,36 @@ class _AllReduceSum(torch.autograd.Function):
         return out
 
 
+def update_running(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: Tensor) -> None:
+    """nn.BatchNorm2d's running-statistics update: ``momentum=None`` is a cumulative average (as
+    ``torch.optim.swa_utils.update_bn`` uses it), otherwise an EMA; the variance is stored unbiased."""
+    bn.num_batches_tracked.add_(1)
+    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+    bn.running_var.lerp_((var * count / (count - 1)).to(bn.running_var.dtype), factor)
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        # two passes (mean, then squared deviations from it), as stable as the one-process kernel
-        local = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
-        stats = _AllReduceSum.apply(torch.cat([local, x.sum(dim=(0, 2, 3))]))
+        # statistics in float32 whatever the input (bf16 under autocast), in two passes (mean, then squared
+        # deviations from it), as stable as the one-process kernel
+        xf = x.float()
+        local = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float32, device=x.device)
+        stats = _AllReduceSum.apply(torch.cat([local, xf.sum(dim=(0, 2, 3))]))
         count = stats[0].detach()
         mean = stats[1:] / count
-        centred = x - mean.view(1, -1, 1, 1)
+        centred = xf - mean.view(1, -1, 1, 1)
         var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3))) / count
-        with torch.no_grad():
-            m = self.momentum if self.momentum is not None else 0.1
-            self.running_mean.lerp_(mean.detach(), m)
-            self.running_var.lerp_(var.detach() * count / (count - 1), m)
-            self.num_batches_tracked.add_(1)
+        if self.track_running_stats:
+            with torch.no_grad():
+                update_running(self, mean.detach(), var.detach(), count)
         shape = (1, -1, 1, 1)
         out = centred * torch.rsqrt(var.view(shape) + self.eps)
-        return out * self.weight.view(shape) + self.bias.view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(x.dtype)
 
 
 def convert_global_bn(module: nn.Module) -> nn.Module:
