@@ -22,10 +22,14 @@ DRIVER = textwrap.dedent("""
         captured["setup"], captured["model"] = real_build(cfg, model, steps), model
         return captured["setup"]
     t.build = build
+    writes = []  # every file this process writes through the trainer's atomic writers
+    for name in ("atomic_write_json", "atomic_write_bytes", "atomic_torch_save"):
+        real = getattr(t, name)
+        setattr(t, name, lambda *a, _real=real, **k: (writes.append(a), _real(*a, **k))[1])
     t.train(make_config(**eval(sys.argv[1]), out=sys.argv[2]), progress=False, log=lambda line: None)
     opt, model = captured["setup"].optimizer, captured["model"]
     rank = os.environ.get("RANK", "0")
-    torch.save({"averages": opt.averages, "folds": opt.folds, "model": model.state_dict()},
+    torch.save({"averages": opt.averages, "folds": opt.folds, "model": model.state_dict(), "writes": len(writes)},
                os.path.join(sys.argv[3], f"rank{rank}.pt"))
 """)
 
@@ -66,7 +70,7 @@ def test_two_processes_match_one_and_agree_with_each_other(tmp_path):
     assert max_diff(single["model"], r0["model"]) < 0.01
     # only rank 0 wrote the run directory, and it is complete
     assert {p.name for p in (two / "run").iterdir()} >= {"config.json", "metrics.jsonl", "summary.json"}
-    assert not (one / "rank1.pt").exists()
+    assert r1["writes"] == 0 and r0["writes"] == single["writes"] > 0
 
 
 def test_global_batch_must_split_evenly(monkeypatch):

@@ -36,7 +36,7 @@ def assert_every_file_parses(run: Path) -> int:
         elif path.suffix == ".jsonl":
             read_jsonl(path)
         elif path.suffix == ".pt":
-            torch.load(path, weights_only=False)
+            torch.load(path, weights_only=True)
     return temporaries
 
 
@@ -82,8 +82,8 @@ def test_training_survives_many_sigkills_bit_identically(tmp_path):
     assert assert_every_file_parses(run) == 0  # resuming removed what killed writes left
     killed, straight = read_jsonl(run / "metrics.jsonl"), read_jsonl(reference / "metrics.jsonl")
     assert _without_seconds(killed) == _without_seconds(straight)
-    a = torch.load(run / "checkpoint.pt", weights_only=False)
-    b = torch.load(reference / "checkpoint.pt", weights_only=False)
+    a = torch.load(run / "checkpoint.pt", weights_only=True)
+    b = torch.load(reference / "checkpoint.pt", weights_only=True)
     for key, value in b["model"].items():
         assert torch.equal(a["model"][key], value), key
     assert a["setup"]["optimizer"]["rbwa"]["folds"] == b["setup"]["optimizer"]["rbwa"]["folds"]
@@ -133,7 +133,7 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
     monkeypatch.setattr(rbwa_io.torch, "save", save_until_disk_full)
     with pytest.raises(UserError, match=r"No space left on device\); the previous checkpoint is intact"):
         train(cfg, progress=False, log=lambda line: None)
-    ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and not list((tmp_path / "run").glob(".*.tmp"))
     monkeypatch.setattr(rbwa_io.torch, "save", real)
     resumed = train(cfg, resume=True, progress=False, log=lambda line: None)

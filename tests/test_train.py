@@ -77,8 +77,8 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, method):
     a = read_jsonl(tmp_path / "straight/run/metrics.jsonl")
     b = read_jsonl(tmp_path / "resumed/run/metrics.jsonl")
     assert _without_seconds(a) == _without_seconds(b)
-    wa = torch.load(tmp_path / "straight/run/checkpoint.pt", weights_only=False)
-    wb = torch.load(tmp_path / "resumed/run/checkpoint.pt", weights_only=False)
+    wa = torch.load(tmp_path / "straight/run/checkpoint.pt", weights_only=True)
+    wb = torch.load(tmp_path / "resumed/run/checkpoint.pt", weights_only=True)
     for k, v in wa["model"].items():
         assert torch.equal(v, wb["model"][k]), k
 
@@ -112,16 +112,83 @@ def test_divergence_stops_the_run(tmp_path):
     assert (tmp_path / "run/checkpoint.pt").exists()
 
 
-def test_amp_and_channels_last_on_cpu_keep_float32_averages(tmp_path):
+def _spy_on_first_conv(monkeypatch, seen: list) -> None:
+    """Record (activation dtype, input is channels_last, weight is channels_last) at every forward of the
+    first convolution of the model that train() builds."""
+    import rbwa.train as t
+
+    real = t.build_model
+
+    def build_model(*args, **kwargs):
+        model = real(*args, **kwargs)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, o: seen.append(
+            (o.dtype, i[0].is_contiguous(memory_format=torch.channels_last),
+             m.weight.is_contiguous(memory_format=torch.channels_last))))
+        return model
+
+    monkeypatch.setattr(t, "build_model", build_model)
+
+
+def test_amp_and_channels_last_on_cpu_really_apply_and_keep_float32_averages(tmp_path, monkeypatch):
+    seen: list = []
+    _spy_on_first_conv(monkeypatch, seen)
     summary = train(digits_config(tmp_path, amp="bf16", channels_last=True, epochs=2, method="rbwa"),
                     progress=False, log=lambda line: None)
-    assert summary["status"] == "finished"
-    ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=False)
+    assert summary["status"] == "finished" and seen
+    assert set(seen) == {(torch.bfloat16, True, True)}  # every forward, training and evaluation alike
+    ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)
     averages = ckpt["setup"]["optimizer"]["rbwa"]["averages"]
     assert averages and all(a.dtype == torch.float32 for a in averages)  # bf16 folds would round to no change
+    seen.clear()
+    train(digits_config(tmp_path / "plain", epochs=1, start_epoch=0), progress=False, log=lambda line: None)
+    assert set(seen) == {(torch.float32, False, False)}  # the spy can tell the difference
 
 
-def test_compile_on_a_tiny_model(tmp_path):
+def test_compile_on_a_tiny_model_uses_the_compiled_forward(tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     summary = train(digits_config(tmp_path, compile=True, epochs=1, start_epoch=0, train_subset=64, test_subset=20),
                     progress=False, log=lambda line: None)
     assert summary["status"] == "finished"
+    assert counters["stats"]["unique_graphs"] >= 1 and counters["frames"]["ok"] >= 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_checkpoints_hold_only_tensors_and_plain_types(tmp_path, method):
+    schedule = "constant" if method == "schedulefree" else "cosine"
+    train(digits_config(tmp_path, method=method, epochs=2, lr_schedule=schedule), progress=False, log=lambda line: None)
+    ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)  # raises on anything else
+    assert ckpt["config"]["method"] == method and ckpt["versions"]["rbwa"]
+
+
+def test_checkpoint_from_another_config_is_refused_and_a_new_version_warned_about(tmp_path):
+    a, b = digits_config(tmp_path / "a", epochs=2), digits_config(tmp_path / "b", epochs=2, lr=0.1)
+    for cfg in (a, b):
+        train(cfg, progress=False, log=lambda line: None)
+        (Path(cfg.out) / "summary.json").unlink()
+    good = (tmp_path / "b/run/checkpoint.pt").read_bytes()
+    (tmp_path / "b/run/checkpoint.pt").write_bytes((tmp_path / "a/run/checkpoint.pt").read_bytes())
+    with pytest.raises(UserError, match=r"checkpoint .* was written for another config \(lr\); delete it"):
+        train(b, resume=True, progress=False)
+    (tmp_path / "b/run/checkpoint.pt").write_bytes(good)
+    ckpt = torch.load(tmp_path / "b/run/checkpoint.pt", weights_only=True)
+    ckpt["versions"]["git"] = "0000000"
+    ckpt["epoch"] = 1  # resume from epoch 1, so epoch 2 trains again
+    ckpt["metrics"] = ckpt["metrics"][:2]
+    torch.save(ckpt, tmp_path / "b/run/checkpoint.pt")
+    lines: list[str] = []
+    train(b, resume=True, progress=False, log=lines.append)
+    assert lines[0].startswith("warning: resuming under another git 0000000 -> ")
+    assert "warning: resuming" in (tmp_path / "b/run/train.log").read_text()
+
+
+def test_checkpoints_written_by_rbwa_0_1_still_load(tmp_path):
+    from rbwa.train import load_checkpoint
+
+    # 0.1 stored torch.__version__ (a TorchVersion, a str subclass) and no config in its checkpoints
+    torch.save({"format": "rbwa-checkpoint-1", "epoch": 3, "versions": {"torch": torch.__version__}},
+               tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt", {"lr": 0.5})["epoch"] == 3

@@ -46,7 +46,7 @@ def versions() -> dict[str, Any]:
                                 capture_output=True, text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"rbwa": __version__, "git": commit, "torch": torch.__version__, "numpy": np.__version__,
+    return {"rbwa": __version__, "git": commit, "torch": str(torch.__version__), "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "torch_threads": torch.get_num_threads()}
 
@@ -106,14 +106,36 @@ def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> bool:
     return True
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint, loaded with ``weights_only=True`` (tensors and plain types only: nothing to execute).
+
+    Refuses one written for another config (``config``: the run's ``identify(cfg)``) in one line.
+    """
+    from torch.torch_version import TorchVersion  # a str: written by rbwa 0.1 into every checkpoint's versions
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals([TorchVersion]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to restart the run") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != "rbwa-checkpoint-1":
         raise UserError(f"{path} is not an rbwa checkpoint; delete it to restart the run")
+    saved = ckpt.get("config")  # absent from checkpoints of rbwa 0.1, whose config.json was checked already
+    if config is not None and saved is not None:
+        defaults = TrainConfig().to_dict()
+        differing = sorted(k for k in set(saved) | set(config) if k not in MACHINE_KEYS
+                           and saved.get(k, defaults.get(k)) != config.get(k, defaults.get(k)))
+        if differing:
+            raise UserError(f"checkpoint {path} was written for another config ({', '.join(differing)}); "
+                            "delete it to restart the run, or resume with the config it was written for")
     return ckpt
+
+
+def version_warning(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """A warning when a run resumes under another rbwa version or git revision (its numbers may change)."""
+    changed = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in ("rbwa", "git") if saved.get(k) != now.get(k)]
+    return f"warning: resuming under another {', '.join(changed)}; the rest of this run may not match an " \
+        "uninterrupted one" if changed else None
 
 
 def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -193,9 +215,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     resuming = check_run_dir(cfg, out, resume)
     if resuming and (out / SUMMARY).exists():
         return json.loads((out / SUMMARY).read_text())
-    ckpt = load_checkpoint(out / CHECKPOINT) if resuming and (out / CHECKPOINT).exists() else None
+    identity = identify(cfg) if resuming else None  # computed (and cached) only once the data loads
+    ckpt = load_checkpoint(out / CHECKPOINT, identity) if resuming and (out / CHECKPOINT).exists() else None
 
     train_split, test_split = prepare_data(cfg)
+    identity = identity or identify(cfg)
     mean, std = channel_stats(train_split.images)
     common = {"mean": mean, "std": std, "device": device, "channels_last": cfg.channels_last}
     train_loader = BatchLoader(train_split.images, train_split.labels, cfg.batch_size, shuffle=True,
@@ -225,7 +249,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     if main:
         try:
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / CONFIG, identify(cfg))
+            atomic_write_json(out / CONFIG, identity)
         except OSError as e:
             raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
 
@@ -236,11 +260,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         setup.load_state_dict(ckpt["setup"])
         train_loader.generator.set_state(ckpt["loader_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         metrics = ckpt["metrics"]
         first_epoch = ckpt["epoch"] + 1
     provenance = versions()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     show_bar = sys.stderr.isatty() if progress is None else progress
+    warning = version_warning(ckpt.get("versions", {}), provenance) if ckpt is not None else None
+    if warning and main:
+        say(warning)
+        _log_line(out, warning)
 
     def finish_epoch(record: dict[str, Any], epoch: int) -> None:
         metrics.append(record)
@@ -249,7 +279,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         try:
             atomic_torch_save({"format": "rbwa-checkpoint-1", "epoch": epoch, "model": model.state_dict(),
                                "setup": setup.state_dict(), "loader_rng": train_loader.generator.get_state(),
-                               "torch_rng": torch.get_rng_state(), "metrics": metrics, "versions": provenance},
+                               "torch_rng": torch.get_rng_state(), "metrics": metrics, "versions": provenance,
+                               "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                               "config": identity},
                               out / CHECKPOINT)
             atomic_write_bytes(out / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics).encode())
         except OSError as e:
