@@ -9,7 +9,8 @@ import pytest
 import torch
 
 pytest.importorskip("sklearn")
-ARGS = {"dataset": "digits", "width": 0.125, "batch_size": 32, "train_subset": 128, "test_subset": 64,
+# 141 images at batch 32: four full batches and a last one of 13, split 6 + 7 between 2 processes
+ARGS = {"dataset": "digits", "width": 0.125, "batch_size": 32, "train_subset": 141, "test_subset": 64,
         "epochs": 2, "start_epoch": 1, "method": "rbwa", "sync_bn": True, "lr": 0.001}
 
 DRIVER = textwrap.dedent("""
@@ -58,8 +59,11 @@ def test_two_processes_match_one_and_agree_with_each_other(tmp_path):
     assert r0["folds"] == r1["folds"] == single["folds"] > 0
     for a, b in zip(r0["averages"], r1["averages"], strict=True):
         assert torch.equal(a, b)
-    def max_diff(a, b):  # over the weights (BatchNorm running statistics are not weights)
-        return max((a[k] - b[k]).abs().max().item() for k in a if "running_" not in k and a[k].is_floating_point())
+    def max_diff(a, b):  # over the weights and the BatchNorm running statistics (large variances: relative)
+        return max(((a[k] - b[k]).abs() / (1 + b[k].abs())).max().item() for k in a if a[k].is_floating_point())
+
+    counts = [k for k in r0["model"] if k.endswith("num_batches_tracked")]
+    assert counts and all(r0["model"][k] == single["model"][k] == 2 * 5 for k in counts)  # 5 steps an epoch
 
     for key, value in r0["model"].items():
         assert torch.equal(value, r1["model"][key]), key
@@ -67,7 +71,7 @@ def test_two_processes_match_one_and_agree_with_each_other(tmp_path):
     # spread that merely changing the thread count gives (tiny BatchNorm nets on digits amplify it)
     noise = max_diff(single["model"], other["model"])
     assert max_diff(single["model"], r0["model"]) <= 10 * max(noise, 1e-6)
-    assert max_diff(single["model"], r0["model"]) < 0.01
+    assert max_diff(single["model"], r0["model"]) < 0.05  # the thread-count noise alone reaches 0.02 here
     # only rank 0 wrote the run directory, and it is complete
     assert {p.name for p in (two / "run").iterdir()} >= {"config.json", "metrics.jsonl", "summary.json"}
     assert r1["writes"] == 0 and r0["writes"] == single["writes"] > 0
@@ -131,3 +135,49 @@ def test_global_batchnorm_cumulative_average_and_float32_statistics(tmp_path):
     assert bdtype == torch.float32  # bf16 inputs rounded once, statistics summed in float32
     torch.testing.assert_close(bmean, reference.running_mean, rtol=2e-2, atol=5e-2)
     torch.testing.assert_close(bvar, reference.running_var, rtol=2e-2, atol=5e-2)
+
+
+GRAD_DRIVER = textwrap.dedent("""
+    import sys, torch
+    import torch.distributed as dist
+    from rbwa.data.loader import BatchLoader
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (13, 3, 2, 2), dtype=torch.uint8), torch.randint(0, 3, (13,))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).double()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    loader = BatchLoader(images, labels, 13, torch.zeros(3), torch.ones(3), shuffle=True, rank=rank, world=world)
+    (x, y), = list(loader)
+    weight = loader.loss_weights()[0] if sys.argv[2] == "weighted" else 1.0
+    (torch.nn.functional.cross_entropy(ddp(x.double()), y) * weight).backward()
+    if rank == 0:
+        torch.save([p.grad for p in model.parameters()], sys.argv[1])
+    dist.barrier()
+    dist.destroy_process_group()
+""")
+
+
+def test_an_uneven_last_batch_gives_the_global_batch_gradient(tmp_path):
+    """13 images on 2 processes (6 + 7): with each share's loss weighted, DDP's averaged gradient is the
+    13-image gradient of one process to float64 precision; unweighted, it is not."""
+    driver = tmp_path / "grad.py"
+    driver.write_text(GRAD_DRIVER)
+    grads = {}
+    for mode in ("weighted", "unweighted"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(driver),
+               str(tmp_path / f"{mode}.pt"), mode]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        grads[mode] = torch.load(tmp_path / f"{mode}.pt")
+    from rbwa.data.loader import BatchLoader
+
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (13, 3, 2, 2), dtype=torch.uint8), torch.randint(0, 3, (13,))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).double()
+    (x, y), = list(BatchLoader(images, labels, 13, torch.zeros(3), torch.ones(3), shuffle=True))
+    torch.nn.functional.cross_entropy(model(x.double()), y).backward()
+    for mine, theirs in zip(grads["weighted"], [p.grad for p in model.parameters()], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+    assert max((a - b).abs().max().item() for a, b in zip(grads["unweighted"], grads["weighted"])) > 1e-4

@@ -86,3 +86,20 @@ def test_ranks_share_every_global_batch_exactly():
     assert len(whole) == len(shards[0]) == len(shards[1]) == 4
     for (xa, ya), (x0, y0), (x1, y1) in zip(whole, *shards):
         assert torch.equal(torch.cat([y0, y1]), ya) and torch.equal(torch.cat([x0, x1]), xa)
+
+
+def test_uneven_last_batch_under_several_processes():
+    from rbwa.data.loader import share, steps_per_epoch
+
+    # 66 images, batch 64, 4 processes: the last batch (2 images) cannot give every process 2: dropped for all
+    assert steps_per_epoch(66, 64, world=4) == 1 and steps_per_epoch(66, 64) == 2 and steps_per_epoch(65, 64) == 1
+    assert [share(128, 141, r, 2) for r in (0, 1)] == [(128, 134), (134, 141)]
+    images, labels = torch.zeros(141, 3, 2, 2, dtype=torch.uint8), torch.arange(141)
+    mean, std = torch.zeros(3), torch.ones(3)
+    weights = [BatchLoader(images, labels, 32, mean, std, shuffle=True, rank=r, world=2).loss_weights() for r in (0, 1)]
+    # full batches split 16 + 16: weight 1; the last, 6 + 7 of 13: 6 x 2 / 13 and 7 x 2 / 13, so that the mean
+    # over processes of (weight x mean loss of the share) is the mean loss of the 13 images
+    assert weights[0] == [1.0] * 4 + [12 / 13] and weights[1] == [1.0] * 4 + [14 / 13]
+    sizes = [[len(y) for _, y in BatchLoader(images, labels, 32, mean, std, shuffle=True, rank=r, world=2)]
+             for r in (0, 1)]
+    assert sizes == [[16] * 4 + [6], [16] * 4 + [7]]

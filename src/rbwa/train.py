@@ -178,7 +178,7 @@ def _log_line(out: Path, line: str) -> None:
 
 
 def train_epoch(model: nn.Module, forward: nn.Module, setup: Setup, batches: Iterable, step: int,
-                amp: bool) -> tuple[torch.Tensor, float]:
+                amp: bool, loss_weights: list[float] | None = None) -> tuple[torch.Tensor, float]:
     """One pass over ``batches``; returns (loss sum, correct, count) as one device tensor, and the last LR.
 
     Nothing here waits for the device: the sums stay on it until the epoch ends.
@@ -188,12 +188,14 @@ def train_epoch(model: nn.Module, forward: nn.Module, setup: Setup, batches: Ite
     device = next(model.parameters()).device
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     lr = float("nan")
-    for x, y in batches:
+    for i, (x, y) in enumerate(batches):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = forward(x)
             loss = nn.functional.cross_entropy(logits.float(), y)
+        # under DDP the gradients are averaged over processes: an uneven share of the last batch is weighted
+        weighted = loss if loss_weights is None or loss_weights[i] == 1.0 else loss * loss_weights[i]
         setup.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        weighted.backward()
         lr = setup.optimizer.param_groups[0]["lr"]
         setup.optimizer.step()
         setup.after_step(model, step)
@@ -307,7 +309,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
             from tqdm import tqdm
 
             batches = tqdm(train_loader, desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}", leave=False)
-        totals, lr = train_epoch(model, forward, setup, batches, (epoch - 1) * steps, amp)
+        totals, lr = train_epoch(model, forward, setup, batches, (epoch - 1) * steps, amp,
+                                 train_loader.loss_weights() if world > 1 else None)
         if world > 1:
             torch.distributed.all_reduce(totals)
         train_loss, train_acc = totals[0].item() / totals[2].item(), 100.0 * totals[1].item() / totals[2].item()

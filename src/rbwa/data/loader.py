@@ -33,10 +33,17 @@ def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
     return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).float()
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches per epoch: every image once; a last batch of one image (BatchNorm cannot train on it) is dropped."""
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Batches per epoch: every image once. A last, incomplete batch is kept only when each of the ``world``
+    processes gets at least 2 of its images (BatchNorm cannot train on one), and dropped for all alike otherwise:
+    on one process only a last batch of one image is dropped."""
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest > 1 else 0)
+    return full + (1 if rest >= 2 * world else 0)
+
+
+def share(lo: int, hi: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous part of the global batch ``[lo, hi)``; the parts differ by at most one image."""
+    return lo + (hi - lo) * rank // world, lo + (hi - lo) * (rank + 1) // world
 
 
 class BatchLoader:
@@ -63,7 +70,17 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n = len(self.labels)
-        return steps_per_epoch(n, self.batch_size) if self.shuffle else -(-n // self.batch_size)
+        return steps_per_epoch(n, self.batch_size, self.world) if self.shuffle else -(-n // self.batch_size)
+
+    def loss_weights(self) -> list[float]:
+        """Per step, what this rank's mean loss is multiplied by so that the processes' averaged gradient is
+        exactly the global batch's mean gradient: share x world / global batch (1 when shares are equal)."""
+        n, out = len(self.labels), []
+        for i in range(len(self)):
+            lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
+            a, b = share(lo, hi, self.rank, self.world)
+            out.append((b - a) * self.world / (hi - lo))
+        return out
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # one epoch's random numbers are drawn up front on the CPU and moved once: no per-step transfers
@@ -77,7 +94,7 @@ class BatchLoader:
         for i in range(len(self)):
             lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
             # this rank's share of the global batch (all of it on one process)
-            lo, hi = lo + (hi - lo) * self.rank // self.world, lo + (hi - lo) * (self.rank + 1) // self.world
+            lo, hi = share(lo, hi, self.rank, self.world)
             index = order[lo:hi]
             x = self.images[index]
             if self.augment:
