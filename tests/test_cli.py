@@ -73,3 +73,20 @@ def test_reproduce_then_report(tmp_path, capsys):
     assert code == 0 and "Does rbwa beat sgd (harmonic LR, = rbwa)?" in report and "controls-resnet18.png" in report
     assert "Does rbwa-e beat sgd (rbwa-e's LR, = rbwa-e)?" in report
     assert (sweep / "results.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "reproduce", "report", "demo", "migrate"])
+def test_every_flag_says_what_it_does(command):
+    import argparse
+
+    from rbwa.cli import parser
+    from rbwa.config import CHOICES
+
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        words = (action.help or "").split(" (default")[0]
+        assert len(words.split()) >= 3, (command, action.dest, action.help)  # more than "default: X"
+        if action.dest in CHOICES:  # the allowed values are in the usage line
+            assert action.metavar == "{" + ",".join(CHOICES[action.dest]) + "}"

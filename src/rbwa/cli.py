@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from typing import Any
 
-from rbwa.config import TrainConfig, load_yaml, make_config
+from rbwa.config import CHOICES, HELP, TrainConfig, load_yaml, make_config
 from rbwa.errors import UserError
 
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
@@ -39,13 +39,15 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = (
         args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else []
         base = args[0] if args else hint
         default = f.default if f.default is not MISSING else None
-        help_text = f"default: {default}"
+        help_text = f"{HELP[f.name]} (default: {default})"
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(base) is list:
-            parser.add_argument(flag, nargs="+", type=int, default=None, help=help_text)
+            parser.add_argument(flag, nargs="+", type=int, default=None, metavar="EPOCH", help=help_text)
         else:
-            parser.add_argument(flag, type=base, default=None, help=help_text)
+            # choices stay validated by config.validate (one error line for a bad value, from flags and YAML alike)
+            metavar = "{" + ",".join(CHOICES[f.name]) + "}" if f.name in CHOICES else None
+            parser.add_argument(flag, type=base, default=None, metavar=metavar, help=help_text)
 
 
 def given(ns: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]:
@@ -120,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="offline, ~2 minutes on 2 CPU cores: sgd, rbwa, rbwa-e, swa on digits")
     d.add_argument("--out", default="rbwa-demo", help="directory for the runs, table and plot (default: rbwa-demo)")
     d.add_argument("--epochs", type=int, default=None, help="epochs per method (default: the demo's own)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
     d.set_defaults(func=cmd_demo)
 
     from rbwa.config import PRESETS
@@ -128,7 +130,9 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="run one of the paper's experiments as a resumable grid of runs")
     r.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
-    r.add_argument("--preset", default="cpu", help=f"one of: {', '.join(PRESETS)} (default: cpu)")
+    r.add_argument("--preset", default="cpu", metavar="{" + ",".join(PRESETS) + "}",
+                   help="scale of the protocol: paper (full, for GPUs), cpu-full (all images, 2 cores), cpu (a "
+                        "5,000-image subset), smoke (seconds) (default: cpu)")
     r.add_argument("--seeds", type=int, default=3, help="seeds per grid point (default: 3)")
     r.add_argument("--out", default="runs", help="root directory of the sweep (default: runs)")
     r.add_argument("--dry-run", action="store_true", help="list the runs without training")

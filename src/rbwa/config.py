@@ -75,6 +75,50 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+# the allowed values of the keys that are a choice
+CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "model": MODELS, "lr_schedule": LR_SCHEDULES,
+                                       "augment": AUGMENTS, "counter": COUNTERS, "implementation": IMPLEMENTATIONS,
+                                       "device": DEVICES, "amp": AMP}
+# one line per key, for `rbwa train --help` and `rbwa reproduce --help`
+HELP: dict[str, str] = {
+    "dataset": "cifar10, cifar100 (official archives), digits (scikit-learn), or folder:PATH "
+               "(PATH/{train,test}/<class>/*.png|jpg)",
+    "data_dir": "where the official CIFAR archives are looked for and downloaded ($RBWA_DATA, else ~/.cache/rbwa)",
+    "cache_dir": "where decoded image folders are cached ($RBWA_CACHE, else ~/.cache/rbwa)",
+    "image_size": "resize every image of a folder dataset to this many pixels square",
+    "train_subset": "train on a class-balanced subset of this many training images",
+    "test_subset": "test on a class-balanced subset of this many test images",
+    "subset_seed": "seed of the subsets (fixed across --seed, so seeds vary only init and batch order)",
+    "augment": "none (the paper's regime) or standard (random crop from 4-pixel padding + horizontal flip)",
+    "model": "the network: resnet18 or vgg16 (CIFAR variants)",
+    "width": "channel-width multiplier of the model (1 = the paper's; 0.125 for CPUs)",
+    "method": "optimizer family: sgd, rbwa, rbwa-e, rswa, swa, ema, lookahead or schedulefree",
+    "epochs": "number of epochs to train",
+    "batch_size": "images per optimizer step (under torchrun: the global batch)",
+    "lr": "base learning rate (the base optimizer's)",
+    "momentum": "SGD momentum coefficient, in [0, 1)",
+    "weight_decay": "SGD weight decay (L2)",
+    "nesterov": "use Nesterov momentum",
+    "lr_schedule": "constant, step (x lr-gamma at each milestone), cosine, harmonic (RBWA's exact equivalent) "
+                   "or rbwa-e (RBWA-E's exact equivalent), per step",
+    "lr_milestones": "epochs at which the step schedule multiplies the LR by lr-gamma (default: the start epoch)",
+    "lr_gamma": "factor of the step schedule",
+    "start_epoch": "complete epochs before averaging starts (the paper: 10 of 50)",
+    "beta": "EMA coefficient of rbwa-e, in [0, 1) (the paper: 0.9)",
+    "counter": "rbwa's n in 1/(n+1): folds (Eq. 2, every batch) or epochs since the start",
+    "implementation": "rbwa/rbwa-e: copy (keeps the average) or lr_scale (same trajectory, no extra memory)",
+    "lookahead_k": "lookahead: steps between synchronisations",
+    "lookahead_alpha": "lookahead: step of the slow weights towards the fast ones, in (0, 1]",
+    "ema_decay": "ema: decay of the side average per step, in [0, 1)",
+    "seed": "seed of the initial weights and the batch order",
+    "device": "cpu or cuda",
+    "amp": "none or bf16 (autocast; averages and the optimizer stay float32)",
+    "channels_last": "channels-last memory format (faster convolutions on GPUs)",
+    "compile": "torch.compile the forward pass",
+    "sync_bn": "under torchrun: BatchNorm statistics over the global batch of all processes",
+    "eval_batch_size": "images per evaluation batch (no effect on results)",
+    "out": "the run directory to write",
+}
 # where things lie on one machine: never part of a run's identity, never written into a saved config
 MACHINE_KEYS = ("out", "data_dir", "cache_dir")
 
