@@ -76,3 +76,21 @@ def test_holm_verdicts_and_categories():
 
 def test_tolerance_rule():
     assert within([0.0, -0.05, 0.05], 0.05) and not within([0.0, 0.051], 0.05) and not within([], 1.0)
+
+
+def test_every_verdict_is_reached_from_numbers_and_none_is_typed_elsewhere():
+    from pathlib import Path
+
+    from rbwa import stats
+
+    nan = float("nan")
+    reached = {verdict(0.1, 2.0), verdict(-2.0, -0.1), verdict(0.0, 0.0, same=True), verdict(-0.5, 0.6, 1.38),
+               verdict(-0.5, 2.0), verdict(nan, nan), holm_verdict(1.0, 0.2), holm_verdict(1.0, nan),
+               holm_verdict(1.0, 0.01), holm_verdict(-1.0, 0.01), holm_verdict(0.0, 1.0, same=True)}
+    expected = {v.format(claimed=1.38) for v in stats.VERDICTS}
+    assert reached == expected
+    # the report renders verdicts, it does not word them
+    report = (Path(stats.__file__).parent / "report.py").read_text()
+    for v in stats.VERDICTS:
+        if v != stats.SUPPORTED and v != stats.INCONCLUSIVE:  # words the report's rule text uses too
+            assert v.split("{")[0] not in report, v

@@ -75,15 +75,27 @@ def category(text: str) -> str:
     return text.split(" (")[0].replace(" at this scale", "").replace(" after correction", "")
 
 
+# Every verdict the reports can print, each reached from the numbers by one branch below ({claimed}: the paper's).
+SUPPORTED = "supported"
+OPPOSITE = "not supported (the opposite holds)"
+NO_DIFFERENCE = "not supported (no difference in any seed)"
+BELOW_PAPER = "not supported (the paper's difference of {claimed:+.3g} lies above our 95% CI)"
+INCONCLUSIVE = "inconclusive at this scale"
+TOO_FEW = "inconclusive at this scale (fewer than 2 seeds)"
+INCONCLUSIVE_HOLM = "inconclusive after correction"
+TOO_FEW_HOLM = "inconclusive (fewer than 2 seeds)"
+VERDICTS = (SUPPORTED, OPPOSITE, NO_DIFFERENCE, BELOW_PAPER, INCONCLUSIVE, TOO_FEW, INCONCLUSIVE_HOLM, TOO_FEW_HOLM)
+
+
 def holm_verdict(mean: float, p_adjusted: float, same: bool = False, alpha: float = 0.05) -> str:
     """A claim that the difference is positive, judged from its Holm-adjusted two-sided p-value."""
     if same:
-        return "not supported (no difference in any seed)"
+        return NO_DIFFERENCE
     if math.isnan(p_adjusted):
-        return "inconclusive (fewer than 2 seeds)"
+        return TOO_FEW_HOLM
     if p_adjusted < alpha:
-        return "supported" if mean > 0 else "not supported (the opposite holds)"
-    return "inconclusive after correction"
+        return SUPPORTED if mean > 0 else OPPOSITE
+    return INCONCLUSIVE_HOLM
 
 
 def verdict(lo: float, hi: float, claimed: float | None = None, same: bool = False) -> str:
@@ -95,13 +107,13 @@ def verdict(lo: float, hi: float, claimed: float | None = None, same: bool = Fal
     seeds: inconclusive.
     """
     if same:
-        return "not supported (no difference in any seed)"
+        return NO_DIFFERENCE
     if math.isnan(lo) or math.isnan(hi):
-        return "inconclusive at this scale (fewer than 2 seeds)"
+        return TOO_FEW
     if lo > 0:
-        return "supported"
+        return SUPPORTED
     if hi < 0:
-        return "not supported (the opposite holds)"
+        return OPPOSITE
     if claimed is not None and hi < claimed:
-        return f"not supported (the paper's difference of {claimed:+.3g} lies above our 95% CI)"
-    return "inconclusive at this scale"
+        return BELOW_PAPER.format(claimed=claimed)
+    return INCONCLUSIVE
