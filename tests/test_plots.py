@@ -33,3 +33,13 @@ def test_every_line_of_a_figure_is_told_apart():
     assert styles["sgd (rbwa-e's LR, = rbwa-e)"] == (COLORS["rbwa-e"], ":")
     assert styles["swa"] == (COLORS["swa"], "--") and styles["sgd"] == (COLORS["sgd"], "-")
     assert len(set(styles.values())) == len(labels)
+
+
+def test_accuracy_axis_stops_at_100(tmp_path, monkeypatch):
+    from rbwa import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    runs = [[{"epoch": e, "test_acc": a, "train_loss": 0.1} for e, a in enumerate((50.0, 99.0, 100.0))]] * 2
+    plots.plot_curves({"sgd": runs, "rbwa": runs}, tmp_path / "x.png", "t", start_epoch=1)
+    assert figures[0].axes[0].get_ylim()[1] == 100.0

@@ -78,6 +78,7 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, sta
         if low is not None:
             acc_ax.set_ylim(max(0.0, low - 5.0), None)
             acc_ax.set_title("Test accuracy (zoomed to the epochs after the start)")
+    acc_ax.set_ylim(top=min(100.0, acc_ax.get_ylim()[1]))  # an accuracy axis stops at 100%
     loss_ax.set(title="Training loss (mean over the epoch's batches)", xlabel="epoch",
                 ylabel="cross-entropy (log scale)", yscale="log")
     for ax in (acc_ax, loss_ax):
