@@ -84,9 +84,41 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def cmd_reproduce(ns: argparse.Namespace) -> int:
     from rbwa.experiments import reproduce
+    from rbwa.launch import require, slurm_parameters
 
+    require(ns.launcher)  # a missing optional package, before anything else
+    if ns.cpus_per_run is not None and not ns.cpus_per_run > 0:
+        raise UserError(f"--cpus-per-run must be > 0, got {ns.cpus_per_run}")
+    if ns.gpus_per_run is not None and ns.gpus_per_run < 0:
+        raise UserError(f"--gpus-per-run must be >= 0, got {ns.gpus_per_run}")
+    slurm = None
+    if ns.launcher == "slurm":
+        extra = {}
+        for item in ns.slurm_extra or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UserError(f"--slurm-extra takes KEY=VALUE (an sbatch option without its dashes), got {item!r}")
+            extra[key] = value
+        slurm = {"params": slurm_parameters(ns.cpus_per_run, ns.gpus_per_run or 0, ns.slurm_partition, ns.slurm_time,
+                                            extra, ns.slurm_parallel)}
     reproduce(ns.experiment, preset=ns.preset, seeds=ns.seeds, out=ns.out, overrides=given(ns, exclude=("out",)),
-              dry_run=ns.dry_run)
+              dry_run=ns.dry_run, launcher=ns.launcher, cpus_per_run=ns.cpus_per_run,
+              gpus_per_run=ns.gpus_per_run or 0.0, ray_address=ns.ray_address, slurm=slurm)
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from rbwa.experiments import STATUSES, status
+
+    counts = status(ns.out)
+    total = {s: sum(c[s] for c in counts.values()) for s in STATUSES}
+    width = max(len(e) for e in counts)
+    for experiment, c in counts.items():
+        print(f"{experiment:<{width}}  " + ", ".join(f"{c[s]} {s}" for s in STATUSES))
+    n, done = sum(total.values()), total["finished"] + total["diverged"]
+    bar = "#" * round(30 * done / n) + "." * (30 - round(30 * done / n))
+    print(f"[{bar}] {done}/{n} runs done ({total['running']} running, {total['interrupted']} interrupted, "
+          f"{total['not started']} not started; a run shared by experiments counts in each)")
     return 0
 
 
@@ -136,8 +168,25 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=3, help="seeds per grid point (default: 3)")
     r.add_argument("--out", default="runs", help="root directory of the sweep (default: runs)")
     r.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    r.add_argument("--launcher", default="local", choices=("local", "ray", "slurm"),
+                   help="where runs train: local (here, one after another), ray (Ray tasks, local or --ray-address), "
+                        "slurm (a submitit job array; returns once submitted) (default: local)")
+    r.add_argument("--cpus-per-run", type=float, default=None,
+                   help="CPUs of each run; also its torch threads (default: torch's own; 1 on Ray)")
+    r.add_argument("--gpus-per-run", type=float, default=None,
+                   help="GPUs of each run; a fraction packs runs on one GPU on Ray, e.g. 0.25 (default: 0)")
+    r.add_argument("--ray-address", default=None, help="join this running Ray cluster (default: start a local one)")
+    r.add_argument("--slurm-partition", default=None, help="Slurm partition to submit to (default: the cluster's)")
+    r.add_argument("--slurm-time", type=int, default=240, help="time limit of each run's job, minutes (default: 240)")
+    r.add_argument("--slurm-parallel", type=int, default=None, help="at most this many jobs of the array at once")
+    r.add_argument("--slurm-extra", nargs="*", metavar="KEY=VALUE",
+                   help="more sbatch options, e.g. qos=high account=lab (the escape hatch)")
     add_config_flags(r, exclude=("out", "seed", "method", "model", "batch_size"))
     r.set_defaults(func=cmd_reproduce)
+
+    st = sub.add_parser("status", help="how far a sweep got: finished, running, interrupted, not started, diverged")
+    st.add_argument("out", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
+    st.set_defaults(func=cmd_status)
 
     rp = sub.add_parser("report", help="turn run directories into figures, tables and verdicts")
     rp.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")

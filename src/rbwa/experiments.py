@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,9 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")  # who trains it, for a person (or a test) to see
+        f.flush()
         try:
             yield True
         finally:
@@ -188,10 +192,18 @@ def manifest(experiment: str, preset: str, runs: list[GridRun], out: Path,
 
 
 def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | Path = "runs",
-              overrides: dict[str, Any] | None = None, dry_run: bool = False) -> list[GridRun]:
-    """Train every run of the grid that is not finished yet; finished runs are skipped, interrupted ones resumed."""
-    from rbwa.train import SUMMARY, Diverged, train
+              overrides: dict[str, Any] | None = None, dry_run: bool = False, launcher: str = "local",
+              cpus_per_run: float | None = None, gpus_per_run: float = 0.0, ray_address: str | None = None,
+              slurm: dict[str, Any] | None = None) -> list[GridRun]:
+    """Train every run of the grid that is not finished yet; finished runs are skipped, interrupted ones resumed.
 
+    ``launcher`` says where runs train (launch.py): ``local`` here, one after another; ``ray`` as Ray tasks of
+    ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs; ``slurm`` as a submitit job array (``slurm``: its
+    parameters, see ``launch.slurm_parameters``), returning once submitted.
+    """
+    from rbwa.launch import launch_ray, launch_slurm, require, run_one, threads_for
+
+    require(launcher)
     out = Path(out)
     runs = expand(experiment, preset, seeds, out, overrides)
     if dry_run:
@@ -202,23 +214,47 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
         atomic_write_json(out / f"{experiment}.json", manifest(experiment, preset, runs, out, overrides))
     except OSError as e:
         raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
-    diverged = []
+    todo = []
     for i, r in enumerate(runs, 1):
         head = f"[{i}/{len(runs)}] {experiment} {r.setting} {r.label} seed {r.seed}:"
-        if (Path(r.config.out) / SUMMARY).exists():
-            print(f"{head} finished, skipped", flush=True)
-            continue
-        # several sweeps (or launcher workers) may share one --out: each run trains in one process only
-        with run_lock(Path(r.config.out)) as mine:
-            if not mine:
-                print(f"{head} training in another process, skipped", flush=True)
-                continue
+        status = run_status(Path(r.config.out))
+        if status in ("finished", "diverged"):
+            print(f"{head} {status}, skipped", flush=True)
+        elif status == "running":
+            print(f"{head} training in another process, skipped", flush=True)
+        elif launcher != "local":
+            todo.append(r)
+        else:
             print(f"{head} training", flush=True)
-            try:
-                train(r.config, resume=True, progress=False)
-            except Diverged as e:  # recorded in its summary.json; the report shows it; the sweep goes on
-                print(f"  diverged: {e}", flush=True)
-                diverged.append(r.name)
+            result = run_one(r.config.to_dict(), threads_for(cpus_per_run), verbose=True)
+            if result != "finished":  # diverged (recorded in its summary.json), or taken by another process
+                print(f"  {result}", flush=True)
+    if launcher == "ray" and todo:
+        print(f"{len(todo)} run(s) to train on Ray, {cpus_per_run or 1} CPU(s) and {gpus_per_run} GPU(s) each",
+              flush=True)
+        launch_ray(todo, cpus_per_run or 1.0, gpus_per_run, ray_address)
+    if launcher == "slurm" and todo:
+        launch_slurm(todo, out / "slurm", **(slurm or {}))
+    diverged = [r.name for r in runs if run_status(Path(r.config.out)) == "diverged"]
     if diverged:
         print(f"{len(diverged)} run(s) diverged and are marked so in their summary.json: {', '.join(diverged)}")
     return runs
+
+
+def status(out: str | Path) -> dict[str, dict[str, int]]:
+    """Per experiment manifest in ``out``: how many of its runs are in each of STATUSES."""
+    out = Path(out)
+    found = {}
+    for path in sorted(out.glob("*.json")):
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(spec, dict) and "experiment" in spec:
+            counts = dict.fromkeys(STATUSES, 0)
+            for entry in spec["runs"]:
+                counts[run_status(out / entry["run"])] += 1
+            found[spec["experiment"]] = counts
+    if not found:
+        raise UserError(f"{out} holds no experiment manifests (*.json written by `rbwa reproduce`)")
+    return found
