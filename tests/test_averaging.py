@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rbwa import RBWA, fold_, fold_reference_, fold_weight, lookahead, rbwa_e, rswa
+from rbwa import RBWA, fold_, fold_reference_, fold_weight, lookahead, rbwa_e, rswa, sema
 
 
 class RandomStep(torch.optim.Optimizer):
@@ -245,3 +245,98 @@ def test_lr_multipliers_follow_the_fold_rule_by_hand():
     ema = RBWA(torch.optim.SGD([torch.zeros(1)], lr=0.1), start_step=1, average="ema", beta=0.9)
     assert ema.lr_multipliers(4) == pytest.approx([1.0, 1.0, 0.1, 0.1])
     assert opt.steps == 0 and opt.folds == 0  # a look at the schedule takes no step
+
+
+# ---- the write-back period ----------------------------------------------------------------------------
+def _grad(w: torch.Tensor, t: int) -> torch.Tensor:
+    """A fixed, step-dependent gradient field, so that trajectories can be recomputed by hand."""
+    return torch.sin(w * (t + 1)) + 0.1 * t
+
+
+def _run(opt, w: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    seen = []
+    for t in range(steps):
+        w.grad = _grad(w.detach(), t)
+        opt.step()
+        seen.append(w.detach().clone())
+    return seen
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("average", ["mean", "ema"])
+def test_write_back_every_third_fold_by_hand(average, foreach):
+    w = torch.linspace(-1, 1, 5, dtype=torch.float64).requires_grad_()
+    opt = RBWA(torch.optim.SGD([w], lr=0.1), start_step=1, average=average, beta=0.8, every=2, write_back=3,
+               foreach=foreach)
+    seen = _run(opt, w, 14)
+    # by hand: plain SGD steps; steps 1, 3, 5, ... fold (weights 1, then 1/2, 1/3, ... or 0.2); every third
+    # fold (the 3rd, 6th, ...) writes the average back into the live weights
+    v, avg, folds = torch.linspace(-1, 1, 5, dtype=torch.float64), None, 0
+    for t in range(14):
+        v = v - 0.1 * _grad(v, t)
+        if t >= 1 and (t - 1) % 2 == 0:
+            weight = fold_weight(average, folds, 0.8)
+            avg = v.clone() if avg is None else avg + weight * (v - avg)
+            folds += 1
+            if folds % 3 == 0:
+                v = avg.clone()
+        torch.testing.assert_close(seen[t], v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(opt.averages[0], avg, rtol=1e-12, atol=1e-12)
+    assert opt.folds == folds == 7
+
+
+def test_write_back_one_is_the_paper_family_and_sema_switches_once_an_epoch():
+    def trajectory(make):
+        w = torch.linspace(-1, 1, 5, dtype=torch.float64).requires_grad_()
+        return _run(make(torch.optim.SGD([w], lr=0.1, momentum=0.9)), w, 12)
+
+    for a, b in zip(trajectory(lambda o: RBWA(o, start_step=2, average="ema", write_back=1)),
+                    trajectory(lambda o: rbwa_e(o, start_step=2)), strict=True):
+        assert torch.equal(a, b)
+    # Switch EMA with 4 steps an epoch: the live weights are the EMA exactly after steps 3, 7, 11
+    w = torch.linspace(-1, 1, 5, dtype=torch.float64).requires_grad_()
+    opt = sema(torch.optim.SGD([w], lr=0.1), steps_per_epoch=4, beta=0.5)
+    for t in range(12):
+        w.grad = _grad(w.detach(), t)
+        opt.step()
+        assert torch.equal(w.detach(), opt.averages[0]) == (t % 4 == 3 or t == 0), t
+
+
+def test_write_back_never_leaves_the_live_weights_alone_and_keeps_swa_utils_average():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    def trajectory(wrap):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3).double()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        opt = wrap(opt) if wrap else opt
+        side = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=False)
+        x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+        for _ in range(10):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            side.update_parameters(model)
+        return model, opt, side
+
+    bare, _, side = trajectory(None)
+    live, opt, _ = trajectory(lambda o: RBWA(o, start_step=0, average="ema", beta=0.9, write_back=None))
+    for p, q in zip(bare.parameters(), live.parameters(), strict=True):
+        assert torch.equal(p, q)  # untouched: exactly the base optimizer's trajectory
+    for avg, ref in zip(opt.averages, side.module.parameters(), strict=True):
+        torch.testing.assert_close(avg, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_write_back_arguments_and_old_states():
+    w = torch.zeros(2, requires_grad=True)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="write_back must be an integer >= 1"):
+            RBWA(torch.optim.SGD([w], lr=0.1), write_back=bad)
+    with pytest.raises(ValueError, match="lr_scale' needs write_back=1"):
+        RBWA(torch.optim.SGD([w], lr=0.1), implementation="lr_scale", write_back=None)
+    opt = RBWA(torch.optim.SGD([w], lr=0.1))
+    state = opt.state_dict()
+    del state["rbwa"]["settings"]["write_back"]  # as rbwa 0.1 saved it
+    opt.load_state_dict(state)
+    with pytest.raises(ValueError, match="different settings: write_back"):
+        RBWA(torch.optim.SGD([w], lr=0.1), write_back=2).load_state_dict(state)

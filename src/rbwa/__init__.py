@@ -1,6 +1,7 @@
 """rbwa: Recurrent Batch Weight Averaging and its relatives."""
 
-from rbwa.averaging import RBWA, fold_, fold_reference_, fold_weight, lookahead, rbwa, rbwa_e, rswa
+from rbwa.averaging import RBWA, fold_, fold_reference_, fold_weight, lookahead, rbwa, rbwa_e, rswa, sema
 
 __version__ = "0.2.0"
-__all__ = ["RBWA", "fold_", "fold_reference_", "fold_weight", "lookahead", "rbwa", "rbwa_e", "rswa", "__version__"]
+__all__ = ["RBWA", "fold_", "fold_reference_", "fold_weight", "lookahead", "rbwa", "rbwa_e", "rswa", "sema",
+           "__version__"]

@@ -12,7 +12,10 @@ with the weight of the new snapshot ``w_n`` given by :func:`fold_weight`:
   epochs since the start (``counter="epochs"``, the other reading of line 7 of Algorithm 2).
 * ``average="ema"`` (RBWA-E, Eq. 4): ``w_n = 1 - beta`` (``w_0 = 1``).
 
-Because the next step starts from the average, folding is *exactly* the base optimizer with its
+The average is folded every ``every`` steps and written back every ``write_back`` folds: 1 gives the
+paper's family; ``None`` never writes back (SWA's and EMA's side average); ``steps_per_epoch`` with an
+EMA every step is Switch EMA (Li et al. 2024). When every fold writes back, the next step starts from
+the average, and folding is *exactly* the base optimizer with its
 learning rate multiplied by ``w_n`` (PAPER.md, "What follows from the algebra"). The wrapper's
 ``implementation="lr_scale"`` uses that identity to run the same trajectory without a copy of the
 weights.
@@ -52,24 +55,28 @@ def fold_weight(average: str, n: int, beta: float = 0.9) -> float:
 
 
 @torch.no_grad()
-def fold_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float) -> None:
-    """Fast path: ``avg <- avg + weight * (param - avg)`` then ``param <- avg``, over all tensors at once."""
+def fold_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float, write_back: bool = True) -> None:
+    """Fast path: ``avg <- avg + weight * (param - avg)``, then ``param <- avg`` if ``write_back``, over all
+    tensors at once."""
     if weight == 1.0:
         torch._foreach_copy_(list(averages), list(params))
         return
     torch._foreach_lerp_(list(averages), list(params), weight)
-    torch._foreach_copy_(list(params), list(averages))
+    if write_back:
+        torch._foreach_copy_(list(params), list(averages))
 
 
 @torch.no_grad()
-def fold_reference_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float) -> None:
+def fold_reference_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float,
+                    write_back: bool = True) -> None:
     """Reference path of :func:`fold_`: one tensor at a time."""
     for avg, param in zip(averages, params, strict=True):
         if weight == 1.0:
             avg.copy_(param)
-        else:
-            avg.lerp_(param, weight)
-        param.copy_(avg)
+            continue
+        avg.lerp_(param, weight)
+        if write_back:
+            param.copy_(avg)
 
 
 def check_start(name: str, value: int) -> None:
@@ -91,12 +98,18 @@ def check_fold_schedule(average: str, beta: float, every: int, counter: str) -> 
         raise ValueError("counter='epochs' applies to average='mean' only")
 
 
+def check_write_back(write_back: int | None) -> None:
+    if write_back is not None and (not isinstance(write_back, int) or isinstance(write_back, bool) or write_back < 1):
+        raise ValueError(f"write_back must be an integer >= 1 (folds between write-backs) or None, got {write_back!r}")
+
+
 def _check_arguments(
     start_step: int, average: str, beta: float, every: int, counter: str, steps_per_epoch: int | None,
-    implementation: str,
+    implementation: str, write_back: int | None = 1,
 ) -> None:
     check_start("start_step", start_step)
     check_fold_schedule(average, beta, every, counter)
+    check_write_back(write_back)
     if counter == "epochs" and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
         raise ValueError(f"steps_per_epoch must be an integer >= 1 with counter='epochs', got {steps_per_epoch!r}")
     if implementation not in IMPLEMENTATIONS:
@@ -127,6 +140,9 @@ class RBWA(Optimizer):
             AdamW). The user's learning rates are restored after every step, so schedulers and
             ``state_dict`` see their own values.
         foreach: fold all tensors at once with ``torch._foreach_*`` (default) or one at a time.
+        write_back: write the average into the live weights every ``write_back`` folds (1, the default:
+            every fold, the paper's family); ``None``: never, so the live weights follow the base
+            optimizer and ``averages`` is a side average (SWA, EMA). ``lr_scale`` needs 1.
 
     Only the optimizer's parameters are averaged: BatchNorm running statistics are buffers, not
     parameters, and are left alone. They already track the live network, which after every fold
@@ -145,11 +161,14 @@ class RBWA(Optimizer):
         steps_per_epoch: int | None = None,
         implementation: Implementation = "copy",
         foreach: bool = True,
+        write_back: int | None = 1,
     ) -> None:
-        _check_arguments(start_step, average, beta, every, counter, steps_per_epoch, implementation)
+        _check_arguments(start_step, average, beta, every, counter, steps_per_epoch, implementation, write_back)
         if implementation == "lr_scale":
             if every != 1:
                 raise ValueError(f"implementation='lr_scale' needs every=1, got every={every}")
+            if write_back != 1:
+                raise ValueError(f"implementation='lr_scale' needs write_back=1, got write_back={write_back}")
             if type(optimizer) not in LR_LINEAR_OPTIMIZERS:
                 names = ", ".join(cls.__name__ for cls in LR_LINEAR_OPTIMIZERS)
                 raise ValueError(
@@ -165,6 +184,7 @@ class RBWA(Optimizer):
         self.steps_per_epoch = steps_per_epoch
         self.implementation = implementation
         self.foreach = foreach
+        self.write_back = write_back
         self.steps = 0  # base steps taken so far (the next step is number `steps`)
         self.folds = 0  # folds taken so far
         self.averages: list[Tensor] | None = None
@@ -224,7 +244,8 @@ class RBWA(Optimizer):
             params = self._params()
             if self.averages is None:
                 self.averages = [p.detach().clone() for p in params]
-            (fold_ if self.foreach else fold_reference_)(self.averages, params, weight)
+            back = self.write_back is not None and (self.folds + 1) % self.write_back == 0
+            (fold_ if self.foreach else fold_reference_)(self.averages, params, weight, back)
         self.steps += 1
         self.folds += int(folding)
         return loss
@@ -255,7 +276,8 @@ class RBWA(Optimizer):
         if not isinstance(state_dict, dict) or set(state_dict) != {"base", "rbwa"}:
             raise ValueError("not an RBWA state_dict: expected the keys 'base' and 'rbwa'")
         ours = state_dict["rbwa"]
-        differing = sorted(k for k, v in self._settings().items() if ours["settings"].get(k) != v)
+        # a setting added later (write_back) was at its default in states saved before it existed
+        differing = sorted(k for k, v in self._settings().items() if ours["settings"].get(k, LATER.get(k)) != v)
         if differing:
             raise ValueError(f"RBWA state_dict was saved with different settings: {', '.join(differing)}")
         self.optimizer.load_state_dict(state_dict["base"])
@@ -276,12 +298,15 @@ class RBWA(Optimizer):
         return {
             "start_step": self.start_step, "average": self.average, "beta": self.beta, "every": self.every,
             "counter": self.counter, "steps_per_epoch": self.steps_per_epoch,
-            "implementation": self.implementation,
+            "implementation": self.implementation, "write_back": self.write_back,
         }
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
         return f"RBWA({settings}, optimizer={self.optimizer!r})"
+
+
+LATER = {"write_back": 1}  # settings added after rbwa 0.1, with the value every earlier state had
 
 
 # ---- named recipes ------------------------------------------------------------------------------
@@ -299,6 +324,12 @@ def rswa(optimizer: Optimizer, steps_per_epoch: int, start_epoch: int = 0) -> RB
     """Recurrent SWA: fold once per epoch, at the end of every epoch from ``start_epoch`` on."""
     return RBWA(optimizer, start_step=(start_epoch + 1) * steps_per_epoch - 1, average="mean",
                 every=steps_per_epoch)
+
+
+def sema(optimizer: Optimizer, steps_per_epoch: int, beta: float = 0.999, start_step: int = 0) -> RBWA:
+    """Switch EMA (Li et al. 2024): an EMA of the weights every step, switched into the live weights at the end
+    of every epoch (counted from ``start_step``)."""
+    return RBWA(optimizer, start_step=start_step, average="ema", beta=beta, write_back=steps_per_epoch)
 
 
 def lookahead(optimizer: Optimizer, k: int = 5, alpha: float = 0.5, start_step: int = 0) -> RBWA:
