@@ -7,7 +7,8 @@ from rbwa.experiments import EXPERIMENTS, expand, reproduce
 
 
 @pytest.mark.parametrize(("experiment", "points"), [("fig3", 4), ("fig5", 4), ("table1", 10), ("variants", 8),
-                                                    ("controls", 7), ("alternatives", 6)])
+                                                    ("controls", 7), ("alternatives", 6),
+                                                    ("writeback", 5)])
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-full", "paper"])
 def test_grid_expansion(tmp_path, experiment, points, preset):
     runs = expand(experiment, preset, seeds=3, out=tmp_path)
@@ -33,7 +34,11 @@ def test_grid_contents(tmp_path):
     assert (alternatives["rbwa (epoch counter)"].counter, alternatives["sgd (cosine LR)"].lr_schedule,
             alternatives["sgd (step x0.1 at start)"].lr_schedule, alternatives["swa"].method) == (
         "epochs", "cosine", "step", "swa")
-    assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls", "alternatives"}
+    writeback = {r.label: r.config for r in expand("writeback", "cpu", 1, tmp_path)}
+    assert {c.beta for c in writeback.values()} == {c.ema_decay for c in writeback.values()} == {0.999}
+    assert (writeback["ema (never written back)"].write_back, writeback["sema (every epoch)"].method) == (0, "sema")
+    assert "-wb100-" in writeback["ema, every 100 steps"].out
+    assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback"}
 
 
 def test_shared_runs_have_one_directory(tmp_path):

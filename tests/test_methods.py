@@ -122,3 +122,41 @@ def test_recurrent_method_equals_sgd_on_its_fold_schedule(tiny_resnet, batches, 
         weights.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*weights):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_write_back_methods_evaluate_with_batchnorm_re_estimated(tiny_resnet):
+    from rbwa.config import make_config
+    from rbwa.methods import build
+
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 3, 6, 6), torch.randint(0, 3, (8,))) for _ in range(4)]
+    for overrides, write_back in (({"method": "sema"}, 4), ({"method": "rbwa-e", "write_back": 0}, None),
+                                  ({"method": "rbwa-e", "write_back": 3}, 3)):
+        model = tiny_resnet()
+        setup = build(make_config(start_epoch=0, ema_decay=0.9, **overrides), model, steps_per_epoch=4)
+        assert setup.reestimate_bn and setup.optimizer.write_back == write_back
+        for step, (x, y) in enumerate(batches[:3]):
+            setup.optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            setup.optimizer.step()
+            setup.after_step(model, step)
+        live = {k: v.clone() for k, v in model.state_dict().items()}
+        evaluated = setup.eval_model(model, [x for x, _ in batches])
+        assert evaluated is not model  # a copy: the live BatchNorm statistics keep tracking training
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in live.items())
+        params = list(evaluated.parameters())
+        if write_back is None:  # never written back: the copy holds the average
+            assert all(torch.equal(p, a) for p, a in zip(params, setup.optimizer.averages, strict=True))
+        assert int(evaluated.stem[1].num_batches_tracked) == 4  # update_bn: one pass over the 4 batches
+    plain = build(make_config(method="rbwa-e"), tiny_resnet(), steps_per_epoch=4)
+    assert not plain.reestimate_bn
+
+
+def test_write_back_flag_is_checked():
+    from rbwa.config import make_config, resolve, validate
+    from rbwa.errors import UserError
+
+    with pytest.raises(UserError, match="--write-back applies to rbwa and rbwa-e"):
+        validate(resolve(make_config(method="sgd", write_back=0)))
+    with pytest.raises(UserError, match="write back must be >= 0"):
+        validate(resolve(make_config(method="rbwa-e", write_back=-1)))

@@ -14,7 +14,7 @@ import yaml
 
 from rbwa.errors import UserError
 
-METHODS = ("sgd", "rbwa", "rbwa-e", "rswa", "swa", "ema", "lookahead", "schedulefree")
+METHODS = ("sgd", "rbwa", "rbwa-e", "rswa", "swa", "ema", "sema", "lookahead", "schedulefree")
 MODELS = ("resnet18", "vgg16")
 LR_SCHEDULES = ("constant", "step", "cosine", "harmonic", "rbwa-e")
 AUGMENTS = ("none", "standard")
@@ -57,6 +57,7 @@ class TrainConfig:
     beta: float = 0.9  # rbwa-e
     counter: str = "folds"  # rbwa: n in 1/(n+1) counts folds ("folds", Eq. 2) or epochs since the start
     implementation: str = "copy"  # rbwa/rbwa-e: "copy" or the zero-memory "lr_scale"
+    write_back: int = 1  # rbwa/rbwa-e: folds between write-backs of the average; 0: never (a side average)
     lookahead_k: int = 5
     lookahead_alpha: float = 0.5
     ema_decay: float = 0.999
@@ -92,7 +93,8 @@ HELP: dict[str, str] = {
     "augment": "none (the paper's regime) or standard (random crop from 4-pixel padding + horizontal flip)",
     "model": "the network: resnet18 or vgg16 (CIFAR variants)",
     "width": "channel-width multiplier of the model (1 = the paper's; 0.125 for CPUs)",
-    "method": "optimizer family: sgd, rbwa, rbwa-e, rswa, swa, ema, lookahead or schedulefree",
+    "method": "optimizer family: sgd, rbwa, rbwa-e, rswa, swa, ema, sema (Switch EMA: ema-decay every step, "
+              "written back every epoch), lookahead or schedulefree",
     "epochs": "number of epochs to train",
     "batch_size": "images per optimizer step (under torchrun: the global batch)",
     "lr": "base learning rate (the base optimizer's)",
@@ -107,9 +109,11 @@ HELP: dict[str, str] = {
     "beta": "EMA coefficient of rbwa-e, in [0, 1) (the paper: 0.9)",
     "counter": "rbwa's n in 1/(n+1): folds (Eq. 2, every batch) or epochs since the start",
     "implementation": "rbwa/rbwa-e: copy (keeps the average) or lr_scale (same trajectory, no extra memory)",
+    "write_back": "rbwa/rbwa-e: write the average into the live weights every this many folds (1: the paper); "
+                  "0: never, evaluate the average as a side copy",
     "lookahead_k": "lookahead: steps between synchronisations",
     "lookahead_alpha": "lookahead: step of the slow weights towards the fast ones, in (0, 1]",
-    "ema_decay": "ema: decay of the side average per step, in [0, 1)",
+    "ema_decay": "ema and sema: decay of the average per step, in [0, 1)",
     "seed": "seed of the initial weights and the batch order",
     "device": "cpu or cuda",
     "amp": "none or bf16 (autocast; averages and the optimizer stay float32)",
@@ -242,6 +246,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("schedulefree replaces the LR schedule; use --lr-schedule constant with it")
     if cfg.implementation == "lr_scale" and cfg.method not in ("rbwa", "rbwa-e"):
         raise UserError("implementation lr_scale applies to the rbwa and rbwa-e methods only")
+    if cfg.write_back < 0:
+        raise UserError(f"write back must be >= 0 (0: never), got {cfg.write_back}")
+    if cfg.write_back != 1 and (cfg.method not in ("rbwa", "rbwa-e") or cfg.implementation == "lr_scale"):
+        raise UserError("--write-back applies to rbwa and rbwa-e with implementation copy only")
     if cfg.device == "cuda":
         import torch
 

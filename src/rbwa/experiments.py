@@ -59,6 +59,17 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
                          ("sgd (cosine LR)", {"method": "sgd", "lr_schedule": "cosine"}),
                          ("swa", {"method": "swa"}),
                      ]]},
+    # The write-back period is the only thing that varies: one EMA coefficient (0.999, the ema method's and Switch
+    # EMA's) for every line; "every step" is RBWA-E's mechanism at that coefficient, not the paper's beta 0.9.
+    "writeback": {"title": "Write-back period of an EMA of the weights, ResNet-18, CIFAR-10", "setting": "model",
+                  "grid": [("resnet18", label, {"model": "resnet18", "beta": 0.999, "ema_decay": 0.999, **o})
+                           for label, o in [
+                               ("sgd", {"method": "sgd"}),
+                               ("ema (never written back)", {"method": "rbwa-e", "write_back": 0}),
+                               ("sema (every epoch)", {"method": "sema"}),
+                               ("ema, every 100 steps", {"method": "rbwa-e", "write_back": 100}),
+                               ("ema, every step (rbwa-e)", {"method": "rbwa-e"}),
+                           ]]},
     "controls": {"title": "RBWA against learning-rate annealing controls, ResNet-18, CIFAR-10", "setting": "model",
                  "grid": [("resnet18", label, {"model": "resnet18", **o}) for label, o in [
                      ("sgd", {"method": "sgd"}),
@@ -97,6 +108,7 @@ def run_name(cfg: TrainConfig) -> str:
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
     extra = "" if cfg.lr_schedule == "constant" else f"-{cfg.lr_schedule}"
     extra += "" if cfg.counter == "folds" or cfg.method != "rbwa" else f"-{cfg.counter}"
+    extra += "" if cfg.write_back == 1 else f"-wb{cfg.write_back}"
     return f"{cfg.model}-bs{cfg.batch_size}-{cfg.method}{extra}-s{cfg.seed}-{digest}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from rbwa.averaging import RBWA, fold_weight, lookahead, rswa
+from rbwa.averaging import RBWA, fold_weight, lookahead, rswa, sema
 from rbwa.config import TrainConfig
 
 # LR schedules that a recurrent average is algebraically equal to: the fold weight of RBWA (mean) or
@@ -74,6 +75,8 @@ class Setup:
     scheduler: LambdaLR | None
     side: SideAverage | None = None
     schedule_free: bool = False
+    # the written-back weights were not trained with the BatchNorm statistics they meet: re-estimate at evaluation
+    reestimate_bn: bool = False
 
     def after_step(self, model: nn.Module, step: int) -> None:
         if self.scheduler is not None:
@@ -96,6 +99,13 @@ class Setup:
         if self.schedule_free:
             self.optimizer.eval()
             update_bn(bn_batches, model)
+        if self.reestimate_bn and isinstance(self.optimizer, RBWA) and self.optimizer.averages is not None:
+            copy = deepcopy(model)  # the live model's statistics keep tracking training
+            if self.optimizer.write_back is None:  # never written back: evaluate the side average
+                for p, avg in zip(copy.parameters(), self.optimizer.averages, strict=True):
+                    p.copy_(avg)
+            update_bn(bn_batches, copy)
+            return copy
         return model
 
     def state_dict(self) -> dict[str, Any]:
@@ -126,9 +136,12 @@ def build(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Setup:
     side = None
     if cfg.method == "rbwa":
         opt = RBWA(base, start_step=start, average="mean", counter=cfg.counter, steps_per_epoch=steps_per_epoch,
-                   implementation=cfg.implementation)
+                   implementation=cfg.implementation, write_back=cfg.write_back or None)
     elif cfg.method == "rbwa-e":
-        opt = RBWA(base, start_step=start, average="ema", beta=cfg.beta, implementation=cfg.implementation)
+        opt = RBWA(base, start_step=start, average="ema", beta=cfg.beta, implementation=cfg.implementation,
+                   write_back=cfg.write_back or None)
+    elif cfg.method == "sema":
+        opt = sema(base, steps_per_epoch=steps_per_epoch, beta=cfg.ema_decay, start_step=start)
     elif cfg.method == "rswa":
         opt = rswa(base, steps_per_epoch=steps_per_epoch, start_epoch=cfg.start_epoch)
     elif cfg.method == "lookahead":
@@ -141,4 +154,5 @@ def build(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Setup:
     def factor(step: int) -> float:
         return lr_factor(cfg.lr_schedule, step, total, start, milestones, cfg.lr_gamma, cfg.beta)
 
-    return Setup(opt, LambdaLR(opt, factor), side)
+    reestimate = cfg.method == "sema" or cfg.write_back != 1
+    return Setup(opt, LambdaLR(opt, factor), side, reestimate_bn=reestimate)

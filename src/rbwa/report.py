@@ -46,7 +46,7 @@ ANCHOR_SOURCES = ("Anchors (test accuracy reported elsewhere, on all the data, f
                   "1.5x budget.")
 LAST_EPOCHS = 5  # the second measure: mean over the last epochs, which a single noisy final epoch cannot sway
 LOSS_TOLERANCE = 1e-4  # training losses closer than this at every epoch of every seed count as no difference
-ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives"]  # the paper's order, then our controls
+ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback"]  # the paper's, then ours
 SMALL_BATCHES, LARGE_BATCHES = ("16", "32", "64"), ("128", "256")
 
 
@@ -328,7 +328,7 @@ def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[Finding | str]:
             out.append(f"Claim 3b: the best batch size for RBWA is 32 (paper): ours is **{top['setting']}** "
                        f"({top['final_acc_mean']:.2f}% mean final test accuracy; {others}; the std over seeds "
                        f"is up to {spread:.2f} points).")
-    if exp.name in ("variants", "alternatives"):
+    if exp.name in ("variants", "alternatives", "writeback"):
         for (setting, label), runs in groups.items():
             sgd = groups.get((setting, "sgd"), [])
             if label == "sgd" or not _paired(_measure(runs, "test_acc"), _measure(sgd, "test_acc")):
@@ -337,6 +337,13 @@ def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[Finding | str]:
             if label.startswith("rbwa"):
                 out.append(compare(f"Is {label}'s final training loss lower than sgd's?", f"sgd - {label}",
                                    runs, sgd, "train_loss"))
+    if exp.name == "writeback":  # each write-back period against never writing back
+        for (setting, label), runs in groups.items():
+            never = groups.get((setting, "ema (never written back)"), [])
+            if label in ("sgd", "ema (never written back)") or not _paired(_measure(runs, "test_acc"),
+                                                                            _measure(never, "test_acc")):
+                continue
+            out.append(compare(f"Does {label} beat ema (never written back)?", f"{label} - ema", runs, never))
     if exp.name in ("controls", "alternatives"):
         for (setting, label), runs in groups.items():
             if not label.startswith("sgd ("):
