@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 # extra copies of the parameters each method keeps, besides the weights and their gradients
-EXTRA_COPIES = {"sgd": 0, "rbwa": 1, "rbwa-e": 1, "rswa": 1, "lookahead": 1, "swa": 1, "ema": 1, "schedulefree": 2}
+EXTRA_COPIES = {"sgd": 0, "rbwa": 1, "rbwa-e": 1, "rswa": 1, "lookahead": 1, "swa": 1, "ema": 1, "sema": 1,
+                "schedulefree": 2}
 
 
 def estimate_bytes(dataset_bytes: int, n_params: int, n_buffers: int, method: str, momentum: bool,
