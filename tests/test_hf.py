@@ -1,0 +1,73 @@
+"""The Hugging Face Trainer callback against the plain wrapper, on a tiny model built from a config (no download)."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from rbwa.averaging import RBWA  # noqa: E402
+from rbwa.hf import STATE_FILE, RBWACallback  # noqa: E402
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, n: int = 24) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 40, (n, 6), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return transformers.BertForSequenceClassification(config)
+
+
+def _train(tmp_path, name, callback=None, wrap=False, resume=None, save_steps=100):
+    model = _model()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / name), num_train_epochs=3, per_device_train_batch_size=4,
+        gradient_accumulation_steps=2, learning_rate=0.05, lr_scheduler_type="constant", max_grad_norm=0.0,
+        weight_decay=0.0, save_strategy="steps", save_steps=save_steps, logging_strategy="no", report_to=[],
+        use_cpu=True, seed=0, data_seed=0)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    # the plain wrapper: 24 examples, batch 4, 2 accumulated = 3 optimizer steps an epoch; start epoch 1
+    optimizer = RBWA(sgd, start_step=3) if wrap else sgd
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Pairs(), optimizers=(optimizer, None),
+                                   callbacks=[callback] if callback else [])
+    trainer.train(resume_from_checkpoint=resume)
+    return model, optimizer
+
+
+def test_callback_equals_the_wrapper_and_folds_per_optimizer_step(tmp_path):
+    callback = RBWACallback(start_epoch=1)
+    with_callback, _ = _train(tmp_path, "callback", callback)
+    with_wrapper, opt = _train(tmp_path, "wrapper", wrap=True)
+    assert callback.steps_per_epoch == 3 and callback.folds == opt.folds == 6  # epochs 2 and 3, not 12 micro-batches
+    for a, b in zip(with_callback.parameters(), with_wrapper.parameters(), strict=True):
+        assert torch.equal(a, b)
+    plain, _ = _train(tmp_path, "plain")
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), with_callback.parameters()))
+
+
+def test_resuming_from_a_checkpoint_continues_identically(tmp_path):
+    straight, _ = _train(tmp_path, "straight", RBWACallback(start_epoch=1))
+    _train(tmp_path, "resumed", RBWACallback(start_epoch=1), save_steps=5)
+    checkpoint = tmp_path / "resumed" / "checkpoint-5"
+    saved = torch.load(checkpoint / STATE_FILE, weights_only=True)
+    assert saved["folds"] == 2  # after 5 optimizer steps (0..4), steps 3 and 4 have folded
+    callback = RBWACallback(start_epoch=1)
+    resumed, _ = _train(tmp_path, "resumed", callback, resume=str(checkpoint), save_steps=5)
+    assert callback.folds == 6
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="different settings"):
+        RBWACallback(start_epoch=2).load_state_dict(saved)
