@@ -177,3 +177,14 @@ def test_mechanism_figure_from_the_fold_rule(tmp_path):
     # one epoch after the start the fold weight is 1/(782+1) here and 1/(79+1) at the cpu preset's 5,000 images
     assert "the step is lr/783 = 6.4e-05 at 782 batches an epoch and lr/80 = 0.00063 at 79" in report
     assert (tmp_path / "effective-lr.png").stat().st_size > 10_000 and "](effective-lr.png)" in report
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "results").iterdir()
+                                          if (p / "report.md").exists()))
+def test_committed_reports_regenerate_byte_for_byte(tmp_path, monkeypatch, folder):
+    """`rbwa report results/X` (from the repository root) gives the committed report.md and results.csv."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    write_report(Path("results") / folder, tmp_path)
+    for name in ("report.md", "results.csv"):
+        assert (tmp_path / name).read_bytes() == (root / "results" / folder / name).read_bytes(), name
