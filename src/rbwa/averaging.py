@@ -79,6 +79,17 @@ def fold_reference_(averages: Sequence[Tensor], params: Sequence[Tensor], weight
             param.copy_(avg)
 
 
+def fold_into(averages: list[Tensor] | None, params: Sequence[Tensor], weight: float) -> list[Tensor]:
+    """Fold ``params`` into ``averages`` and write back (the framework callbacks' fold): the first fold copies
+    them, later ones first move the averages to the parameters' device. Returns the averages."""
+    if averages is None:
+        averages = [p.detach().clone() for p in params]
+    else:
+        averages = [a.to(p.device) for a, p in zip(averages, params, strict=True)]
+    fold_(averages, params, weight)
+    return averages
+
+
 def check_start(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")

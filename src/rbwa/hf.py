@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from rbwa.averaging import check_fold_schedule, check_start, fold_, fold_weight
+from rbwa.averaging import check_fold_schedule, check_start, fold_into, fold_weight
 
 STATE_FILE = "rbwa_callback.pt"
 
@@ -63,11 +63,7 @@ class RBWACallback(TrainerCallback):
             return
         n = (step - start) // self.steps_per_epoch if self.counter == "epochs" else self.folds
         params = [p for p in model.parameters() if p.requires_grad]
-        if self.averages is None:
-            self.averages = [p.detach().clone() for p in params]
-        else:
-            self.averages = [a.to(p.device) for a, p in zip(self.averages, params, strict=True)]
-        fold_(self.averages, params, fold_weight(self.average, n, self.beta))
+        self.averages = fold_into(self.averages, params, fold_weight(self.average, n, self.beta))
         self.folds += 1
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:

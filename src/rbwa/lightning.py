@@ -15,7 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from rbwa.averaging import check_fold_schedule, check_start, fold_, fold_weight
+from rbwa.averaging import check_fold_schedule, check_start, fold_into, fold_weight
 
 
 class RBWACallback(pl.Callback):
@@ -43,11 +43,7 @@ class RBWACallback(pl.Callback):
             return
         n = trainer.current_epoch - self.start_epoch if self.counter == "epochs" else self.folds
         params = [p for p in pl_module.parameters() if p.requires_grad]
-        if self.averages is None:
-            self.averages = [p.detach().clone() for p in params]
-        else:
-            self.averages = [a.to(p.device) for a, p in zip(self.averages, params, strict=True)]
-        fold_(self.averages, params, fold_weight(self.average, n, self.beta))
+        self.averages = fold_into(self.averages, params, fold_weight(self.average, n, self.beta))
         self.folds += 1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
