@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import machine  # noqa: E402
 
-FLAGS = ["fig3", "--preset", "smoke", "--seeds", "1", "--dataset", "digits", "--train-subset", "600",
-         "--test-subset", "200", "--epochs", "4", "--cpus-per-run", "1"]
+FLAGS = ["fig3", "--preset", "smoke", "--seeds", "1", "--dataset", "digits", "--train-subset", "1400",
+         "--test-subset", "300", "--epochs", "8", "--cpus-per-run", "1"]
 
 
 def sweep(launcher: str) -> float:
