@@ -132,6 +132,16 @@ def portable(cfg: TrainConfig, dataset_id: str) -> dict[str, Any]:
     return {**{k: v for k, v in cfg.to_dict().items() if k not in MACHINE_KEYS}, "dataset": dataset_id}
 
 
+def differing_keys(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The config keys on which two saved configs differ, where they lie excepted (MACHINE_KEYS, ``ignore``).
+
+    A key absent from a config saved by an older rbwa had its default then.
+    """
+    defaults = TrainConfig().to_dict()
+    return sorted(k for k in set(saved) | set(current) if k not in (*MACHINE_KEYS, *ignore)
+                  and saved.get(k, defaults.get(k)) != current.get(k, defaults.get(k)))
+
+
 def identify(cfg: TrainConfig) -> dict[str, Any]:
     """``portable(cfg)`` with the dataset's identity looked up (an image folder's digest is cached)."""
     from rbwa.data import dataset_identity

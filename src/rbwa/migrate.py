@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rbwa.config import MACHINE_KEYS, TrainConfig, identify, resolve
+from rbwa.config import MACHINE_KEYS, differing_keys, identify, resolve
 from rbwa.errors import UserError
 from rbwa.experiments import EXPERIMENTS, expand, manifest
 from rbwa.io import atomic_write_json
@@ -56,7 +56,6 @@ def migrate(root: str | Path, dataset: str | None = None) -> list[tuple[str, str
     manifests = [(p, s) for p in sorted(root.glob("*.json")) if isinstance(s := _read(p), dict) and "experiment" in s]
     if not manifests:
         raise UserError(f"{root} holds no experiment manifests (*.json written by `rbwa reproduce`)")
-    defaults = TrainConfig().to_dict()
     plans = []  # everything is checked before anything is renamed
     for path, spec in manifests:
         if migrated(spec) and dataset is None:
@@ -77,9 +76,8 @@ def migrate(root: str | Path, dataset: str | None = None) -> list[tuple[str, str
             old, new = root / entry["run"], Path(run.config.out)
             saved = _read(old / "config.json") if old.is_dir() else None
             want = identify(resolve(run.config))
-            if saved is not None:  # a key absent from an older config.json had its default then
-                differing = sorted(k for k in set(saved) | set(want) if k not in (*MACHINE_KEYS, "dataset")
-                                   and saved.get(k, defaults.get(k)) != want.get(k))
+            if saved is not None:
+                differing = differing_keys(saved, want, ignore=("dataset",))
                 if differing:
                     raise UserError(f"{old} was run with another config than its manifest says "
                                     f"({', '.join(differing)}); move it away and rerun `rbwa migrate`")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from rbwa import __version__
-from rbwa.config import MACHINE_KEYS, TrainConfig, identify, resolve, validate
+from rbwa.config import TrainConfig, differing_keys, identify, resolve, validate
 from rbwa.data import Split, load_dataset, stratified_indices
 from rbwa.data.loader import BatchLoader, channel_stats
 from rbwa.errors import UserError
@@ -94,10 +94,7 @@ def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> bool:
         old = json.loads(saved.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{saved} is unreadable ({e}); move the directory away and start again") from e
-    new, defaults = identify(cfg), TrainConfig().to_dict()
-    # a key absent from an older run's config.json had its default then; where things lie may differ
-    differing = sorted(k for k in set(old) | set(new)
-                       if k not in MACHINE_KEYS and old.get(k, defaults.get(k)) != new.get(k))
+    differing = differing_keys(old, identify(cfg))
     if differing == ["dataset"] and str(old.get("dataset")).startswith("folder:") and "(" not in old["dataset"]:
         raise UserError(f"{out} names its data by path ({old['dataset']}), as runs before rbwa 0.2 did; "
                         f"run `rbwa migrate {out.parent.parent}` once to rename its runs")
@@ -122,9 +119,7 @@ def load_checkpoint(path: Path, config: dict[str, Any] | None = None) -> dict[st
         raise UserError(f"{path} is not an rbwa checkpoint; delete it to restart the run")
     saved = ckpt.get("config")  # absent from checkpoints of rbwa 0.1, whose config.json was checked already
     if config is not None and saved is not None:
-        defaults = TrainConfig().to_dict()
-        differing = sorted(k for k in set(saved) | set(config) if k not in MACHINE_KEYS
-                           and saved.get(k, defaults.get(k)) != config.get(k, defaults.get(k)))
+        differing = differing_keys(saved, config)
         if differing:
             raise UserError(f"checkpoint {path} was written for another config ({', '.join(differing)}); "
                             "delete it to restart the run, or resume with the config it was written for")
