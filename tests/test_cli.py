@@ -93,3 +93,17 @@ def test_every_flag_says_what_it_does(command):
         assert len(words.split()) >= 3, (command, action.dest, action.help)  # more than "default: X"
         if action.dest in CHOICES:  # the allowed values are in the usage line
             assert action.metavar == "{" + ",".join(CHOICES[action.dest]) + "}"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--cpus-per-run", "0"], "error: --cpus-per-run must be > 0, got 0.0"),
+    (["--gpus-per-run", "-1"], "error: --gpus-per-run must be >= 0, got -1.0"),
+    (["--launcher", "slurm", "--slurm-extra", "qos"], "error: --slurm-extra takes KEY=VALUE (an sbatch option "
+                                                      "without its dashes), got 'qos'"),
+    (["--write-back", "-1"], "error: write back must be >= 0 (0: never), got -1"),
+])
+def test_bad_launcher_flags_are_one_line(tmp_path, capsys, flags, message):
+    pytest.importorskip("submitit")
+    code = main(["reproduce", "fig3", "--preset", "smoke", "--dataset", "digits", "--out", str(tmp_path / "o"),
+                 *flags])
+    assert code == 2 and capsys.readouterr().err == message + "\n" and not (tmp_path / "o").exists()
