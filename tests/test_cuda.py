@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.cuda,
 def test_bf16_autocast_and_channels_last_really_apply_and_averages_stay_float32():
     model = build_model("resnet18", 10, 0.25).cuda().to(memory_format=torch.channels_last)
     seen = []
-    model.conv1.register_forward_hook(lambda m, i, o: seen.append((o.dtype, i[0].is_contiguous(
+    model.stem[0].register_forward_hook(lambda m, i, o: seen.append((o.dtype, i[0].is_contiguous(
         memory_format=torch.channels_last))))
     opt = RBWA(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), start_step=0)
     x = torch.randn(8, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
@@ -23,7 +23,7 @@ def test_bf16_autocast_and_channels_last_really_apply_and_averages_stay_float32(
     loss.backward()
     opt.step()
     assert seen == [(torch.bfloat16, True)]
-    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert {a.dtype for a in opt.averages} == {torch.float32} and opt.averages[0].is_cuda
 
 
