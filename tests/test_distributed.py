@@ -32,6 +32,7 @@ DRIVER = textwrap.dedent("""
     rank = os.environ.get("RANK", "0")
     torch.save({"averages": opt.averages, "folds": opt.folds, "model": model.state_dict(), "writes": len(writes)},
                os.path.join(sys.argv[3], f"rank{rank}.pt"))
+    t.end_distributed(0)  # as `rbwa train` ends under torchrun
 """)
 
 
@@ -106,7 +107,8 @@ BN_DRIVER = textwrap.dedent("""
     if rank == 0:
         torch.save(out, sys.argv[1])
     dist.barrier()
-    dist.destroy_process_group()
+    from rbwa.train import end_distributed
+    end_distributed(0)  # the trainer's own exit: see its docstring
 """)
 
 
@@ -154,7 +156,8 @@ GRAD_DRIVER = textwrap.dedent("""
     if rank == 0:
         torch.save([p.grad for p in model.parameters()], sys.argv[1])
     dist.barrier()
-    dist.destroy_process_group()
+    from rbwa.train import end_distributed
+    end_distributed(0)  # the trainer's own exit: see its docstring
 """)
 
 

@@ -56,22 +56,23 @@ def given(ns: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from rbwa.train import train
+    from rbwa.train import end_distributed, train
 
     values = load_yaml(ns.config) if ns.config else {}
     values.update(given(ns))
     try:
         summary = train(make_config(**values), resume=ns.resume, progress=None if not ns.quiet else False)
-    finally:
+    except BaseException:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    if os.environ.get("RANK", "0") != "0":
-        return 0
-    print(f"{summary.get('method', '')}: final test accuracy {summary['final_test_acc']:.2f}%, "
-          f"best {summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}), "
-          f"final train loss {summary['final_train_loss']:.4g}; run directory {values.get('out', TrainConfig.out)}")
+        raise
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{summary.get('method', '')}: final test accuracy {summary['final_test_acc']:.2f}%, "
+              f"best {summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}), final train loss "
+              f"{summary['final_train_loss']:.4g}; run directory {values.get('out', TrainConfig.out)}")
+    end_distributed(0)  # under torchrun: does not return
     return 0
 
 
