@@ -83,13 +83,6 @@ def test_report_needs_manifests(tmp_path):
         write_report(tmp_path / "missing")
 
 
-def test_paper_batch_effect_from_table1():
-    from rbwa.report import paper_batch_effect
-
-    # gains 1.49, 1.75, 1.05 at 16-64 (mean 1.43) and 0.09, 0.18 at 128-256 (mean 0.135)
-    assert paper_batch_effect() == pytest.approx(1.43 - 0.135)
-
-
 def test_table1_claims_from_constructed_runs(tmp_path):
     entries = []
     for b, gain in ((16, 3.0), (32, 3.5), (64, 2.5), (128, 0.0), (256, 0.2)):

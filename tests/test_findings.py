@@ -1,0 +1,45 @@
+"""findings.py: the numbers and the claims, from runs held in memory (no files, no rendering)."""
+
+from pathlib import Path
+
+import pytest
+
+from rbwa.findings import Experiment, Run, compare, paper_batch_effect, summarise
+
+
+def run(label: str, seed: int, accs: list[float], losses: list[float], status: str = "finished") -> Run:
+    metrics = [{"epoch": e, "test_acc": a, "train_loss": None if e == 0 else losses[e - 1]}
+               for e, a in enumerate(accs)]
+    cfg = {"dataset": "cifar10", "model": "resnet18", "batch_size": 64}
+    return Run(Path(f"{label}-{seed}"), "resnet18", label, seed, cfg, metrics, {"status": status})
+
+
+def test_paper_batch_effect_from_table1():
+    # gains 1.49, 1.75, 1.05 at 16-64 (mean 1.43) and 0.09, 0.18 at 128-256 (mean 0.135)
+    assert paper_batch_effect() == pytest.approx(1.43 - 0.135)
+
+
+def test_summary_rows_read_final_best_and_last_epochs_from_the_curves():
+    # epoch 0 (before training) counts for "best" as the trainer's summary counts it, never for "final"
+    sgd = [run("sgd", 0, [60, 40, 50], [0.9, 0.8]), run("sgd", 1, [10, 50, 54], [0.7, 0.6])]
+    rbwa = [run("rbwa", 0, [60, 45, 53], [0.9, 0.5]), run("rbwa", 1, [10, 52, 58], [0.7, 0.4]),
+            run("rbwa", 2, [10, 20, 30], [1.0, 1.0], status="diverged")]
+    rows = {r["method"]: r for r in summarise(Experiment("fig3", "t", "model", "cpu", runs=sgd + rbwa))}
+    assert rows["sgd"]["final_acc_mean"] == 52.0 and rows["sgd"]["best_acc_mean"] == 57.0  # (60 + 54) / 2
+    assert rows["rbwa"]["n"] == 2 and rows["rbwa"]["diverged"] == 1
+    assert rows["rbwa"]["final_acc_mean"] == 55.5 and rows["rbwa"]["final_loss_mean"] == pytest.approx(0.45)
+    assert rows["rbwa"]["diff_vs_sgd"] == pytest.approx(3.5)  # paired: 53 - 50 and 58 - 54
+    assert rows["rbwa"]["loss_gain_vs_sgd"] == pytest.approx(0.25)  # SGD - RBWA: 0.3 and 0.2
+    # the last 5 epochs of a 2-epoch run are both epochs: (45 + 53) / 2 - (40 + 50) / 2 = 4, and 3
+    assert rows["rbwa"]["last5_diff_vs_sgd"] == pytest.approx(3.5)
+    assert rows["rbwa"]["paper_acc"] == 83.36 and rows["sgd"]["paper_acc"] == 81.98
+
+
+def test_a_finding_pairs_seeds_and_signs_a_loss_claim():
+    sgd = [run("sgd", 0, [10, 40, 50], [0.9, 0.8]), run("sgd", 1, [10, 50, 54], [0.7, 0.6])]
+    rbwa = [run("rbwa", 0, [10, 45, 53], [0.9, 0.5]), run("rbwa", 1, [10, 52, 58], [0.7, 0.4])]
+    acc = compare("c1", "RBWA - SGD", rbwa, sgd)
+    assert acc.final == {0: 3.0, 1: 4.0} and acc.last == {0: 4.0, 1: 3.0}
+    assert sorted(acc.curve) == [0, 0, 2, 3, 4, 5] and not acc.same
+    loss = compare("c2", "SGD - RBWA", rbwa, sgd, "train_loss")
+    assert loss.final == pytest.approx({0: 0.3, 1: 0.2}) and loss.tolerance == 1e-4 and loss.digits == 4
