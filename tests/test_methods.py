@@ -5,7 +5,7 @@ import torch
 
 from rbwa import RBWA
 from rbwa.config import make_config
-from rbwa.methods import SideAverage, build, lr_factor
+from rbwa.methods import SideAverage, build, lr_factor, reestimates_bn
 
 
 def test_lr_factor_by_hand():
@@ -160,3 +160,15 @@ def test_write_back_flag_is_checked():
         validate(resolve(make_config(method="sgd", write_back=0)))
     with pytest.raises(UserError, match="write back must be >= 0"):
         validate(resolve(make_config(method="rbwa-e", write_back=-1)))
+
+
+@pytest.mark.parametrize(("method", "write_back", "expected"), [
+    ("sgd", 1, False), ("rbwa", 1, False), ("rbwa-e", 1, False), ("rswa", 1, False), ("lookahead", 1, False),
+    ("rbwa", 0, True), ("rbwa-e", 100, True), ("sema", 1, True), ("swa", 1, True), ("ema", 1, True),
+    ("schedulefree", 1, True)])
+def test_which_methods_re_estimate_batchnorm(tiny_resnet, method, write_back, expected):
+    """By hand: BatchNorm is re-estimated exactly where the evaluated weights are not the trained ones; the
+    trainer's setup follows the same rule."""
+    assert reestimates_bn(method, write_back) is expected
+    cfg = make_config(method=method, write_back=write_back, epochs=2, start_epoch=1)
+    assert build(cfg, tiny_resnet(), steps_per_epoch=4).reestimate_bn is expected

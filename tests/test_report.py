@@ -181,3 +181,13 @@ def test_committed_reports_regenerate_byte_for_byte(tmp_path, monkeypatch, folde
     write_report(Path("results") / folder, tmp_path)
     for name in ("report.md", "results.csv"):
         assert (tmp_path / name).read_bytes() == (root / "results" / folder / name).read_bytes(), name
+
+
+def test_the_report_names_the_methods_whose_batchnorm_is_re_estimated(tmp_path):
+    _pair_sweep(tmp_path, "writeback", "sema (every epoch)", {0: ([10, 50], [10, 52])})
+    assert "BatchNorm:" not in write_report(tmp_path).read_text()  # configs that name no such method
+    for run, method in (("sgd-0", "sgd"), ("sema_(every_epoch)-0", "sema")):
+        path = tmp_path / "runs" / run / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "method": method}))
+    assert ("BatchNorm: before each evaluation of sema (every epoch), the running statistics are re-estimated"
+            in write_report(tmp_path).read_text())

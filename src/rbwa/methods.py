@@ -67,6 +67,12 @@ class SideAverage:
         return int(self.model.n_averaged) > 0
 
 
+def reestimates_bn(method: str, write_back: int = 1) -> bool:
+    """Whether evaluation re-estimates BatchNorm's statistics: the evaluated weights are not the ones they were
+    gathered with (a side average, schedule-free's x point, or an average not written back at every fold)."""
+    return method in ("swa", "ema", "schedulefree", "sema") or (method in ("rbwa", "rbwa-e") and write_back != 1)
+
+
 @dataclass
 class Setup:
     """What a run of one method needs besides the model and the data."""
@@ -129,7 +135,7 @@ def build(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Setup:
 
         opt = schedulefree.SGDScheduleFree(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                            weight_decay=cfg.weight_decay)
-        return Setup(opt, None, schedule_free=True)
+        return Setup(opt, None, schedule_free=True, reestimate_bn=True)
     base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            nesterov=cfg.nesterov)
     opt: Optimizer = base
@@ -154,5 +160,4 @@ def build(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Setup:
     def factor(step: int) -> float:
         return lr_factor(cfg.lr_schedule, step, total, start, milestones, cfg.lr_gamma, cfg.beta)
 
-    reestimate = cfg.method == "sema" or cfg.write_back != 1
-    return Setup(opt, LambdaLR(opt, factor), side, reestimate_bn=reestimate)
+    return Setup(opt, LambdaLR(opt, factor), side, reestimate_bn=reestimates_bn(cfg.method, cfg.write_back))

@@ -92,6 +92,20 @@ def _table(exp: Experiment, rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _bn_note(exp: Experiment) -> list[str]:
+    """Which methods' evaluations re-estimate BatchNorm's statistics (the trainer's own rule), if any do."""
+    from rbwa.methods import reestimates_bn
+
+    cfgs = {label: next((r.config for r in runs if r.config), None) for (_, label), runs in exp.groups().items()}
+    named = [label for label, cfg in cfgs.items()
+             if cfg and reestimates_bn(cfg.get("method", ""), cfg.get("write_back", 1))]
+    if not named:
+        return []
+    return [f"BatchNorm: before each evaluation of {', '.join(named)}, the running statistics are re-estimated on "
+            "the training data, because the weights evaluated are not the ones they were gathered with; every "
+            "other method is evaluated with the statistics gathered in training.", ""]
+
+
 def _protocol(experiments: list[Experiment]) -> list[str]:
     runs = [r for e in experiments for r in e.runs if r.config and r.summary]
     if not runs:
@@ -226,7 +240,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
                         paper_gain(rows, r["setting"])) for r in gains],
                       out / name, f"RBWA's gain over SGD by {exp.setting}", exp.setting)
             md += [f"![{exp.name} gain]({name})", ""]
-        md += [_table(exp, rows), ""]
+        md += [_table(exp, rows), "", *_bn_note(exp)]
         if any(r["anchor_acc"] for r in rows):
             md += [ANCHOR_SOURCES, ""]
         sections.append((len(md), claims(exp, rows)))
