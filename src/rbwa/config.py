@@ -22,6 +22,7 @@ COUNTERS = ("folds", "epochs")
 IMPLEMENTATIONS = ("copy", "lr_scale")
 DEVICES = ("cpu", "cuda")
 AMP = ("none", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead captures CUDA graphs
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch of all processes
     eval_batch_size: int = 500
     out: str = "runs/run"
@@ -79,7 +81,7 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 # the allowed values of the keys that are a choice
 CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "model": MODELS, "lr_schedule": LR_SCHEDULES,
                                        "augment": AUGMENTS, "counter": COUNTERS, "implementation": IMPLEMENTATIONS,
-                                       "device": DEVICES, "amp": AMP}
+                                       "device": DEVICES, "amp": AMP, "compile_mode": COMPILE_MODES}
 # one line per key, for `rbwa train --help` and `rbwa reproduce --help`
 HELP: dict[str, str] = {
     "dataset": "cifar10, cifar100 (official archives), digits (scikit-learn), or folder:PATH "
@@ -119,6 +121,8 @@ HELP: dict[str, str] = {
     "amp": "none or bf16 (autocast; averages and the optimizer stay float32)",
     "channels_last": "channels-last memory format (faster convolutions on GPUs)",
     "compile": "torch.compile the forward pass",
+    "compile_mode": "torch.compile's mode with --compile; reduce-overhead (CUDA graphs) was 2.6x-3.3x faster than "
+                    "eager on an H200 at batch 64, default gave nothing (benchmarks/RESULTS.md)",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch of all processes",
     "eval_batch_size": "images per evaluation batch (no effect on results)",
     "out": "the run directory to write",
@@ -229,6 +233,9 @@ def validate(cfg: TrainConfig) -> None:
     _choice("implementation", cfg.implementation, IMPLEMENTATIONS)
     _choice("device", cfg.device, DEVICES)
     _choice("amp", cfg.amp, AMP)
+    _choice("compile mode", cfg.compile_mode, COMPILE_MODES)
+    if cfg.compile_mode != "default" and not cfg.compile:
+        raise UserError(f"compile mode {cfg.compile_mode} needs --compile")
     positive = {"epochs": cfg.epochs, "batch size": cfg.batch_size, "lr": cfg.lr, "width": cfg.width,
                 "eval batch size": cfg.eval_batch_size, "lookahead k": cfg.lookahead_k}
     for name, value in positive.items():

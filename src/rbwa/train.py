@@ -257,7 +257,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         ids = [device.index] if device.type == "cuda" else None
         forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
-        forward = torch.compile(forward)
+        forward = torch.compile(forward, mode=cfg.compile_mode)
     amp = cfg.amp == "bf16"
 
     barrier(world)  # every process has checked the run directory before the first one writes to it
