@@ -1,7 +1,7 @@
 """One prepared GPU check (issue 14): throughput of the paper preset, RBWA's step overhead, GPU sharing, an
 end-to-end run and the CUDA tests. Everything it measures goes into OUT/results.json (and logs beside it).
 
-    python benchmarks/gpu.py OUT                # on a CUDA machine: about 6 minutes on one H200
+    python benchmarks/gpu.py OUT                # on a CUDA machine: about 3 minutes on one H200, measured
     python benchmarks/gpu.py OUT --dry-run      # every stage for a few steps on the CPU (tests run this)
 
 Throughput uses synthetic batches already on the device (the loader is measured by the end-to-end stage),

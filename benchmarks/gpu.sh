@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 14): installs the package, then measures everything into OUT.
-#   bash benchmarks/gpu.sh OUT [--data folder:PATH]    (about 6 minutes on one H200)
+#   bash benchmarks/gpu.sh OUT [--data folder:PATH]    (about 3 minutes on one H200, measured)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: bash benchmarks/gpu.sh OUT [--data folder:PATH]}"; shift
