@@ -56,17 +56,14 @@ def given(ns: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from rbwa.train import end_distributed, train
+    from rbwa.train import end_distributed, stop_distributed, train
 
     values = load_yaml(ns.config) if ns.config else {}
     values.update(given(ns))
     try:
         summary = train(make_config(**values), resume=ns.resume, progress=None if not ns.quiet else False)
     except BaseException:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        stop_distributed()
         raise
     if os.environ.get("RANK", "0") == "0":
         print(f"{summary.get('method', '')}: final test accuracy {summary['final_test_acc']:.2f}%, "

@@ -151,6 +151,16 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world, device
 
 
+def stop_distributed() -> bool:
+    """Destroy the process group if there is one; whether there was."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.destroy_process_group()
+    return True
+
+
 def end_distributed(code: int) -> None:
     """Destroy the process group and, if there was one, end this process at once with ``code``.
 
@@ -159,11 +169,8 @@ def end_distributed(code: int) -> None:
     interpreter's teardown), so torchrun reports a finished run as failed. Everything is written by then, so
     skipping that teardown loses nothing.
     """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if not stop_distributed():
         return
-    dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
