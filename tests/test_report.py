@@ -191,3 +191,30 @@ def test_the_report_names_the_methods_whose_batchnorm_is_re_estimated(tmp_path):
         path.write_text(json.dumps({**json.loads(path.read_text()), "method": method}))
     assert ("BatchNorm: before each evaluation of sema (every epoch), the running statistics are re-estimated"
             in write_report(tmp_path).read_text())
+
+
+def test_a_comparison_two_experiments_share_is_one_test_and_each_run_counts_once(tmp_path):
+    # fig3 and variants list the same runs, so "Claim 1" and "Does rbwa beat sgd?" are one test, and so are the two
+    # loss claims: 2 tests, not 4. Loss differences are 0.1 in every seed (p = 0), so Holm leaves the accuracy p as
+    # it is: t = 1.5 / (0.5 / sqrt 3) = 5.196 on 2 df, p = 0.0351 (counted twice, it would double to 0.0702)
+    make_sweep(tmp_path, {"resnet18": [1.0, 1.5, 2.0]})
+    manifest = json.loads((tmp_path / "fig3.json").read_text())
+    (tmp_path / "variants.json").write_text(json.dumps({**manifest, "experiment": "variants"}))
+    for i, summary in enumerate(sorted((tmp_path / "runs").glob("*/summary.json"))):
+        versions = {"torch": "x", "torch_threads": 2 if i < 2 else 1}
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": versions}))
+    report = write_report(tmp_path).read_text()
+    p = 1 - 5.196152 / (5.196152 ** 2 + 2) ** 0.5
+    for claim in ("Claim 1, model resnet18: RBWA reaches higher final test accuracy than SGD: **supported**",
+                  "Does rbwa beat sgd? **supported**"):
+        line = next(x for x in report.splitlines() if x.startswith(f"- {claim}"))
+        assert f"Holm over the 2 tests of this report: p = {p:.3g}, **supported**" in line
+    assert "torch threads per run 1 in 4 runs, 2 in 2 runs, device cpu; torch x," in report
+    assert "Mean epoch time over 6 runs: 1.0 s." in report
+
+
+def test_spread_names_each_value_with_its_runs():
+    from rbwa.report import _spread
+
+    assert _spread(["a", "a"]) == "a"
+    assert _spread([1, 2, 2]) == "2 in 2 runs, 1 in 1 run"

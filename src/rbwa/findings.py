@@ -193,6 +193,7 @@ class Finding:
     unit: str = " points"
     note: str = ""
     show_curve: bool = False  # twin comparisons always show the largest difference over the curve
+    key: tuple = ()  # what is tested (metric and runs): two experiments that share runs share a test; () = unique
 
     @property
     def same(self) -> bool:
@@ -260,8 +261,9 @@ def compare(claim: str, what: str, a: list[Run], b: list[Run], metric: str = "te
 
     # accuracy: at most one test image apart (a float margin keeps one image's worth inside); loss: LOSS_TOLERANCE
     tolerance = LOSS_TOLERANCE if sign < 0 else (100.0 / test_images * (1 + 1e-9) if test_images else 0.0)
+    key = (metric, tuple(sorted(str(r.path) for r in a)), tuple(sorted(str(r.path) for r in b)))
     return Finding(claim, what, diffs(1), diffs(LAST_EPOCHS), _curve(a, b, metric), tolerance,
-                   digits=4 if sign < 0 else 2, unit="" if sign < 0 else " points", **kw)
+                   digits=4 if sign < 0 else 2, unit="" if sign < 0 else " points", key=key, **kw)
 
 
 def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[Finding | str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,11 @@ def render(f: Finding, p_adjusted: float, tests: int) -> str:
     return line + "."
 
 
+def _test(f: Finding) -> tuple | int:
+    """What a finding tests, for Holm's family: its metric and runs, or the finding itself where it has no key."""
+    return f.key or id(f)
+
+
 def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
@@ -107,11 +112,15 @@ def _bn_note(exp: Experiment) -> list[str]:
 
 
 def _protocol(experiments: list[Experiment]) -> list[str]:
-    runs = [r for e in experiments for r in e.runs if r.config and r.summary]
+    # each run once, though experiments may share it
+    runs = list({r.path: r for e in experiments for r in e.runs if r.config and r.summary}.values())
     if not runs:
         return ["No finished runs yet."]
-    cfg, summary = runs[0].config, runs[0].summary
-    v = summary.get("versions", {})
+    cfg = runs[0].config
+
+    def v(key: str) -> str:
+        return _spread([r.summary.get("versions", {}).get(key) for r in runs])
+
     commits = sorted({str(r.summary.get("versions", {}).get("git")) for r in runs})
     seconds = [r.summary.get("mean_epoch_seconds") for r in runs if r.summary.get("mean_epoch_seconds")]
     return [
@@ -122,12 +131,20 @@ def _protocol(experiments: list[Experiment]) -> list[str]:
         f"SGD lr {cfg['lr']}, momentum {cfg['momentum']}, weight decay {cfg['weight_decay']}, "
         f"LR schedule {cfg['lr_schedule']} unless the method label says otherwise; batch size {cfg['batch_size']} "
         "unless the table varies it.",
-        f"- Machine: {v.get('platform')} ({v.get('machine')}), {v.get('torch_threads')} torch threads, device "
-        f"{summary.get('device')}; torch {v.get('torch')}, numpy {v.get('numpy')}, Python {v.get('python')}, "
-        f"rbwa {v.get('rbwa')} at git {', '.join(commits)}.",
+        f"- Machine: {v('platform')} ({v('machine')}), torch threads per run {v('torch_threads')}, device "
+        f"{_spread([r.summary.get('device') for r in runs])}; torch {v('torch')}, numpy {v('numpy')}, "
+        f"Python {v('python')}, rbwa {v('rbwa')}; git {', '.join(commits)}.",
         f"- Mean epoch time over {len(seconds)} runs: {sum(seconds) / max(1, len(seconds)):.1f} s.",
         "", "Differences from the paper's protocol (PAPER.md):", "", *_differences(cfg),
     ]
+
+
+def _spread(values: list[Any]) -> str:
+    """One value as it is; several as each value with its number of runs, most common first."""
+    counts = Counter(values).most_common()
+    if len(counts) == 1:
+        return str(counts[0][0])
+    return ", ".join(f"{value} in {n} run{'s' * (n > 1)}" for value, n in counts)
 
 
 def _flag_value(value: Any) -> str:
@@ -208,7 +225,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
           "*inconclusive at this scale* otherwise. Every verdict is given twice: on the final epoch (the paper's "
           f"measure) and on the mean of the last {LAST_EPOCHS} epochs, with whether the two agree; and beside it, "
           "the verdict after Holm's correction for all the paired t-tests of this report (two-sided, "
-          "family-wise error 5%; a run shared by two experiments is tested in each).",
+          "family-wise error 5%; a comparison of the same runs that two experiments share is one test, shown "
+          "under each).",
           "", "## Protocol", "", *_protocol(experiments), ""]
     shown = root.name if root.is_absolute() else root  # no path of this machine in a report
     sections: list[tuple[int, list[Finding | str]]] = []  # where each experiment's verdicts go in md
@@ -244,12 +262,13 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         if any(r["anchor_acc"] for r in rows):
             md += [ANCHOR_SOURCES, ""]
         sections.append((len(md), claims(exp, rows)))
-    findings = [f for _, items in sections for f in items if isinstance(f, Finding)]
-    adjusted = dict(zip(map(id, findings), holm([f.p for f in findings])))
+    # one test per distinct comparison: a comparison two experiments share (the same runs) is counted once
+    distinct = {_test(f): f for _, items in sections for f in items if isinstance(f, Finding)}
+    adjusted = dict(zip(distinct, holm([f.p for f in distinct.values()])))
     tests = sum(not math.isnan(p) for p in adjusted.values())
 
     def line(item: Finding | str) -> str:
-        return f"- {item if isinstance(item, str) else render(item, adjusted[id(item)], tests)}"
+        return f"- {item if isinstance(item, str) else render(item, adjusted[_test(item)], tests)}"
 
     answers = [line(item) for _, items in sections for item in items]
     for at, items in reversed(sections):
