@@ -3,7 +3,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from rbwa.plots import COLORS, curve_band, line_styles, plot_curves, plot_gain
+from rbwa.plots import COLORS, curve_band, legend_label, line_styles, plot_curves, plot_gain
 
 
 def test_curve_band_uses_only_epochs_every_run_has():
@@ -43,3 +43,9 @@ def test_accuracy_axis_stops_at_100(tmp_path, monkeypatch):
     runs = [[{"epoch": e, "test_acc": a, "train_loss": 0.1} for e, a in enumerate((50.0, 99.0, 100.0))]] * 2
     plots.plot_curves({"sgd": runs, "rbwa": runs}, tmp_path / "x.png", "t", start_epoch=1)
     assert figures[0].axes[0].get_ylim()[1] == 100.0
+
+
+def test_a_legend_names_each_lines_seeds_where_they_differ():
+    assert legend_label("swa", 3, False) == "swa (side copy)"
+    assert legend_label("sgd (cosine LR)", 2, True) == "sgd (cosine LR), 2 seeds"
+    assert legend_label("ema", 1, True) == "ema (side copy), 1 seed"

@@ -41,6 +41,12 @@ def line_styles(labels: list[str]) -> dict[str, tuple[str | None, str]]:
     return styles
 
 
+def legend_label(label: str, seeds: int, name_seeds: bool) -> str:
+    """A line's legend entry: a side copy says so; where the labels' seed counts differ, each names its own."""
+    side_copy = " (side copy)" if label.split(" ")[0] in SIDE_COPY else ""
+    return f"{label}{side_copy}" + (f", {seeds} seed{'s' * (seeds > 1)}" if name_seeds else "")
+
+
 def curve_band(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Epochs, mean, min and max of ``key`` over runs (metrics lists), on the epochs every run has."""
     by_epoch: dict[int, list[float]] = {}
@@ -64,13 +70,14 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, sta
             epochs, mean, lo, hi = curve_band(runs, key)
             if len(epochs) == 0:
                 continue
-            side_copy = label.split(" ")[0] in SIDE_COPY
-            ax.plot(epochs, mean, label=label + (" (side copy)" if side_copy else ""), color=color,
+            ax.plot(epochs, mean, label=legend_label(label, len(runs), len(n_seeds) > 1), color=color,
                     linewidth=2.4 if linestyle == ":" else 1.6, linestyle=linestyle)
             if len(runs) > 1 and linestyle != ":":  # a twin's band would hide the one it equals
                 ax.fill_between(epochs, lo, hi, color=color, alpha=0.18, linewidth=0)
-    seeds = "/".join(str(n) for n in n_seeds)
-    band = f"line: mean of {seeds} seed(s); band: min-max" if max(n_seeds) > 1 else "single run"
+    if len(n_seeds) > 1:
+        band = "line: mean over the seeds each label names; band: min-max"
+    else:
+        band = f"line: mean of {n_seeds[0]} seeds; band: min-max" if n_seeds[0] > 1 else "single run"
     acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
     if start_epoch is not None:  # zoom on the part where the methods differ
         late = [curve_band(runs, "test_acc") for runs in groups.values()]
