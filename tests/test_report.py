@@ -218,3 +218,18 @@ def test_spread_names_each_value_with_its_runs():
 
     assert _spread(["a", "a"]) == "a"
     assert _spread([1, 2, 2]) == "2 in 2 runs, 1 in 1 run"
+
+
+def test_the_machine_line_names_the_cpu_kinds_once_any_run_records_one(tmp_path):
+    make_sweep(tmp_path, {"resnet18": [1.0, 1.5, 2.0]})
+
+    def machine() -> str:
+        return next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Machine:"))
+
+    assert "CPU" not in machine()  # runs from before the CPU was recorded
+    for i, summary in enumerate(sorted((tmp_path / "runs").glob("*/summary.json"))):
+        if i < 4:
+            versions = {"torch_threads": 1, "cpu": "Xeon (family 6, model 207), torch AVX512" if i else "M1, torch"}
+            summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": versions}))
+    assert (", CPU Xeon (family 6, model 207), torch AVX512 in 3 runs, not recorded in 2 runs, M1, torch in 1 run, "
+            "torch threads per run") in machine()

@@ -192,3 +192,28 @@ def test_checkpoints_written_by_rbwa_0_1_still_load(tmp_path):
     torch.save({"format": "rbwa-checkpoint-1", "epoch": 3, "versions": {"torch": torch.__version__}},
                tmp_path / "old.pt")
     assert load_checkpoint(tmp_path / "old.pt", {"lr": 0.5})["epoch"] == 3
+
+
+def test_cpu_kind_names_the_first_processor_and_what_torch_dispatches_to():
+    from rbwa.train import cpu_kind, versions
+
+    two = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\ncpu family\t: 6\nmodel\t\t: 207\n\n"
+           "processor\t: 1\nmodel name\t: Another CPU\ncpu family\t: 25\nmodel\t\t: 1\n")
+    assert cpu_kind(two, "AVX512") == "Intel(R) Xeon(R) Processor (family 6, model 207), torch AVX512"
+    # an ARM /proc/cpuinfo has no model name or family; macOS has no /proc/cpuinfo: the platform's name stands in
+    assert cpu_kind("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n", "DEFAULT", "aarch64") == \
+        "aarch64, torch DEFAULT"
+    assert cpu_kind("", "DEFAULT") == "unknown CPU, torch DEFAULT"
+    assert versions()["cpu"].endswith(f", torch {torch.backends.cpu.get_cpu_capability()}")
+
+
+def test_resuming_on_another_cpu_or_thread_count_is_warned_about_where_the_checkpoint_recorded_them():
+    from rbwa.train import version_warning, versions
+
+    now = versions()
+    assert version_warning(now, now) is None
+    assert version_warning({**now, "cpu": "X, torch AVX2", "torch_threads": 7}, now) == (
+        f"warning: resuming under another cpu X, torch AVX2 -> {now['cpu']}, torch_threads 7 -> "
+        f"{now['torch_threads']}; the rest of this run may not match an uninterrupted one")
+    # a checkpoint written before runs recorded their CPU: nothing to compare
+    assert version_warning({k: v for k, v in now.items() if k not in ("cpu", "torch_threads")}, now) is None

@@ -122,6 +122,8 @@ def _protocol(experiments: list[Experiment]) -> list[str]:
         return _spread([r.summary.get("versions", {}).get(key) for r in runs])
 
     commits = sorted({str(r.summary.get("versions", {}).get("git")) for r in runs})
+    cpus = [r.summary.get("versions", {}).get("cpu") or "not recorded" for r in runs]  # older runs recorded none
+    cpu = f", CPU {_spread(cpus)}" if set(cpus) != {"not recorded"} else ""
     seconds = [r.summary.get("mean_epoch_seconds") for r in runs if r.summary.get("mean_epoch_seconds")]
     return [
         f"- Data: `{cfg['dataset']}`; training subset {cfg['train_subset'] or 'all'} images "
@@ -131,7 +133,7 @@ def _protocol(experiments: list[Experiment]) -> list[str]:
         f"SGD lr {cfg['lr']}, momentum {cfg['momentum']}, weight decay {cfg['weight_decay']}, "
         f"LR schedule {cfg['lr_schedule']} unless the method label says otherwise; batch size {cfg['batch_size']} "
         "unless the table varies it.",
-        f"- Machine: {v('platform')} ({v('machine')}), torch threads per run {v('torch_threads')}, device "
+        f"- Machine: {v('platform')} ({v('machine')}){cpu}, torch threads per run {v('torch_threads')}, device "
         f"{_spread([r.summary.get('device') for r in runs])}; torch {v('torch')}, numpy {v('numpy')}, "
         f"Python {v('python')}, rbwa {v('rbwa')}; git {', '.join(commits)}.",
         f"- Mean epoch time over {len(seconds)} runs: {sum(seconds) / max(1, len(seconds)):.1f} s.",
