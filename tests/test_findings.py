@@ -43,3 +43,19 @@ def test_a_finding_pairs_seeds_and_signs_a_loss_claim():
     assert sorted(acc.curve) == [0, 0, 2, 3, 4, 5] and not acc.same
     loss = compare("c2", "SGD - RBWA", rbwa, sgd, "train_loss")
     assert loss.final == pytest.approx({0: 0.3, 1: 0.2}) and loss.tolerance == 1e-4 and loss.digits == 4
+
+
+def test_a_finding_names_the_seeds_whose_two_runs_recorded_different_machines():
+    def on(r: Run, cpu, threads) -> Run:
+        r.summary = {"status": "finished", "versions": {"cpu": cpu, "torch_threads": threads}}
+        return r
+
+    curve = ([10, 50], [0.9])
+    a = [on(run("rbwa", 0, *curve), "X", 1), on(run("rbwa", 1, *curve), "X", 2), on(run("rbwa", 2, *curve), "X", 1),
+         on(run("rbwa", 3, *curve), None, 1)]
+    b = [on(run("sgd", 0, *curve), "X", 1), on(run("sgd", 1, *curve), "X", 1), on(run("sgd", 2, *curve), "Y", 1),
+         on(run("sgd", 3, *curve), None, 1)]
+    # seed 3: neither run recorded its CPU (runs before rbwa recorded it), so nothing tells them apart
+    assert compare("c", "w", a, b).machines == {1: "torch threads 2 against 1", 2: "CPU X against Y"}
+    b[0].summary["versions"] = {"torch_threads": 4}  # a run that recorded no CPU against one that did
+    assert compare("c", "w", a, b).machines[0] == "CPU X against not recorded, torch threads 1 against 4"

@@ -233,3 +233,12 @@ def test_the_machine_line_names_the_cpu_kinds_once_any_run_records_one(tmp_path)
             summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": versions}))
     assert (", CPU Xeon (family 6, model 207), torch AVX512 in 3 runs, not recorded in 2 runs, M1, torch in 1 run, "
             "torch threads per run") in machine()
+
+
+def test_a_verdict_names_the_seeds_whose_runs_ran_with_other_thread_counts(tmp_path):
+    make_sweep(tmp_path, {"resnet18": [1.0, 1.5, 2.0]})
+    summary = tmp_path / "runs/resnet18-rbwa-1/summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": {"torch_threads": 2}}))
+    line = next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Claim 1, model"))
+    assert line.endswith("; the paired runs ran with torch threads 2 against None in seed 1, so float rounding adds "
+                         "to that seed's difference.")

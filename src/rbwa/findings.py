@@ -194,6 +194,7 @@ class Finding:
     note: str = ""
     show_curve: bool = False  # twin comparisons always show the largest difference over the curve
     key: tuple = ()  # what is tested (metric and runs): two experiments that share runs share a test; () = unique
+    machines: dict[int, str] = field(default_factory=dict)  # seed -> how its two runs' machines differ, where they do
 
     @property
     def same(self) -> bool:
@@ -239,6 +240,27 @@ def _curve(a: list[Run], b: list[Run], metric: str) -> list[float]:
     return out
 
 
+def machine(run: Run) -> tuple[Any, Any]:
+    """What a run's float rounding depends on beyond its code: the CPU kind (None where it was not recorded)
+    and the torch thread count."""
+    versions = (run.summary or {}).get("versions", {})
+    return versions.get("cpu"), versions.get("torch_threads")
+
+
+def machine_differences(a: list[Run], b: list[Run]) -> dict[int, str]:
+    """Seed -> how the machines of its two runs differ, for the seeds whose runs recorded different ones: their
+    difference holds float rounding besides the method."""
+    theirs = {r.seed: machine(r) for r in b if r.finished}
+    out = {}
+    for r in a:
+        if r.finished and r.seed in theirs and machine(r) != theirs[r.seed]:
+            (cpu, threads), (cpu_b, threads_b) = machine(r), theirs[r.seed]
+            parts = ([f"CPU {cpu or 'not recorded'} against {cpu_b or 'not recorded'}"] * (cpu != cpu_b)
+                     + [f"torch threads {threads} against {threads_b}"] * (threads != threads_b))
+            out[r.seed] = ", ".join(parts)
+    return out
+
+
 def _paired(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
     return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
 
@@ -263,7 +285,8 @@ def compare(claim: str, what: str, a: list[Run], b: list[Run], metric: str = "te
     tolerance = LOSS_TOLERANCE if sign < 0 else (100.0 / test_images * (1 + 1e-9) if test_images else 0.0)
     key = (metric, tuple(sorted(str(r.path) for r in a)), tuple(sorted(str(r.path) for r in b)))
     return Finding(claim, what, diffs(1), diffs(LAST_EPOCHS), _curve(a, b, metric), tolerance,
-                   digits=4 if sign < 0 else 2, unit="" if sign < 0 else " points", key=key, **kw)
+                   digits=4 if sign < 0 else 2, unit="" if sign < 0 else " points", key=key,
+                   machines=machine_differences(a, b), **kw)
 
 
 def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[Finding | str]:
