@@ -42,7 +42,7 @@ def load_dataset(name: str, data_dir: Path, cache_dir: Path, image_size: int | N
     if name in ("cifar10", "cifar100"):
         from rbwa.data.cifar import load_cifar
 
-        return load_cifar(name, Path(data_dir), allow_download)
+        return load_cifar(name, Path(data_dir), allow_download, Path(cache_dir))
     if name == "digits":
         from rbwa.data.digits import load_digits
 
