@@ -340,3 +340,22 @@ def test_write_back_arguments_and_old_states():
     opt.load_state_dict(state)
     with pytest.raises(ValueError, match="different settings: write_back"):
         RBWA(torch.optim.SGD([w], lr=0.1), write_back=2).load_state_dict(state)
+
+
+def test_fold_named_keys_averages_by_name_and_starts_a_joining_parameter_at_its_first_fold():
+    from rbwa.averaging import fold_named
+
+    a, b = torch.tensor([0.0, 4.0]), torch.tensor([10.0])
+    averages, counts = {}, {}
+    mean = lambda folds: fold_weight("mean", folds)  # noqa: E731
+    fold_named(averages, counts, [("a", a)], mean)  # a's first fold: taken as it is
+    a += 2.0
+    fold_named(averages, counts, [("a", a)], mean)  # (a0 + a1) / 2 = [1, 5], written back
+    assert averages["a"].tolist() == a.tolist() == [1.0, 5.0] and counts == {"a": 2}
+    b += 1.0  # b joins (unfrozen), a is frozen: b's first fold takes it as it is, never a's average
+    fold_named(averages, counts, [("b", b)], mean)
+    assert averages["b"].tolist() == b.tolist() == [11.0] and averages["a"].tolist() == [1.0, 5.0]
+    a += 3.0
+    b += 3.0  # both fold, with weights of their own counts: a's third fold 1/3, b's second 1/2
+    fold_named(averages, counts, [("a", a), ("b", b)], mean)
+    assert a.tolist() == [2.0, 6.0] and b.tolist() == [12.5] and counts == {"a": 3, "b": 2}

@@ -45,6 +45,43 @@ def test_diverged_run_exits_3(tmp_path, capsys):
     code, _, err = run_cli(capsys, ["train", *SMALL, "--lr", "1e12", "--momentum", "0", "--weight-decay", "0",
                                     "--out", str(tmp_path / "run")])
     assert code == 3 and err.strip().splitlines()[-1].startswith("error: training loss became")
+    assert "start a new run in another --out with a lower --lr" in err
+    # resuming it is refused the same way, in one line with status 3, not with a KeyError
+    code, _, err = run_cli(capsys, ["train", *SMALL, "--lr", "1e12", "--momentum", "0", "--weight-decay", "0",
+                                    "--out", str(tmp_path / "run"), "--resume"])
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1 and "Traceback" not in err
+    assert lines[0] == (f"error: {tmp_path / 'run'} diverged in epoch 1 and cannot be resumed; start a new run in "
+                        "another --out (with a lower --lr)")
+
+
+def test_train_refuses_a_run_that_another_process_trains(tmp_path, capsys):
+    """A sweep's worker holds the run's lock while it trains: `rbwa train --resume` of the same directory waits
+    for nobody and trains nothing; once the lock is free it resumes."""
+    import os
+
+    from rbwa.rundir import run_lock
+
+    pytest.importorskip("sklearn")
+    run = tmp_path / "run"
+    argv = ["train", *SMALL, "--out", str(run)]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib; from rbwa.rundir import run_lock\n"
+        f"with run_lock(pathlib.Path({str(run)!r})):\n    print('held', flush=True); sys.stdin.read()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        code, _, err = run_cli(capsys, [*argv, "--resume"])
+        assert code == 2 and err == (f"error: {run} is being trained by another process (pid {holder.pid}); wait "
+                                     "for it to finish, or stop it and rerun with --resume\n")
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing trained, nothing removed
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    code, _, _ = run_cli(capsys, [*argv, "--resume"])
+    assert code == 0 and (run / "summary.json").exists()
+    with run_lock(run) as mine:  # released at the end
+        assert mine and (run / ".lock").read_text() == f"{os.getpid()}\n"
 
 
 def test_module_entry_point_reports_without_traceback(tmp_path):

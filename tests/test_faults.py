@@ -20,7 +20,7 @@ from rbwa.train import train
 pytest.importorskip("sklearn")
 TRAIN = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "32", "--train-subset", "300", "--test-subset",
          "100", "--augment", "standard", "--method", "rbwa", "--epochs", "12", "--start-epoch", "3", "--quiet"]
-RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "train.log"}
+RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "train.log", ".lock"}
 
 
 def assert_every_file_parses(run: Path) -> int:
@@ -140,6 +140,31 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
     straight = train(_config(tmp_path / "x"), progress=False, log=lambda line: None)
     assert resumed["final_test_acc"] == straight["final_test_acc"]
     assert resumed["final_train_loss"] == straight["final_train_loss"]
+
+
+def test_a_kill_between_the_last_checkpoint_and_its_metrics_line_resumes_to_the_whole_curve(tmp_path, monkeypatch):
+    """The last epoch's checkpoint is written, then the process dies before metrics.jsonl gets its line: the
+    resumed run has nothing left to train, and must still end with every epoch's metrics."""
+    import rbwa.train as t
+
+    cfg = _config(tmp_path)
+    real = t.write_metrics
+
+    def killed_after_the_last_checkpoint(out, metrics):
+        if metrics[-1]["epoch"] == cfg.epochs:
+            raise SystemExit("killed")  # nothing after this point runs, as under SIGKILL
+        real(out, metrics)
+
+    monkeypatch.setattr(t, "write_metrics", killed_after_the_last_checkpoint)
+    with pytest.raises(SystemExit):
+        train(cfg, progress=False, log=lambda line: None)
+    assert [m["epoch"] for m in read_jsonl(tmp_path / "run/metrics.jsonl")] == [0, 1, 2]
+    monkeypatch.setattr(t, "write_metrics", real)
+    resumed = train(cfg, resume=True, progress=False, log=lambda line: None)
+    straight = train(_config(tmp_path / "x"), progress=False, log=lambda line: None)
+    assert _without_seconds(read_jsonl(tmp_path / "run/metrics.jsonl")) == \
+        _without_seconds(read_jsonl(tmp_path / "x/run/metrics.jsonl"))
+    assert resumed["final_test_acc"] == straight["final_test_acc"] and resumed["epochs"] == 3
 
 
 def test_too_little_memory_is_refused_before_anything_is_written(tmp_path, monkeypatch):

@@ -71,3 +71,54 @@ def test_resuming_from_a_checkpoint_continues_identically(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="different settings"):
         RBWACallback(start_epoch=2).load_state_dict(saved)
+
+
+def test_resuming_from_a_copy_of_a_checkpoint_reads_the_state_of_that_copy(tmp_path):
+    import shutil
+
+    straight, _ = _train(tmp_path, "straight", RBWACallback(start_epoch=1))
+    _train(tmp_path, "first", RBWACallback(start_epoch=1), save_steps=5)
+    copy = tmp_path / "elsewhere" / "ckpt"
+    shutil.copytree(tmp_path / "first" / "checkpoint-5", copy)
+    shutil.rmtree(tmp_path / "first")  # the output_dir it was saved under is gone
+    callback = RBWACallback(start_epoch=1)
+    resumed, _ = _train(tmp_path, "second", callback, resume=str(copy), save_steps=5)
+    assert callback.folds == 6  # 2 folds before the checkpoint, 4 after: averaging was not restarted
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resuming_after_averaging_began_from_a_checkpoint_without_the_state_is_refused(tmp_path):
+    _train(tmp_path, "first", RBWACallback(start_epoch=1), save_steps=5)
+    checkpoint = tmp_path / "first" / "checkpoint-5"
+    state = torch.load(checkpoint / STATE_FILE, weights_only=True)
+    (checkpoint / STATE_FILE).unlink()
+    with pytest.raises(ValueError, match=f"resuming from {checkpoint} \\(step 5, after averaging began\\), but this "
+                                         f"process finds no {STATE_FILE} there"):
+        _train(tmp_path, "second", RBWACallback(start_epoch=1), resume=str(checkpoint))
+    torch.save({**state, "global_step": 4}, checkpoint / STATE_FILE)  # a state from another checkpoint
+    with pytest.raises(ValueError, match="saved at step 4, not at the resumed step 5"):
+        _train(tmp_path, "second", RBWACallback(start_epoch=1), resume=str(checkpoint))
+
+
+class Unfreeze(transformers.TrainerCallback):
+    """Freezes the classifier for the first epoch, then trains it."""
+
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        model.classifier.requires_grad_(state.epoch >= 1)
+
+
+def test_a_layer_unfrozen_mid_training_starts_its_own_average(tmp_path):
+    callback = RBWACallback(start_epoch=0)
+    model = _model()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "run"), num_train_epochs=3, per_device_train_batch_size=4,
+        gradient_accumulation_steps=2, learning_rate=0.05, lr_scheduler_type="constant", max_grad_norm=0.0,
+        weight_decay=0.0, save_strategy="no", logging_strategy="no", report_to=[], use_cpu=True, seed=0)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    transformers.Trainer(model=model, args=args, train_dataset=Pairs(), optimizers=(sgd, None),
+                         callbacks=[Unfreeze(), callback]).train()
+    assert callback.folds == 9
+    assert callback.counts["classifier.weight"] == 6 and callback.counts["bert.pooler.dense.weight"] == 9
+    for name, p in model.named_parameters():  # every fold wrote its average back
+        assert torch.equal(callback.averages[name], p), name

@@ -12,9 +12,10 @@ import pytest
 
 from rbwa.cli import main
 from rbwa.errors import UserError
-from rbwa.experiments import expand, reproduce, run_lock, status
+from rbwa.experiments import expand, reproduce, status
 from rbwa.io import read_jsonl
 from rbwa.launch import launch_slurm, slurm_parameters
+from rbwa.rundir import run_lock
 
 pytest.importorskip("sklearn")
 SMOKE = {"dataset": "digits", "train_subset": 100, "test_subset": 50}

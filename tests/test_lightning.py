@@ -81,3 +81,64 @@ def test_bad_arguments():
         RBWACallback(beta=1.0)
     with pytest.raises(ValueError, match="counter"):
         RBWACallback(average="ema", counter="epochs")
+
+
+SWAP_EPOCH = 2  # A (the first 6x6 layer) is frozen and B (the second, the same shape) unfrozen at its start
+
+
+def swap_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2)).double()
+
+
+def swap(net, epoch):
+    if epoch == 0:
+        net[2].requires_grad_(False)
+    if epoch == SWAP_EPOCH:
+        net[0].requires_grad_(False)
+        net[2].requires_grad_(True)
+
+
+class Swapping(Tiny):
+    def __init__(self):
+        super().__init__()
+        self.net = swap_net()
+
+    def on_train_epoch_start(self):
+        swap(self.net, self.current_epoch)
+
+
+def test_a_parameter_that_joins_later_starts_its_own_average_and_never_takes_another_ones(tmp_path):
+    """Freezing one layer and unfreezing another of the same shape used to fold the newcomer against the other
+    one's average (and a bigger newcomer crashed). The oracle: a fold that writes back is a base step with its LR
+    times the fold weight, per parameter, so the callback equals SGD whose groups each follow the harmonic schedule
+    from their own first fold (A and the head from the start epoch, B from the swap)."""
+    model, callback = Swapping(), RBWACallback(start_epoch=START_EPOCH)
+    trainer(4, tmp_path, callbacks=[callback], enable_checkpointing=False).fit(model)
+
+    net = swap_net()
+    groups = [list(net[0].parameters()), list(net[2].parameters()), list(net[4].parameters())]
+    opt = torch.optim.SGD([{"params": g} for g in groups], lr=0.1, momentum=0.9)
+
+    def harmonic(first_fold):
+        return lambda step: 1.0 if step < first_fold else 1.0 / (step - first_fold + 1)
+
+    start, joins = START_EPOCH * STEPS_PER_EPOCH, SWAP_EPOCH * STEPS_PER_EPOCH
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, [harmonic(start), harmonic(joins), harmonic(start)])
+    for epoch in range(4):
+        swap(net, epoch)
+        for x, y in torch.utils.data.DataLoader(data(), batch_size=8, shuffle=False):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            schedule.step()
+    for a, b in zip(model.net.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert callback.counts == {"net.0.weight": 4, "net.0.bias": 4, "net.2.weight": 8, "net.2.bias": 8,
+                               "net.4.weight": 12, "net.4.bias": 12}
+
+
+def test_a_state_saved_by_position_is_refused():
+    with pytest.raises(ValueError, match="kept averages by position"):
+        RBWACallback(start_epoch=1).load_state_dict({"steps_since_start": 4, "folds": 4, "averages": [torch.zeros(2)],
+                                                     "settings": [1, "mean", 0.9, 1, "folds"]})

@@ -23,7 +23,7 @@ weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -79,15 +79,27 @@ def fold_reference_(averages: Sequence[Tensor], params: Sequence[Tensor], weight
             param.copy_(avg)
 
 
-def fold_into(averages: list[Tensor] | None, params: Sequence[Tensor], weight: float) -> list[Tensor]:
-    """Fold ``params`` into ``averages`` and write back (the framework callbacks' fold): the first fold copies
-    them, later ones first move the averages to the parameters' device. Returns the averages."""
-    if averages is None:
-        averages = [p.detach().clone() for p in params]
-    else:
-        averages = [a.to(p.device) for a, p in zip(averages, params, strict=True)]
-    fold_(averages, params, weight)
-    return averages
+def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iterable[tuple[str, Tensor]],
+               weight: Callable[[int], float]) -> None:
+    """Fold each named parameter into its own average and write the average back (the framework callbacks' fold).
+
+    Averages and their fold counts are keyed by the parameter's name, so the set of parameters may change between
+    folds (a layer unfrozen mid-training): a parameter's first fold takes it as it is, wherever it joins, and
+    each later fold has weight ``weight(count)``, ``count`` being that parameter's folds so far.
+    """
+    by_weight: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
+    for name, p in params:
+        if name not in averages:
+            averages[name] = p.detach().clone()
+        else:
+            if averages[name].device != p.device:
+                averages[name] = averages[name].to(p.device)
+            avgs, ps = by_weight.setdefault(weight(counts[name]), ([], []))
+            avgs.append(averages[name])
+            ps.append(p)
+        counts[name] = counts.get(name, 0) + 1
+    for w, (avgs, ps) in by_weight.items():
+        fold_(avgs, ps, w)
 
 
 def check_start(name: str, value: int) -> None:

@@ -7,12 +7,14 @@ exits with status 3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import types
 import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 from rbwa.config import CHOICES, HELP, TrainConfig, load_yaml, make_config
@@ -56,12 +58,18 @@ def given(ns: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    from rbwa.rundir import claim
     from rbwa.train import end_distributed, stop_distributed, train
 
     values = load_yaml(ns.config) if ns.config else {}
     values.update(given(ns))
+    cfg = make_config(**values)
+    # one process trains a run directory at a time: a sweep's worker or another `rbwa train` holds its lock
+    # (under torchrun, rank 0 holds it for all ranks)
+    lock = claim(Path(cfg.out)) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
-        summary = train(make_config(**values), resume=ns.resume, progress=None if not ns.quiet else False)
+        with lock:
+            summary = train(cfg, resume=ns.resume, progress=None if not ns.quiet else False)
     except BaseException:
         stop_distributed()
         raise
@@ -106,7 +114,8 @@ def cmd_reproduce(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    from rbwa.experiments import STATUSES, status
+    from rbwa.experiments import status
+    from rbwa.rundir import STATUSES
 
     counts = status(ns.out)
     total = {s: sum(c[s] for c in counts.values()) for s in STATUSES}

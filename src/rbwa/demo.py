@@ -11,7 +11,8 @@ from pathlib import Path
 from rbwa.config import make_config
 from rbwa.io import read_jsonl
 from rbwa.plots import plot_curves
-from rbwa.train import METRICS, train
+from rbwa.rundir import METRICS
+from rbwa.train import train
 
 # label -> (run directory, overrides); SGD on the harmonic schedule is RBWA's exact twin: a dotted line over it
 RUNS = {"sgd": ("sgd", {"method": "sgd"}), "rbwa": ("rbwa", {"method": "rbwa"}),

@@ -7,19 +7,16 @@ trained once. ``OUT/<experiment>.json`` lists the runs of each experiment for ``
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rbwa.config import MACHINE_KEYS, TrainConfig, identify, make_config, preset_defaults, resolve, validate
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_json
+from rbwa.launch import launch_ray, launch_slurm, require, run_one, threads_for
+from rbwa.rundir import STATUSES, GridRun, run_status
 
 # Which paper claim each experiment tests, and its grid: (setting, label, overrides) per grid point.
 # The "setting" is what varies across panels or rows (model, batch size); the "label" is the method line.
@@ -83,19 +80,6 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
-class GridRun:
-    experiment: str
-    setting: str
-    label: str
-    seed: int
-    config: TrainConfig
-
-    @property
-    def name(self) -> str:
-        return Path(self.config.out).name
-
-
 def run_name(cfg: TrainConfig) -> str:
     """A readable, unique directory name: the usual varying keys and a hash of everything else.
 
@@ -110,60 +94,6 @@ def run_name(cfg: TrainConfig) -> str:
     extra += "" if cfg.counter == "folds" or cfg.method != "rbwa" else f"-{cfg.counter}"
     extra += "" if cfg.write_back == 1 else f"-wb{cfg.write_back}"
     return f"{cfg.model}-bs{cfg.batch_size}-{cfg.method}{extra}-s{cfg.seed}-{digest}"
-
-
-LOCK = ".lock"
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[bool]:
-    """Hold ``run_dir/.lock`` while a run trains; yields False when a live process holds it already.
-
-    The lock is an flock, so it dies with its process: a killed sweep leaves no stale lock behind.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        f.truncate(0)
-        f.write(f"{os.getpid()}\n")  # who trains it, for a person (or a test) to see
-        f.flush()
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def is_locked(run_dir: Path) -> bool:
-    """Whether a live process is training the run in ``run_dir`` now."""
-    if not (run_dir / LOCK).exists():
-        return False
-    with open(run_dir / LOCK, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
-
-
-STATUSES = ("finished", "diverged", "running", "interrupted", "not started")
-
-
-def run_status(run_dir: Path) -> str:
-    """One of STATUSES: a summary says finished or diverged; a live lock, running; a checkpoint, interrupted."""
-    from rbwa.train import CHECKPOINT, SUMMARY
-
-    try:
-        return json.loads((run_dir / SUMMARY).read_text()).get("status", "finished")
-    except (OSError, ValueError, AttributeError):
-        pass
-    if is_locked(run_dir):
-        return "running"
-    return "interrupted" if (run_dir / CHECKPOINT).exists() else "not started"
 
 
 def expand(experiment: str, preset: str, seeds: int, out: str | Path,
@@ -213,8 +143,6 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
     ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs; ``slurm`` as a submitit job array (``slurm``: its
     parameters, see ``launch.slurm_parameters``), returning once submitted.
     """
-    from rbwa.launch import launch_ray, launch_slurm, require, run_one, threads_for
-
     require(launcher)
     out = Path(out)
     runs = expand(experiment, preset, seeds, out, overrides)

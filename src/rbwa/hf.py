@@ -6,25 +6,46 @@
 
 The same arguments and fold rule as the Lightning callback and :class:`rbwa.RBWA`. It folds in
 ``on_step_end``, which the Trainer calls once per optimizer step, so with gradient accumulation it folds
-per optimizer step, not per micro-batch. Its state (the average and its counters) is saved beside every
-Trainer checkpoint (``checkpoint-N/rbwa_callback.pt``) and read back when training resumes from one.
+per optimizer step, not per micro-batch. Its state (the averages, by parameter name, and their counters) is
+saved beside every Trainer checkpoint (``checkpoint-N/rbwa_callback.pt``) and read back from the checkpoint that
+training resumes from, wherever it lies; resuming from one without it, once averaging has begun, is refused.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from rbwa.averaging import check_fold_schedule, check_start, fold_into, fold_weight
+from rbwa.averaging import check_fold_schedule, check_start, fold_named, fold_weight
 
 STATE_FILE = "rbwa_callback.pt"
 
 
+def resumed_checkpoint() -> str | None:
+    """The checkpoint folder the running ``Trainer.train`` resumes from, or None.
+
+    No callback event carries it: ``Trainer.train`` resolves ``resume_from_checkpoint`` (a path, or True for the
+    latest in ``output_dir``) and passes it to ``_inner_training_loop``, which calls ``on_train_begin``; it is read
+    from that frame.
+    """
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "_inner_training_loop" and "resume_from_checkpoint" in frame.f_locals:
+            found = frame.f_locals["resume_from_checkpoint"]
+            return None if found is None else str(found)
+        frame = frame.f_back
+    return None
+
+
 class RBWACallback(TrainerCallback):
     """Fold the trainable parameters into their average after every optimizer step from ``start_epoch`` on.
+
+    Averages are kept by parameter name: a parameter unfrozen later starts its own average when it joins, and a
+    frozen one keeps its average unchanged.
 
     ``steps_per_epoch`` (optimizer steps) is read from the Trainer (``max_steps / num_train_epochs``) unless
     given; give it when training is bounded by ``max_steps`` instead of whole epochs.
@@ -37,7 +58,8 @@ class RBWACallback(TrainerCallback):
         self.start_epoch, self.average, self.beta, self.every, self.counter = start_epoch, average, beta, every, counter
         self.steps_per_epoch = steps_per_epoch
         self.folds = 0
-        self.averages: list[torch.Tensor] | None = None
+        self.averages: dict[str, torch.Tensor] = {}  # parameter name -> its average
+        self.counts: dict[str, int] = {}  # parameter name -> folds of its average so far
 
     def _settings(self) -> list[Any]:
         return [self.start_epoch, self.average, self.beta, self.every, self.counter]
@@ -50,9 +72,17 @@ class RBWACallback(TrainerCallback):
                 raise ValueError("RBWACallback cannot tell the steps per epoch from a max_steps-bounded run; "
                                  "pass steps_per_epoch=")
             self.steps_per_epoch = state.max_steps // int(epochs)
-        saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
-        if state.global_step > 0 and os.path.exists(saved):  # resuming from that checkpoint
-            self.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
+        if state.global_step == 0:
+            return
+        folder = resumed_checkpoint() or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        saved = os.path.join(folder, STATE_FILE)
+        if os.path.exists(saved):
+            self.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True), state.global_step)
+        elif state.global_step > self.start_epoch * self.steps_per_epoch:  # averaging had begun: it cannot go on
+            raise ValueError(f"resuming from {folder} (step {state.global_step}, after averaging began), but this "
+                             f"process finds no {STATE_FILE} there: it was saved without RBWACallback or is not "
+                             "visible here; resume from a checkpoint saved with the callback, on a filesystem every "
+                             "process sees")
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: torch.nn.Module | None = None, **kwargs: Any) -> None:
@@ -61,21 +91,31 @@ class RBWACallback(TrainerCallback):
         start = self.start_epoch * self.steps_per_epoch
         if step < start or (step - start) % self.every:
             return
-        n = (step - start) // self.steps_per_epoch if self.counter == "epochs" else self.folds
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.averages = fold_into(self.averages, params, fold_weight(self.average, n, self.beta))
+        epochs = (step - start) // self.steps_per_epoch
+        params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        fold_named(self.averages, self.counts, params,
+                   lambda folds: fold_weight(self.average, epochs if self.counter == "epochs" else folds, self.beta))
         self.folds += 1
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(folder):
-            torch.save(self.state_dict(), os.path.join(folder, STATE_FILE))
+        writer = state.is_local_process_zero if args.save_on_each_node else state.is_world_process_zero
+        if writer and os.path.isdir(folder):
+            torch.save({**self.state_dict(), "global_step": state.global_step}, os.path.join(folder, STATE_FILE))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"folds": self.folds, "averages": self.averages, "settings": self._settings()}
+        return {"folds": self.folds, "averages": self.averages, "counts": self.counts, "settings": self._settings()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], global_step: int | None = None) -> None:
+        """Restore a saved state; ``global_step``, when given, must be the step it was saved at."""
         if list(state_dict["settings"]) != self._settings():
             raise ValueError("RBWACallback state was saved with different settings")
+        if not isinstance(state_dict["averages"], dict) and state_dict["averages"] is not None:
+            raise ValueError("RBWACallback state was saved by rbwa < 0.3, which kept averages by position, not by "
+                             "name; resume from a checkpoint saved with this version")
+        if global_step is not None and state_dict.get("global_step") != global_step:
+            raise ValueError(f"the {STATE_FILE} found was saved at step {state_dict.get('global_step')}, not at the "
+                             f"resumed step {global_step}; it belongs to another checkpoint")
         self.folds = state_dict["folds"]
-        self.averages = state_dict["averages"]
+        self.averages = dict(state_dict["averages"] or {})
+        self.counts = dict(state_dict.get("counts", {}))

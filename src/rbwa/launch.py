@@ -4,7 +4,7 @@ job array through submitit (``slurm``).
 A launcher takes the runs ``experiments.expand`` made and decides only where each ``train(config)`` runs.
 Every launcher writes the same ``OUT/runs/<name>`` directories, skips finished runs and resumes
 interrupted ones, so ``rbwa report`` and ``rbwa status`` read them alike. A run trains under its lock
-(``experiments.run_lock``), so two launchers pointed at one OUT never train the same run twice at once.
+(``rundir.run_lock``), so two launchers pointed at one OUT never train the same run twice at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rbwa.errors import UserError
-from rbwa.experiments import GridRun, run_lock
+from rbwa.rundir import GridRun, run_lock
 
 LAUNCHERS = ("local", "ray", "slurm")
 RAY_RETRIES = 3  # a task whose worker dies is started again, and resumes from its run's checkpoint

@@ -15,11 +15,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from rbwa.averaging import check_fold_schedule, check_start, fold_into, fold_weight
+from rbwa.averaging import check_fold_schedule, check_start, fold_named, fold_weight
 
 
 class RBWACallback(pl.Callback):
-    """Fold the trainable parameters into their average after every optimizer step from ``start_epoch`` on."""
+    """Fold the trainable parameters into their average after every optimizer step from ``start_epoch`` on.
+
+    Averages are kept by parameter name: a parameter unfrozen later starts its own average when it joins, and a
+    frozen one keeps its average unchanged.
+    """
 
     def __init__(self, start_epoch: int = 0, average: str = "mean", beta: float = 0.9, every: int = 1,
                  counter: str = "folds") -> None:
@@ -28,7 +32,8 @@ class RBWACallback(pl.Callback):
         self.start_epoch, self.average, self.beta, self.every, self.counter = start_epoch, average, beta, every, counter
         self.steps_since_start = 0  # optimizer steps taken since averaging began
         self.folds = 0
-        self.averages: list[torch.Tensor] | None = None
+        self.averages: dict[str, torch.Tensor] = {}  # parameter name -> its average
+        self.counts: dict[str, int] = {}  # parameter name -> folds of its average so far
         self._last_global_step: int | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -41,9 +46,10 @@ class RBWACallback(pl.Callback):
         self.steps_since_start += 1
         if t % self.every:
             return
-        n = trainer.current_epoch - self.start_epoch if self.counter == "epochs" else self.folds
-        params = [p for p in pl_module.parameters() if p.requires_grad]
-        self.averages = fold_into(self.averages, params, fold_weight(self.average, n, self.beta))
+        epochs = trainer.current_epoch - self.start_epoch
+        params = [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
+        fold_named(self.averages, self.counts, params,
+                   lambda folds: fold_weight(self.average, epochs if self.counter == "epochs" else folds, self.beta))
         self.folds += 1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -51,11 +57,18 @@ class RBWACallback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps_since_start": self.steps_since_start, "folds": self.folds, "averages": self.averages,
-                "settings": [self.start_epoch, self.average, self.beta, self.every, self.counter]}
+                "counts": self.counts, "settings": self._settings()}
+
+    def _settings(self) -> list[Any]:
+        return [self.start_epoch, self.average, self.beta, self.every, self.counter]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict["settings"] != [self.start_epoch, self.average, self.beta, self.every, self.counter]:
+        if list(state_dict["settings"]) != self._settings():
             raise ValueError("RBWACallback state was saved with different settings")
+        if not isinstance(state_dict["averages"], dict) and state_dict["averages"] is not None:
+            raise ValueError("RBWACallback state was saved by rbwa < 0.3, which kept averages by position, not by "
+                             "name; resume from a checkpoint saved with this version")
         self.steps_since_start = state_dict["steps_since_start"]
         self.folds = state_dict["folds"]
-        self.averages = state_dict["averages"]
+        self.averages = dict(state_dict["averages"] or {})
+        self.counts = dict(state_dict.get("counts", {}))

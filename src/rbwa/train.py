@@ -32,8 +32,7 @@ from rbwa.methods import Setup, build
 from rbwa.models import build_model
 from rbwa.models.syncbn import convert_global_bn
 from rbwa.resources import available_bytes, estimate_bytes, human
-
-CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
+from rbwa.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY
 
 
 class Diverged(Exception):
@@ -219,6 +218,11 @@ def check_memory(cfg: TrainConfig, train: Split, test: Split, model: nn.Module, 
                         f"{human(free)} is free; use --train-subset, a smaller --width, or another device")
 
 
+def write_metrics(out: Path, metrics: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl``: one line per epoch so far, rewritten whole (atomically)."""
+    atomic_write_bytes(out / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics).encode())
+
+
 def _log_line(out: Path, line: str) -> None:
     with open(out / "train.log", "a") as f:
         f.write(line + "\n")
@@ -263,7 +267,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     out = Path(cfg.out)
     resuming = check_run_dir(cfg, out, resume)
     if resuming and (out / SUMMARY).exists():
-        return json.loads((out / SUMMARY).read_text())
+        summary = json.loads((out / SUMMARY).read_text())
+        if summary.get("status") == "diverged":
+            raise Diverged(f"{out} diverged in epoch {summary.get('epoch')} and cannot be resumed; start a new run "
+                           "in another --out (with a lower --lr)")
+        return summary
     identity = identify(cfg) if resuming else None  # computed (and cached) only once the data loads
     ckpt = load_checkpoint(out / CHECKPOINT, identity) if resuming and (out / CHECKPOINT).exists() else None
 
@@ -313,6 +321,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         metrics = ckpt["metrics"]
         first_epoch = ckpt["epoch"] + 1
+        if main:  # a kill between the checkpoint's write and the metrics' leaves them one epoch apart
+            write_metrics(out, metrics)
     provenance = versions()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     show_bar = sys.stderr.isatty() if progress is None else progress
@@ -332,7 +342,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
                                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                                "config": identity},
                               out / CHECKPOINT)
-            atomic_write_bytes(out / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics).encode())
+            write_metrics(out, metrics)
         except OSError as e:
             raise UserError(f"cannot write the epoch {epoch} checkpoint in {out} ({e.strerror}); the previous "
                             "checkpoint is intact: free some space and rerun with --resume") from e
@@ -365,7 +375,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
             if main:
                 atomic_write_json(out / SUMMARY, {"status": "diverged", "epoch": epoch, "versions": provenance})
             raise Diverged(f"training loss became {train_loss} in epoch {epoch}; the last good checkpoint is kept "
-                           f"in {out / CHECKPOINT}; lower --lr")
+                           f"in {out / CHECKPOINT}; start a new run in another --out with a lower --lr")
         test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
         finish_epoch({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                       "test_loss": test_loss, "test_acc": test_acc, "lr": float(lr),
