@@ -359,3 +359,40 @@ def test_fold_named_keys_averages_by_name_and_starts_a_joining_parameter_at_its_
     b += 3.0  # both fold, with weights of their own counts: a's third fold 1/3, b's second 1/2
     fold_named(averages, counts, [("a", a), ("b", b)], mean)
     assert a.tolist() == [2.0, 6.0] and b.tolist() == [12.5] and counts == {"a": 3, "b": 2}
+
+
+def test_a_deep_copy_keeps_the_base_optimizer_counters_and_averages(tiny_resnet, batches):
+    import copy
+
+    model = tiny_resnet()
+    opt = RBWA(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), start_step=1)
+    data = batches(4)
+    for x, y in data[:2]:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    twin_model, twin = copy.deepcopy((model, opt))  # copied together, as a trainer's checkpoint-in-memory would
+    assert (twin.steps, twin.folds) == (2, 1) and isinstance(twin.optimizer, torch.optim.SGD)
+    assert twin.param_groups is twin.optimizer.param_groups and twin.averages[0] is not opt.averages[0]
+    for m, o in ((model, opt), (twin_model, twin)):
+        for x, y in data[2:]:
+            o.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+    for a, b in zip(model.parameters(), twin_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_group_added_to_the_base_optimizer_after_averaging_began_is_named(tiny_resnet, batches):
+    model = tiny_resnet()
+    *early, late = model.parameters()
+    base = torch.optim.SGD(early, lr=0.1)
+    opt = RBWA(base, start_step=0)
+    (x, y), = batches(1)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()  # the first fold: averaging has begun
+    base.add_param_group({"params": [late]})
+    with pytest.raises(RuntimeError, match="holds 11 parameters but RBWA averages 10: a parameter group was added"):
+        opt.step()
+    with pytest.raises(RuntimeError, match="cannot add a parameter group after averaging has started"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))]})

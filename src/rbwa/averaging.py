@@ -267,11 +267,23 @@ class RBWA(Optimizer):
             params = self._params()
             if self.averages is None:
                 self.averages = [p.detach().clone() for p in params]
+            elif len(params) != len(self.averages):
+                raise RuntimeError(f"the base optimizer holds {len(params)} parameters but RBWA averages "
+                                   f"{len(self.averages)}: a parameter group was added to it after averaging began; "
+                                   "add groups before the start step")
             back = self.write_back is not None and (self.folds + 1) % self.write_back == 0
             (fold_ if self.foreach else fold_reference_)(self.averages, params, weight, back)
         self.steps += 1
         self.folds += int(folding)
         return loss
+
+    # torch.optim.Optimizer pickles only defaults, state and param_groups: a copy would lose the base optimizer,
+    # the counters and the averages
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
