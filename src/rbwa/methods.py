@@ -106,10 +106,11 @@ class Setup:
             self.optimizer.eval()
             update_bn(bn_batches, model)
         if self.reestimate_bn and isinstance(self.optimizer, RBWA) and self.optimizer.averages is not None:
-            copy = deepcopy(model)  # the live model's statistics keep tracking training
-            if self.optimizer.write_back is None:  # never written back: evaluate the side average
-                for p, avg in zip(copy.parameters(), self.optimizer.averages, strict=True):
-                    p.copy_(avg)
+            # an average never written back, or between two write-backs, is not the live weights: evaluate the
+            # average itself, on a copy (the live model's statistics keep tracking training)
+            copy = deepcopy(model)
+            for p, avg in zip(copy.parameters(), self.optimizer.averages, strict=True):
+                p.copy_(avg)
             update_bn(bn_batches, copy)
             return copy
         return model
