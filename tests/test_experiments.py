@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,40 @@ def test_a_diverged_run_does_not_stop_the_sweep(tmp_path, capsys):
     statuses = [json.loads((tmp_path / r.config.out / "summary.json").read_text())["status"] for r in runs]
     assert statuses == ["diverged"] * 4
     assert "4 run(s) diverged" in capsys.readouterr().out
+
+
+def test_a_second_sweep_only_adds_runs_to_the_manifest_and_another_preset_is_refused(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    from rbwa.cli import main
+    from rbwa.experiments import status
+
+    overrides = {"dataset": "digits", "train_subset": 100, "test_subset": 50}
+    reproduce("fig3", preset="smoke", seeds=2, out=tmp_path, overrides=overrides)
+    reproduce("fig3", preset="smoke", seeds=1, out=tmp_path, overrides=overrides)  # fewer seeds: nothing dropped
+    manifest = json.loads((tmp_path / "fig3.json").read_text())
+    assert len(manifest["runs"]) == 8 and sorted({r["seed"] for r in manifest["runs"]}) == [0, 1]
+    assert status(tmp_path)["fig3"]["finished"] == 8
+    before = (tmp_path / "fig3.json").read_bytes()
+    capsys.readouterr()
+    code = main(["reproduce", "fig3", "--preset", "smoke", "--seeds", "1", "--dataset", "digits", "--train-subset",
+                 "100", "--test-subset", "50", "--epochs", "3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == (f"error: {tmp_path / 'fig3.json'} lists a fig3 sweep with preset smoke and flags dataset=digits, "
+                      "test_subset=50, train_subset=100; this one has preset smoke and flags dataset=digits, epochs=3, "
+                      "test_subset=50, train_subset=100: give it another --out (a directory holds one sweep of each "
+                      "experiment)")
+    assert (tmp_path / "fig3.json").read_bytes() == before
+    assert len(list((tmp_path / "runs").iterdir())) == 8  # nothing trained
+
+
+def test_relative_paths_are_made_absolute_for_workers_elsewhere(tmp_path, monkeypatch):
+    from rbwa.config import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_paths({"dataset": "folder:data/cifar", "data_dir": "archives", "cache_dir": "~/c", "lr": 0.1}) == {
+        "dataset": f"folder:{tmp_path}/data/cifar", "data_dir": f"{tmp_path}/archives",
+        "cache_dir": str(Path("~/c").expanduser()), "lr": 0.1}
+    assert absolute_paths({"dataset": "cifar100"}) == {"dataset": "cifar100"}
+    runs = reproduce("fig3", preset="smoke", seeds=1, out="sweep", overrides={"dataset": "digits"}, dry_run=True)
+    assert all(r.config.out.startswith(f"{tmp_path}/sweep/runs/") for r in runs)

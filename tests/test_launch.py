@@ -145,3 +145,54 @@ def test_a_missing_extra_is_one_error_line(tmp_path, launcher, module, extra):
     assert done.returncode == 2 and done.stderr == (f"error: the {launcher} launcher needs {module}: "
                                                     f"pip install 'rbwa[{extra}]'\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A Ray cluster started by `ray start --head` in a directory of its own, as on a real cluster."""
+    pytest.importorskip("ray")
+    import shutil
+
+    ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    head = tmp_path / "head"
+    head.mkdir()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
+                   cwd=head, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        yield head
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_a_sweep_on_a_ray_cluster_writes_where_the_driver_was_told(tmp_path, ray_cluster):
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    argv = [sys.executable, "-m", "rbwa", "reproduce", "fig3", "--preset", "smoke", "--seeds", "1", "--dataset",
+            "digits", "--train-subset", "100", "--test-subset", "50", "--out", "rsweep", "--launcher", "ray",
+            "--ray-address", "auto", "--cpus-per-run", "1"]
+    done = subprocess.run(argv, cwd=driver, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count(": finished") == 4
+    assert status(driver / "rsweep")["fig3"]["finished"] == 4  # the runs are where the driver's --out points
+    assert not (ray_cluster / "rsweep").exists()
+    assert [p.name for p in (driver / "rsweep").iterdir() if p.name.startswith(".")] == []  # the probe cleaned up
+
+
+def test_a_cluster_node_that_cannot_see_out_is_refused(tmp_path, ray_cluster, monkeypatch):
+    import ray
+
+    from rbwa import launch
+
+    ray.init(address="auto", log_to_driver=False)
+    try:
+        assert launch.blind_nodes(tmp_path) == (0, 1) and launch.blind_nodes(tmp_path / "absent") == (1, 1)
+        launch.check_visible(tmp_path)  # this machine's one node sees it; the marker is gone again
+        assert list(tmp_path.iterdir()) == [ray_cluster]
+    finally:
+        ray.shutdown()
+    monkeypatch.setattr(launch, "blind_nodes", lambda path: (1, 3))  # what a node without the filesystem answers
+    with pytest.raises(UserError, match=f"1 of the 3 nodes of the Ray cluster cannot see --out {tmp_path}; a "
+                                        "multi-node cluster needs --out on a filesystem that every node mounts"):
+        launch.check_visible(tmp_path)
+    assert list(tmp_path.iterdir()) == [ray_cluster]

@@ -136,6 +136,18 @@ def portable(cfg: TrainConfig, dataset_id: str) -> dict[str, Any]:
     return {**{k: v for k, v in cfg.to_dict().items() if k not in MACHINE_KEYS}, "dataset": dataset_id}
 
 
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every path in it (MACHINE_KEYS but ``out``, a ``folder:`` dataset) made absolute from this
+    process's directory, so that a worker started elsewhere finds the same files."""
+    found = dict(values)
+    for key in ("data_dir", "cache_dir"):
+        if found.get(key):
+            found[key] = str(Path(found[key]).expanduser().absolute())
+    if str(found.get("dataset", "")).startswith("folder:"):
+        found["dataset"] = "folder:" + str(Path(found["dataset"][len("folder:"):]).expanduser().absolute())
+    return found
+
+
 def differing_keys(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
     """The config keys on which two saved configs differ, where they lie excepted (MACHINE_KEYS, ``ignore``).
 

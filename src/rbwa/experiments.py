@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rbwa import config
 from rbwa.config import MACHINE_KEYS, TrainConfig, identify, make_config, preset_defaults, resolve, validate
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_json
@@ -133,6 +134,30 @@ def manifest(experiment: str, preset: str, runs: list[GridRun], out: Path,
                       "seed": r.seed} for r in runs]}
 
 
+def merge_manifest(old: dict[str, Any] | None, new: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The manifest a sweep leaves in ``path``: runs only ever join it, so a second sweep with fewer seeds keeps
+    the first one's runs. A sweep of another preset or other flags in the same directory is refused."""
+    if old is None:
+        return new
+    if (old.get("preset"), old.get("overrides")) != (new["preset"], new["overrides"]):
+        flags = lambda m: ", ".join(f"{k}={v}" for k, v in sorted(m["overrides"].items())) or "none"  # noqa: E731
+        raise UserError(f"{path} lists a {new['experiment']} sweep with preset {old.get('preset')} and flags "
+                        f"{flags(old)}; this one has preset {new['preset']} and flags {flags(new)}: give it another "
+                        "--out (a directory holds one sweep of each experiment)")
+    known = {entry["run"] for entry in old["runs"]}
+    return {**new, "runs": old["runs"] + [entry for entry in new["runs"] if entry["run"] not in known]}
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest in ``path``, None where there is none; an unreadable one is refused (never overwritten)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e}); move it away, then rerun to list this sweep's runs anew") from e
+
+
 def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | Path = "runs",
               overrides: dict[str, Any] | None = None, dry_run: bool = False, launcher: str = "local",
               cpus_per_run: float | None = None, gpus_per_run: float = 0.0, ray_address: str | None = None,
@@ -144,14 +169,17 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
     parameters, see ``launch.slurm_parameters``), returning once submitted.
     """
     require(launcher)
-    out = Path(out)
+    # every path as this process sees it: a launcher's workers may start elsewhere (a Ray cluster's head directory)
+    out, overrides = Path(out).absolute(), config.absolute_paths(overrides or {})
     runs = expand(experiment, preset, seeds, out, overrides)
+    path = out / f"{experiment}.json"
+    listed = merge_manifest(read_manifest(path), manifest(experiment, preset, runs, out, overrides), path)
     if dry_run:
         for r in runs:
             print(f"{r.setting:>10}  {r.label:<36} seed {r.seed}  {run_status(Path(r.config.out)):<11}  {r.config.out}")
         return runs
     try:
-        atomic_write_json(out / f"{experiment}.json", manifest(experiment, preset, runs, out, overrides))
+        atomic_write_json(path, listed)
     except OSError as e:
         raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
     todo = []
@@ -172,7 +200,7 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
     if launcher == "ray" and todo:
         print(f"{len(todo)} run(s) to train on Ray, {cpus_per_run or 1} CPU(s) and {gpus_per_run} GPU(s) each",
               flush=True)
-        launch_ray(todo, cpus_per_run or 1.0, gpus_per_run, ray_address)
+        launch_ray(todo, out, cpus_per_run or 1.0, gpus_per_run, ray_address)
     if launcher == "slurm" and todo:
         launch_slurm(todo, out / "slurm", **(slurm or {}))
     diverged = [r.name for r in runs if run_status(Path(r.config.out)) == "diverged"]

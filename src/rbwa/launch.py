@@ -66,11 +66,41 @@ def threads_for(cpus_per_run: float | None) -> int | None:
     return None if cpus_per_run is None else max(1, int(cpus_per_run))
 
 
-def launch_ray(runs: list[GridRun], cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
+def blind_nodes(path: Path) -> tuple[int, int]:
+    """(nodes that do not see ``path``, live nodes) of the connected Ray cluster: one task on every live node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    probe = ray.remote(num_cpus=0)(os.path.exists)
+    seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                    .remote(str(path)) for node in nodes])
+    return sum(not s for s in seen), len(nodes)
+
+
+def check_visible(out: Path) -> None:
+    """Refuse, in one line, a Ray cluster with a node that does not see ``out``: a file written here is looked for
+    on every node."""
+    import uuid
+
+    marker = out / f".rbwa-visible-{uuid.uuid4().hex}"
+    marker.write_text("written by the driver of a sweep; removed once every node has looked for it\n")
+    try:
+        blind, nodes = blind_nodes(marker)
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UserError(f"{blind} of the {nodes} nodes of the Ray cluster cannot see --out {out}; a multi-node "
+                        "cluster needs --out on a filesystem that every node mounts at the same path")
+
+
+def launch_ray(runs: list[GridRun], out: Path, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
                address: str | None = None, say: Callable[[str], None] = print) -> dict[str, str]:
     """Every run as a Ray task; without ``address`` a local Ray is started with this machine's cores.
 
-    ``gpus_per_run`` may be a fraction: 0.25 packs four runs on one GPU. Returns run name -> status.
+    ``gpus_per_run`` may be a fraction: 0.25 packs four runs on one GPU. On a cluster (``address``), every node
+    must see ``out`` (the sweep's root, where the runs are written), which is checked first. Returns run name ->
+    status.
     """
     try:
         import ray
@@ -83,6 +113,8 @@ def launch_ray(runs: list[GridRun], cpus_per_run: float = 1.0, gpus_per_run: flo
         else:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     try:
+        if address:
+            check_visible(out)
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=RAY_RETRIES)(run_one)
         pending = {task.remote(r.config.to_dict(), threads_for(cpus_per_run)): r for r in runs}
         statuses = {}
