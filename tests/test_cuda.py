@@ -66,3 +66,23 @@ def test_the_trainer_runs_rbwa_under_cuda_graphs(tmp_path):
                    progress=False, log=lambda line: None)
     assert graphs["status"] == "finished" and graphs["final_test_acc"] > 80
     assert abs(graphs["final_test_acc"] - eager["final_test_acc"]) < 3  # float32 either way; kernels differ
+
+
+def test_the_training_split_is_on_the_gpu_once(tmp_path, monkeypatch):
+    """The training and BatchNorm loaders share one device copy of the training split."""
+    import rbwa.train as t
+    from rbwa.config import make_config
+
+    seen = []
+    real = t.BatchLoader
+
+    def spy(images, *args, **kwargs):
+        loader = real(images, *args, **kwargs)
+        seen.append(loader.images.data_ptr())
+        return loader
+
+    monkeypatch.setattr(t, "BatchLoader", spy)
+    cfg = make_config(dataset="digits", width=0.0625, epochs=1, start_epoch=0, method="swa", device="cuda",
+                      out=str(tmp_path / "run"))
+    t.train(cfg, progress=False, log=lambda line: None)
+    assert len(seen) == 3 and seen[0] == seen[1] != seen[2]  # train and BatchNorm loaders: one copy; test: its own

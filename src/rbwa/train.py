@@ -208,14 +208,17 @@ def barrier(world: int) -> None:
 
 
 def check_memory(cfg: TrainConfig, train: Split, test: Split, model: nn.Module, device: torch.device) -> None:
-    """Refuse a run whose data, weights, optimizer state and averages would not fit in free memory."""
-    data = sum(t.numel() * t.element_size() for t in (train.images, train.labels, test.images, test.labels))
+    """Refuse a run whose data, weights, optimizer state and averages would not fit in free memory. Called before
+    anything is moved to ``device``: the splits count only where they are still to be copied there (they are in
+    this process's memory already, which the free memory of the CPU has accounted for)."""
+    data = 0 if device.type == "cpu" else sum(t.numel() * t.element_size()
+                                              for t in (train.images, train.labels, test.images, test.labels))
     need = estimate_bytes(data, sum(p.numel() for p in model.parameters()),
                           sum(b.numel() for b in model.buffers()), cfg.method, cfg.momentum > 0, cfg.implementation)
     free = available_bytes(device)
     if free is not None and need > free:
-        raise UserError(f"this run needs about {human(need)} on {device} (dataset {human(data)}) but only "
-                        f"{human(free)} is free; use --train-subset, a smaller --width, or another device")
+        raise UserError(f"this run needs about {human(need)} on {device}{f' (dataset {human(data)})' if data else ''}"
+                        f" but only {human(free)} is free; use --train-subset, a smaller --width, or another device")
 
 
 def write_metrics(out: Path, metrics: list[dict[str, Any]]) -> None:
@@ -278,22 +281,24 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     train_split, test_split = prepare_data(cfg)
     identity = identity or identify(cfg)
     mean, std = channel_stats(train_split.images)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(train_split.classes), cfg.width)
+    check_memory(cfg, train_split, test_split, model, device)
+    # one copy of the training split on the device, shared by the training and the BatchNorm loaders
+    images, labels = train_split.images.to(device), train_split.labels.to(device)
     common = {"mean": mean, "std": std, "device": device, "channels_last": cfg.channels_last}
-    train_loader = BatchLoader(train_split.images, train_split.labels, cfg.batch_size, shuffle=True,
-                               augment=cfg.augment == "standard", seed=cfg.seed, rank=rank, world=world, **common)
-    bn_loader = BatchLoader(train_split.images, train_split.labels, cfg.eval_batch_size, **common)
+    train_loader = BatchLoader(images, labels, cfg.batch_size, shuffle=True, augment=cfg.augment == "standard",
+                               seed=cfg.seed, rank=rank, world=world, **common)
+    bn_loader = BatchLoader(images, labels, cfg.eval_batch_size, **common)
     test_loader = BatchLoader(test_split.images, test_split.labels, cfg.eval_batch_size, **common)
     steps = len(train_loader)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(train_split.classes), cfg.width)
     if cfg.sync_bn:
         model = convert_global_bn(model)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     setup = build(cfg, model, steps)
-    check_memory(cfg, train_split, test_split, model, device)
     forward: nn.Module = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
