@@ -1,6 +1,24 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
+
+# the project's shared data (CIFAR-10 as JPEG folders, CIFAR-100's official files), where this machine has it:
+# $RBWA_SHARED_DATA, else shared/data beside the repository; the tests that need it are skipped elsewhere
+SHARED_DATA = Path(os.environ.get("RBWA_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """Return the path of a folder of the shared data, or skip the test where it is absent."""
+    def find(name: str) -> Path:
+        path = SHARED_DATA / name
+        if not path.is_dir():
+            pytest.skip(f"{path} is absent (set RBWA_SHARED_DATA to the folder that holds {name})")
+        return path
+    return find
 
 
 class TinyResNet(nn.Module):

@@ -184,12 +184,8 @@ def test_a_damaged_folder_is_refused_with_one_line_before_training(tmp_path, mon
     assert not (tmp_path / "run").exists()
 
 
-SHARED_CIFAR100 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-100-python"
-
-
-@pytest.mark.skipif(not SHARED_CIFAR100.is_dir(), reason="the shared CIFAR-100 folder is not on this machine")
-def test_the_shared_cifar100_folder_loads_whole(tmp_path):
-    train, test = load_dataset("cifar100", SHARED_CIFAR100.parent, tmp_path)
+def test_the_shared_cifar100_folder_loads_whole(tmp_path, shared_data):
+    train, test = load_dataset("cifar100", shared_data("cifar-100-python").parent, tmp_path)
     assert (len(train), len(test), len(train.classes)) == (50000, 10000, 100)
     assert torch.bincount(train.labels).tolist() == [500] * 100 and torch.bincount(test.labels).tolist() == [100] * 100
     assert train.classes[:3] == ["apple", "aquarium_fish", "baby"]

@@ -1,5 +1,4 @@
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ from rbwa.errors import UserError
 from rbwa.io import read_jsonl
 from rbwa.train import Diverged, train
 
-CIFAR_JPEG = Path(os.environ.get("RBWA_CIFAR10_JPEG", Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg"))
 KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
 
 
@@ -27,17 +25,17 @@ def _without_seconds(metrics):
 
 
 @pytest.fixture(scope="session")
-def cifar_cache(tmp_path_factory):
-    if not CIFAR_JPEG.is_dir():
-        pytest.skip(f"{CIFAR_JPEG} is absent (set RBWA_CIFAR10_JPEG to a CIFAR-10 image folder)")
-    return tmp_path_factory.mktemp("cache")
+def cifar(tmp_path_factory, shared_data):
+    """The shared CIFAR-10 image folder and a cache for its decoded images."""
+    return shared_data("cifar10-jpeg"), tmp_path_factory.mktemp("cache")
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_two_epochs_on_real_cifar10_learn_for_every_method(tmp_path, cifar_cache, method):
+def test_two_epochs_on_real_cifar10_learn_for_every_method(tmp_path, cifar, method):
+    folder, cache = cifar
     # ema's default decay, 0.999, averages over ~1,000 steps: after the 16 steps of averaging here its weights are
     # still those of epoch 1 (13.4% on one CPU kind); 0.9 averages over the ~10 steps there are
-    cfg = make_config(dataset=f"folder:{CIFAR_JPEG}", cache_dir=str(cifar_cache), width=0.125, epochs=2,
+    cfg = make_config(dataset=f"folder:{folder}", cache_dir=str(cache), width=0.125, epochs=2,
                       start_epoch=1, batch_size=32, train_subset=500, test_subset=500, method=method,
                       ema_decay=0.9, out=str(tmp_path / method))
     summary = train(cfg, progress=False, log=lambda line: None)
