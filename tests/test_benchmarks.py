@@ -32,3 +32,36 @@ def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu.py"), str(tmp_path / "out")],
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: no CUDA GPU") and not (tmp_path / "out").exists()
+
+
+def _paper_gpu(out: Path, *flags: str) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_gpu.py"), str(out), "--dry-run", "--seeds",
+                           "1", *flags], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((out / "paper-gpu.json").read_text())
+
+
+def test_paper_gpu_dry_run_stops_what_the_time_limit_cuts_off_and_a_rerun_resumes_it(tmp_path):
+    """Every stage on the CPU (smoke preset, digits for both figures): the probe, the packed runs, the time limit,
+    the report. A run stopped at the limit is never counted; the same command again finishes it."""
+    pytest.importorskip("sklearn")
+    cut = _paper_gpu(tmp_path, "--budget", "1")  # less than a run takes to import torch
+    pack = cut["runs at once"]
+    assert pack in (1, 2) and set(cut["probe images/s per run"]) == {"1", "2"}
+    assert "finished" not in cut["statuses"].values() and len(cut["statuses"]) == 4  # fig3's and fig5's runs
+    assert list(cut["exit status (-9: stopped at the time limit)"].values()) == [-9] * pack  # the first wave
+    report = (tmp_path / "report.md").read_text()
+    assert "n = " not in report  # nothing counted
+    whole = _paper_gpu(tmp_path, "--budget", "300")
+    assert set(whole["statuses"].values()) == {"finished"}
+    assert "Claim 1" in (tmp_path / "report.md").read_text()
+
+
+def test_paper_gpu_refuses_to_run_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_gpu.py"), str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: no CUDA GPU") and not (tmp_path / "out").exists()

@@ -158,6 +158,25 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
         raise UserError(f"{path} is unreadable ({e}); move it away, then rerun to list this sweep's runs anew") from e
 
 
+def plan(experiment: str, preset: str, seeds: int, out: str | Path, overrides: dict[str, Any] | None = None,
+         write: bool = True) -> list[GridRun]:
+    """The runs of a sweep, listed in ``OUT/<experiment>.json`` (merged with what it lists already) when ``write``.
+
+    Every path is made absolute as this process sees it: a launcher's workers may start elsewhere (a Ray
+    cluster's head directory).
+    """
+    out, overrides = Path(out).absolute(), config.absolute_paths(overrides or {})
+    runs = expand(experiment, preset, seeds, out, overrides)
+    path = out / f"{experiment}.json"
+    listed = merge_manifest(read_manifest(path), manifest(experiment, preset, runs, out, overrides), path)
+    if write:
+        try:
+            atomic_write_json(path, listed)
+        except OSError as e:
+            raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
+    return runs
+
+
 def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | Path = "runs",
               overrides: dict[str, Any] | None = None, dry_run: bool = False, launcher: str = "local",
               cpus_per_run: float | None = None, gpus_per_run: float = 0.0, ray_address: str | None = None,
@@ -169,19 +188,12 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
     parameters, see ``launch.slurm_parameters``), returning once submitted.
     """
     require(launcher)
-    # every path as this process sees it: a launcher's workers may start elsewhere (a Ray cluster's head directory)
-    out, overrides = Path(out).absolute(), config.absolute_paths(overrides or {})
-    runs = expand(experiment, preset, seeds, out, overrides)
-    path = out / f"{experiment}.json"
-    listed = merge_manifest(read_manifest(path), manifest(experiment, preset, runs, out, overrides), path)
+    out = Path(out).absolute()
+    runs = plan(experiment, preset, seeds, out, overrides, write=not dry_run)
     if dry_run:
         for r in runs:
             print(f"{r.setting:>10}  {r.label:<36} seed {r.seed}  {run_status(Path(r.config.out)):<11}  {r.config.out}")
         return runs
-    try:
-        atomic_write_json(path, listed)
-    except OSError as e:
-        raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
     todo = []
     for i, r in enumerate(runs, 1):
         head = f"[{i}/{len(runs)}] {experiment} {r.setting} {r.label} seed {r.seed}:"
