@@ -242,3 +242,8 @@ def test_a_verdict_names_the_seeds_whose_runs_ran_with_other_thread_counts(tmp_p
     line = next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Claim 1, model"))
     assert line.endswith("; the paired runs ran with torch threads 2 against None in seed 1, so float rounding adds "
                          "to that seed's difference.")
+    other = tmp_path / "runs/resnet18-rbwa-2/summary.json"
+    other.write_text(json.dumps({**json.loads(other.read_text()), "versions": {"torch_threads": 2}}))
+    line = next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Claim 1, model"))
+    assert line.endswith("; the paired runs ran with torch threads 2 against None in seeds 1, 2, so float rounding "
+                         "adds to those seeds' differences.")

@@ -67,7 +67,10 @@ def render(f: Finding, p_adjusted: float, tests: int) -> str:
         line += (f"; largest difference at any epoch of any seed: {max(abs(d) for d in f.curve):.{f.digits}g}"
                  f"{f.unit} (tolerance {f.tolerance:.{f.digits}g}{f.unit})")
     if f.machines:
-        seeds = "; ".join(f"{how} in seed {seed}" for seed, how in sorted(f.machines.items()))
+        by_how: dict[str, list[int]] = {}
+        for seed, how in sorted(f.machines.items()):
+            by_how.setdefault(how, []).append(seed)
+        seeds = "; ".join(f"{how} in seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}" for how, s in by_how.items())
         which = "that seed's difference" if len(f.machines) == 1 else "those seeds' differences"
         line += f"; the paired runs ran with {seeds}, so float rounding adds to {which}"
     return line + "."
