@@ -191,7 +191,7 @@ def test_lr_scale_keeps_user_lr_and_works_with_schedulers(tiny_resnet, batches):
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)
-    assert opt.state_dict()["base"]["param_groups"][0]["lr"] == pytest.approx(0.025)
+    assert opt.state_dict()["param_groups"][0]["lr"] == pytest.approx(0.025)
     assert opt.optimizer.param_groups is opt.param_groups
 
 
@@ -334,12 +334,20 @@ def test_write_back_arguments_and_old_states():
             RBWA(torch.optim.SGD([w], lr=0.1), write_back=bad)
     with pytest.raises(ValueError, match="lr_scale' needs write_back=1"):
         RBWA(torch.optim.SGD([w], lr=0.1), implementation="lr_scale", write_back=None)
-    opt = RBWA(torch.optim.SGD([w], lr=0.1))
-    state = opt.state_dict()
-    del state["rbwa"]["settings"]["write_back"]  # as rbwa 0.1 saved it
-    opt.load_state_dict(state)
+    opt = RBWA(torch.optim.SGD([w], lr=0.1, momentum=0.9))
+    w.grad = torch.ones(2)
+    opt.step()
+    settings = {k: v for k, v in opt._settings().items() if k not in ("write_back", "average_dtype")}
+    old = {"base": opt.optimizer.state_dict(),  # the form of rbwa 0.1 (no write_back) and 0.2
+           "rbwa": {"settings": settings, "steps": 1, "folds": 1, "averages": [torch.tensor([7.0, 8.0])]}}
+    again = RBWA(torch.optim.SGD([w], lr=0.1, momentum=0.9))
+    again.load_state_dict(old)
+    assert (again.steps, again.folds, again.averages[0].tolist()) == (1, 1, [7.0, 8.0])
+    assert torch.equal(again.optimizer.state[w]["momentum_buffer"], opt.optimizer.state[w]["momentum_buffer"])
     with pytest.raises(ValueError, match="different settings: write_back"):
-        RBWA(torch.optim.SGD([w], lr=0.1), write_back=2).load_state_dict(state)
+        RBWA(torch.optim.SGD([w], lr=0.1), write_back=2).load_state_dict(old)
+    with pytest.raises(ValueError, match="not an RBWA state_dict"):
+        again.load_state_dict(opt.optimizer.state_dict())
 
 
 def test_fold_named_keys_averages_by_name_and_starts_a_joining_parameter_at_its_first_fold():
@@ -396,3 +404,120 @@ def test_a_group_added_to_the_base_optimizer_after_averaging_began_is_named(tiny
         opt.step()
     with pytest.raises(RuntimeError, match="cannot add a parameter group after averaging has started"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))]})
+
+
+def _bf16_rbwa(steps: int, average_dtype=None) -> tuple[list[torch.Tensor], RBWA, torch.Tensor]:
+    """RBWA on a bfloat16 parameter pulled towards a target (gradient w - target, lr 0.5): the live weights
+    after every step, the optimizer, the target."""
+    torch.manual_seed(0)
+    target = torch.randn(256)
+    w = nn.Parameter(torch.zeros(256, dtype=torch.bfloat16))
+    opt = RBWA(torch.optim.SGD([w], lr=0.5), start_step=0, average_dtype=average_dtype)
+    seen = []
+    for _ in range(steps):
+        w.grad = (w.float() - target).to(torch.bfloat16)
+        opt.step()
+        seen.append(w.detach().float().clone())
+    return seen, opt, target
+
+
+def test_bf16_weights_keep_moving_with_a_float32_average_where_a_bf16_average_freezes():
+    frozen, opt16, target = _bf16_rbwa(400, average_dtype=torch.bfloat16)
+    moving, opt32, _ = _bf16_rbwa(400)
+    assert opt16.averages[0].dtype == torch.bfloat16 and opt32.averages[0].dtype == torch.float32  # the default
+    # a 1/(k+1) step below half a bf16 unit rounds to nothing: from step 100 on the bf16 average never moves
+    assert torch.equal(frozen[99], frozen[-1])
+    assert (moving[-1] - moving[199]).abs().max() > 0  # the float32 average still moves the weights...
+    assert (moving[-1] - target).abs().mean() < 0.5 * (frozen[-1] - target).abs().mean()  # ...towards the target
+    assert moving[-1].tolist() == opt32.averages[0].to(torch.bfloat16).float().tolist()  # written back, rounded
+
+
+def test_the_float32_average_of_bf16_weights_is_the_float64_oracle_to_bf16_precision():
+    _, opt, target = _bf16_rbwa(400)
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.zeros(256, dtype=torch.bfloat16))
+    sgd, avg = torch.optim.SGD([w], lr=0.5), None
+    for k in range(400):  # the same recurrence with the mean in float64
+        w.grad = (w.float() - target).to(torch.bfloat16)
+        sgd.step()
+        avg = w.detach().double() if avg is None else avg + (w.detach().double() - avg) / (k + 1)
+        with torch.no_grad():
+            w.copy_(avg)
+    relative = (opt.averages[0].double() - avg).abs() / avg.abs().clamp_min(1e-3)
+    assert relative.max() < 2.0**-8  # one bf16 unit: where the two means round a weight differently
+
+
+def _trained(tiny_resnet, batches, write_back=None):
+    model = tiny_resnet()
+    opt = RBWA(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), start_step=1, average="ema",
+               write_back=write_back)
+    for x, y in batches(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, opt
+
+
+def test_evaluating_with_the_average_swaps_it_in_and_the_live_weights_back_even_on_an_error(tiny_resnet, batches):
+    model, opt = _trained(tiny_resnet, batches)
+    live = [p.detach().clone() for p in model.parameters()]
+    assert not all(torch.equal(p, a) for p, a in zip(live, opt.averages))  # a side average differs from them
+    with opt.averaged(model) as evaluated:
+        assert evaluated is model and all(torch.equal(p, a) for p, a in zip(model.parameters(), opt.averages))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), live))
+    with pytest.raises(KeyError), opt.averaged(model):
+        raise KeyError("an error while evaluating")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), live))
+    fresh = tiny_resnet()
+    before = RBWA(torch.optim.SGD(fresh.parameters(), lr=0.1), start_step=5)
+    with before.averaged(fresh):  # no average before the first fold: the live weights stay
+        pass
+
+
+def test_a_checkpoint_written_while_evaluating_with_the_average_stores_each_as_it_is(tiny_resnet, batches):
+    model, opt = _trained(tiny_resnet, batches)
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    averages = [a.clone() for a in opt.averages]
+    with opt.averaged(model):
+        saved = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, saved)
+    saved.seek(0)
+    ckpt = torch.load(saved, weights_only=True)
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in live.items())  # the live weights, not the average
+    stored = [s["rbwa_average"] for s in ckpt["optimizer"]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(stored, averages, strict=True))  # the average, not the weights
+
+
+def test_a_compiled_forward_sees_the_average(tiny_resnet, batches):
+    model, opt = _trained(tiny_resnet, batches)
+    model.eval()
+    compiled = torch.compile(model, backend="aot_eager")  # dynamo's graph, no C++ compilation
+    (x, _), = batches(1)
+    live_out = compiled(x).detach()
+    reference = tiny_resnet()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p, a in zip(reference.parameters(), opt.averages):
+            p.copy_(a)
+    reference.eval()
+    with opt.averaged(model):
+        torch.testing.assert_close(compiled(x), reference(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(compiled(x), live_out, rtol=0, atol=0)
+
+
+def test_batchnorm_is_re_estimated_on_the_average_inside_and_restored_after(tiny_resnet, batches):
+    from torch.optim.swa_utils import update_bn
+
+    model, opt = _trained(tiny_resnet, batches)
+    data = [x for x, _ in batches(3, seed=1)]
+    live_buffers = [b.clone() for b in model.buffers()]
+    reference = tiny_resnet()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p, a in zip(reference.parameters(), opt.averages):
+            p.copy_(a)
+    update_bn(data, reference)
+    with opt.averaged(model, bn_batches=data):
+        for b, r in zip(model.buffers(), reference.buffers(), strict=True):
+            assert torch.equal(b, r)  # statistics of the average
+    assert all(torch.equal(b, c) for b, c in zip(model.buffers(), live_buffers))  # the live ones again

@@ -138,7 +138,7 @@ def test_amp_and_channels_last_on_cpu_really_apply_and_keep_float32_averages(tmp
     assert summary["status"] == "finished" and seen
     assert set(seen) == {(torch.bfloat16, True, True)}  # every forward, training and evaluation alike
     ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)
-    averages = ckpt["setup"]["optimizer"]["rbwa"]["averages"]
+    averages = [s["rbwa_average"] for s in ckpt["setup"]["optimizer"]["state"].values()]
     assert averages and all(a.dtype == torch.float32 for a in averages)  # bf16 folds would round to no change
     seen.clear()
     train(digits_config(tmp_path / "plain", epochs=1, start_epoch=0), progress=False, log=lambda line: None)

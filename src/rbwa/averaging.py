@@ -23,7 +23,8 @@ weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -54,27 +55,43 @@ def fold_weight(average: str, n: int, beta: float = 0.9) -> float:
     return 1.0 - beta
 
 
+def local(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Each tensor as this process holds it: a DTensor's local shard (FSDP2's parameters, their averages), which
+    aliases the DTensor's storage, so in-place ops on it need no communication; other tensors as they are."""
+    return [t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t for t in tensors]
+
+
+def average_like(param: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A new average of ``param``, starting at its value: in ``dtype``, else float32 for a bfloat16 or float16
+    parameter (whose 1/(k+1) updates would round away), else the parameter's own dtype. A DTensor stays one."""
+    if dtype is None:
+        dtype = torch.float32 if param.dtype in (torch.bfloat16, torch.float16) else param.dtype
+    return param.detach().to(dtype, copy=True)
+
+
 @torch.no_grad()
 def fold_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float, write_back: bool = True) -> None:
-    """Fast path: ``avg <- avg + weight * (param - avg)``, then ``param <- avg`` if ``write_back``, over all
-    tensors at once."""
+    """Fast path: ``avg <- avg + weight * (param - avg)``, then ``param <- avg`` if ``write_back`` (rounded to the
+    parameter's dtype), over all tensors at once, on each process's local shards."""
+    averages, params = local(averages), local(params)
+    source = [p if p.dtype == a.dtype else p.to(a.dtype) for a, p in zip(averages, params, strict=True)]
     if weight == 1.0:
-        torch._foreach_copy_(list(averages), list(params))
+        torch._foreach_copy_(averages, source)
         return
-    torch._foreach_lerp_(list(averages), list(params), weight)
+    torch._foreach_lerp_(averages, source, weight)
     if write_back:
-        torch._foreach_copy_(list(params), list(averages))
+        torch._foreach_copy_(params, averages)
 
 
 @torch.no_grad()
 def fold_reference_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float,
                     write_back: bool = True) -> None:
     """Reference path of :func:`fold_`: one tensor at a time."""
-    for avg, param in zip(averages, params, strict=True):
+    for avg, param in zip(local(averages), local(params), strict=True):
         if weight == 1.0:
             avg.copy_(param)
             continue
-        avg.lerp_(param, weight)
+        avg.lerp_(param.to(avg.dtype), weight)
         if write_back:
             param.copy_(avg)
 
@@ -90,7 +107,7 @@ def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iter
     by_weight: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
     for name, p in params:
         if name not in averages:
-            averages[name] = p.detach().clone()
+            averages[name] = average_like(p)
         else:
             if averages[name].device != p.device:
                 averages[name] = averages[name].to(p.device)
@@ -166,6 +183,16 @@ class RBWA(Optimizer):
         write_back: write the average into the live weights every ``write_back`` folds (1, the default:
             every fold, the paper's family); ``None``: never, so the live weights follow the base
             optimizer and ``averages`` is a side average (SWA, EMA). ``lr_scale`` needs 1.
+        average_dtype: the averages' dtype; ``None`` (the default) keeps float32 averages of bfloat16 or
+            float16 parameters (a 1/(k+1) update below half their precision would round to nothing, and the
+            weights would stop moving) and the parameters' own dtype otherwise. Written back, an average is
+            rounded to its parameter's dtype.
+
+    Sharded parameters (FSDP2's ``fully_shard``, DTensors) are folded shard by shard on every process, with no
+    communication; their averages are DTensors of the same placement, so ``state_dict`` keeps them sharded for
+    ``torch.distributed.checkpoint``. ``state_dict`` has the standard ``{"state", "param_groups"}`` form (the
+    averages under ``"rbwa_average"`` in each parameter's state, the counters under ``"rbwa"`` in the first
+    group), so ``get_optimizer_state_dict`` and ``set_optimizer_state_dict`` carry them too.
 
     Only the optimizer's parameters are averaged: BatchNorm running statistics are buffers, not
     parameters, and are left alone. They already track the live network, which after every fold
@@ -185,6 +212,7 @@ class RBWA(Optimizer):
         implementation: Implementation = "copy",
         foreach: bool = True,
         write_back: int | None = 1,
+        average_dtype: torch.dtype | None = None,
     ) -> None:
         _check_arguments(start_step, average, beta, every, counter, steps_per_epoch, implementation, write_back)
         if implementation == "lr_scale":
@@ -208,6 +236,7 @@ class RBWA(Optimizer):
         self.implementation = implementation
         self.foreach = foreach
         self.write_back = write_back
+        self.average_dtype = average_dtype
         self.steps = 0  # base steps taken so far (the next step is number `steps`)
         self.folds = 0  # folds taken so far
         self.averages: list[Tensor] | None = None
@@ -246,6 +275,9 @@ class RBWA(Optimizer):
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
+    def _new_averages(self) -> list[Tensor]:
+        return [average_like(p, self.average_dtype) for p in self._params()]
+
     # ---- Optimizer interface --------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
@@ -266,7 +298,7 @@ class RBWA(Optimizer):
         if folding and self.implementation == "copy":
             params = self._params()
             if self.averages is None:
-                self.averages = [p.detach().clone() for p in params]
+                self.averages = self._new_averages()
             elif len(params) != len(self.averages):
                 raise RuntimeError(f"the base optimizer holds {len(params)} parameters but RBWA averages "
                                    f"{len(self.averages)}: a parameter group was added to it after averaging began; "
@@ -297,43 +329,101 @@ class RBWA(Optimizer):
             self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        return {
-            "base": self.optimizer.state_dict(),
-            "rbwa": {
-                "settings": self._settings(),
-                "steps": self.steps,
-                "folds": self.folds,
-                "averages": None if self.averages is None else [a.clone() for a in self.averages],
-            },
-        }
+        """The base optimizer's state dict, with each parameter's average in its state (``"rbwa_average"``) and the
+        counters in the first group (``"rbwa"``). Before the first fold the averages are copies of the parameters,
+        marked not started, so a template made from a fresh wrapper (as ``torch.distributed.checkpoint`` loads
+        into) already holds every tensor it will load."""
+        base = self.optimizer.state_dict()
+        state = {i: dict(s) for i, s in base["state"].items()}
+        if self.implementation == "copy":
+            averages = self.averages if self.averages is not None else self._new_averages()
+            for i, avg in enumerate(averages):
+                state.setdefault(i, {})[AVERAGE_KEY] = avg
+        groups = [dict(g) for g in base["param_groups"]]
+        groups[0][COUNTERS_KEY] = {"settings": self._settings(), "steps": self.steps, "folds": self.folds,
+                               "started": self.averages is not None}
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        if not isinstance(state_dict, dict) or set(state_dict) != {"base", "rbwa"}:
-            raise ValueError("not an RBWA state_dict: expected the keys 'base' and 'rbwa'")
-        ours = state_dict["rbwa"]
-        # a setting added later (write_back) was at its default in states saved before it existed
+        if isinstance(state_dict, dict) and set(state_dict) == {"base", "rbwa"}:  # the form of rbwa < 0.3
+            state_dict = _from_old_form(state_dict)
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if not groups or COUNTERS_KEY not in groups[0]:
+            raise ValueError("not an RBWA state_dict: its first parameter group has no 'rbwa' counters")
+        ours = groups[0][COUNTERS_KEY]
+        # a setting added later (write_back, average_dtype) was at its default in states saved before it existed
         differing = sorted(k for k, v in self._settings().items() if ours["settings"].get(k, LATER.get(k)) != v)
         if differing:
             raise ValueError(f"RBWA state_dict was saved with different settings: {', '.join(differing)}")
-        self.optimizer.load_state_dict(state_dict["base"])
+        params = self._params()
+        # the saved state is keyed as the saved groups list their parameters, in order (indices, or names when
+        # torch.distributed.checkpoint's set_optimizer_state_dict passes it on)
+        keys = [key for g in groups for key in g["params"]]
+        saved = [state_dict["state"].get(key, {}).get(AVERAGE_KEY) for key in keys]
+        base_state = {i: rest for i, s in state_dict["state"].items()
+                      if (rest := {k: v for k, v in s.items() if k != AVERAGE_KEY})}
+        self.optimizer.load_state_dict({"state": base_state, "param_groups": [
+            {k: v for k, v in g.items() if k != COUNTERS_KEY} for g in groups]})
         self.param_groups = self.optimizer.param_groups
         self.state = self.optimizer.state
         self.steps = int(ours["steps"])
         self.folds = int(ours["folds"])
-        saved = ours["averages"]
-        if saved is None:
-            self.averages = None
-        else:
-            params = self._params()
-            if len(saved) != len(params):
-                raise ValueError(f"RBWA state_dict holds {len(saved)} averages for {len(params)} parameters")
-            self.averages = [a.to(device=p.device, dtype=p.dtype).clone() for a, p in zip(saved, params)]
+        self.averages = None
+        if ours["started"] and self.implementation == "copy":
+            if len(saved) != len(params) or any(a is None for a in saved):
+                raise ValueError(f"RBWA state_dict holds {sum(a is not None for a in saved)} averages for "
+                                 f"{len(params)} parameters")
+            self.averages = [average_like(p, self.average_dtype) for p in params]
+            fold_(self.averages, saved, 1.0)  # copies each saved average into place, shard by shard
+
+    @contextlib.contextmanager
+    def averaged(self, module: torch.nn.Module, bn_batches: Iterable | None = None) -> Iterator[torch.nn.Module]:
+        """Evaluate with the average: put it into ``module``'s parameters for the duration of the ``with`` block and
+        the live weights back on exit, also on an exception. Before the first fold there is no average, and the
+        live weights stay.
+
+        Inside the block, ``module.state_dict()`` still reports the live weights and this optimizer's state dict
+        the averages, so a checkpoint written there stores each as it is, never one in place of the other. The
+        swap is in place, so a ``torch.compile``d module sees it. BatchNorm's running statistics are buffers, not
+        averaged: they were gathered on the live weights (which, for a member written back at every fold, *are*
+        the average). With ``bn_batches`` (input batches, or (input, target) batches), they are re-estimated on the
+        average by ``torch.optim.swa_utils.update_bn`` inside the block and the live statistics restored on exit.
+        Under FSDP2 each process swaps its own shards, with no communication.
+        """
+        if self.averages is None:
+            yield module
+            return
+        params = self._params()
+        live = {id(p): p.detach().clone() for p in params}
+        buffers = [b.detach().clone() for b in module.buffers()] if bn_batches is not None else None
+
+        def report_live(mod: torch.nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+            for name, p in mod.named_parameters():
+                if id(p) in live and prefix + name in state:
+                    state[prefix + name] = live[id(p)]
+
+        hook = module.register_state_dict_post_hook(report_live)
+        fold_(params, self.averages, 1.0)  # params <- averages, rounded to the parameters' dtype
+        try:
+            if bn_batches is not None:
+                from torch.optim.swa_utils import update_bn
+
+                update_bn(bn_batches, module)
+            yield module
+        finally:
+            hook.remove()
+            fold_(params, [live[id(p)] for p in params], 1.0)
+            if buffers is not None:
+                with torch.no_grad():
+                    for b, saved_b in zip(module.buffers(), buffers, strict=True):
+                        b.copy_(saved_b)
 
     def _settings(self) -> dict[str, Any]:
         return {
             "start_step": self.start_step, "average": self.average, "beta": self.beta, "every": self.every,
             "counter": self.counter, "steps_per_epoch": self.steps_per_epoch,
             "implementation": self.implementation, "write_back": self.write_back,
+            "average_dtype": None if self.average_dtype is None else str(self.average_dtype),
         }
 
     def __repr__(self) -> str:
@@ -341,7 +431,20 @@ class RBWA(Optimizer):
         return f"RBWA({settings}, optimizer={self.optimizer!r})"
 
 
-LATER = {"write_back": 1}  # settings added after rbwa 0.1, with the value every earlier state had
+LATER = {"write_back": 1, "average_dtype": None}  # settings added after rbwa 0.1, with the value earlier states had
+AVERAGE_KEY, COUNTERS_KEY = "rbwa_average", "rbwa"  # where state_dict keeps a parameter's average and the counters
+
+
+def _from_old_form(old: dict[str, Any]) -> dict[str, Any]:
+    """A state dict of rbwa < 0.3 (``{"base": ..., "rbwa": ...}``) in the standard form."""
+    ours, base = old["rbwa"], old["base"]
+    state = {i: dict(s) for i, s in base["state"].items()}
+    for i, avg in enumerate(ours["averages"] or []):
+        state.setdefault(i, {})[AVERAGE_KEY] = avg
+    groups = [dict(g) for g in base["param_groups"]]
+    groups[0][COUNTERS_KEY] = {"settings": ours["settings"], "steps": ours["steps"], "folds": ours["folds"],
+                           "started": ours["averages"] is not None}
+    return {"state": state, "param_groups": groups}
 
 
 # ---- named recipes ------------------------------------------------------------------------------

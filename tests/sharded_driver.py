@@ -1,0 +1,113 @@
+"""Driven by tests/test_sharded.py under torchrun (gloo, CPU): every member of the averaging family on a model
+sharded by FSDP2's fully_shard, against the same training on one process without sharding."""
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.fsdp import fully_shard
+
+from rbwa.averaging import RBWA, local, lookahead, rswa, sema
+
+STEPS, SAVE_AT, BATCH = 9, 4, 8
+MEMBERS = {
+    "rbwa": lambda base: RBWA(base, start_step=2),
+    "rbwa-e": lambda base: RBWA(base, start_step=2, average="ema"),
+    "rswa": lambda base: rswa(base, steps_per_epoch=3),
+    "lookahead": lambda base: lookahead(base, k=3, alpha=0.5),
+    "sema": lambda base: sema(base, steps_per_epoch=3, beta=0.9, start_step=2),
+    "side average": lambda base: RBWA(base, start_step=2, average="ema", write_back=None),
+    "lr_scale": lambda base: RBWA(base, start_step=2, implementation="lr_scale"),
+}
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)).double()
+
+
+def sharded(model: torch.nn.Module) -> torch.nn.Module:
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    return fully_shard(model)
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(BATCH, 6, generator=g, dtype=torch.float64), torch.randint(0, 4, (BATCH,), generator=g)
+
+
+def train(model, opt, steps, rank=0, world=1):
+    for t in steps:
+        x, y = batch(t)
+        share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)  # this process's part of the batch
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[share]), y[share]).backward()
+        opt.step()
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def build(member):
+    model = sharded(make_model())
+    return model, MEMBERS[member](torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-3))
+
+
+def main() -> None:
+    mode, out = sys.argv[1], sys.argv[2]
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    found = {}
+    for member in MEMBERS:
+        reference = make_model()
+        ref_opt = MEMBERS[member](torch.optim.SGD(reference.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-3))
+        train(reference, ref_opt, range(STEPS))
+        model, opt = build(member)
+        if mode == "straight":
+            train(model, opt, range(STEPS), rank, world)
+            # the state as torch.distributed.checkpoint saves it, then straight on: another process resumes it
+            train_part, _ = build(member)
+            part_model, part_opt = train_part, MEMBERS[member](torch.optim.SGD(train_part.parameters(), lr=0.2,
+                                                                               momentum=0.9, weight_decay=1e-3))
+            train(part_model, part_opt, range(SAVE_AT), rank, world)
+            model_sd, optim_sd = get_state_dict(part_model, part_opt)
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(out, member))
+        else:  # resume: new processes load the checkpoint into a fresh model and optimizer, then go on
+            model_sd, optim_sd = get_state_dict(model, opt)
+            state = {"model": model_sd, "optim": optim_sd}
+            dcp.load(state, checkpoint_id=os.path.join(out, member))
+            set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+            assert opt.steps == SAVE_AT, (member, opt.steps)
+            train(model, opt, range(SAVE_AT, STEPS), rank, world)
+        params = list(model.parameters())
+        averages = opt.averages or []
+        before = [full(p).clone() for p in params]
+        with opt.averaged(model):  # evaluation with the average: each process swaps its own shards
+            swapped = max([(full(p) - r).abs().max().item()
+                           for p, r in zip(params, ref_opt.averages or reference.parameters())] or [0.0])
+        restored = all(torch.equal(full(p), b) for p, b in zip(params, before))
+        found[member] = {
+            "params sharded": all(type(p).__name__ == "DTensor" for p in params),
+            "averages sharded": all(type(a).__name__ == "DTensor" for a in averages),
+            "param difference": max((full(p) - r).abs().max().item() for p, r in zip(params, reference.parameters())),
+            "average difference": max([(full(a) - r).abs().max().item()
+                                       for a, r in zip(averages, ref_opt.averages or [])] or [0.0]),
+            "average bytes here": sum(a.numel() * a.element_size() for a in local(averages)),
+            "average bytes unsharded": sum(a.numel() * a.element_size() for a in ref_opt.averages or []),
+            "steps": opt.steps, "folds": opt.folds, "swapped difference": swapped, "restored": restored,
+        }
+    with open(os.path.join(out, f"{mode}-rank{rank}.json"), "w") as f:
+        json.dump(found, f)
+    dist.destroy_process_group()
+    os._exit(0)  # gloo's threads can race the interpreter's teardown (see rbwa.train.end_distributed)
+
+
+if __name__ == "__main__":
+    main()
