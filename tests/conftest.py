@@ -51,3 +51,21 @@ def batches():
         return [(torch.randn(8, 3, 6, 6, generator=g, dtype=dtype), torch.randint(0, 3, (8,), generator=g))
                 for _ in range(n)]
     return make
+
+
+@pytest.fixture
+def callback_under_ddp(tmp_path):
+    """Run tests/callback_ddp_driver.py for a framework ("hf", "lightning") under torchrun with 2 processes on CPU;
+    returns what each process recorded."""
+    import json
+    import subprocess
+    import sys
+
+    def run(framework: str) -> list[dict]:
+        driver = Path(__file__).with_name("callback_ddp_driver.py")
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                               str(driver), framework, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    return run

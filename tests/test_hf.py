@@ -122,3 +122,16 @@ def test_a_layer_unfrozen_mid_training_starts_its_own_average(tmp_path):
     assert callback.counts["classifier.weight"] == 6 and callback.counts["bert.pooler.dense.weight"] == 9
     for name, p in model.named_parameters():  # every fold wrote its average back
         assert torch.equal(callback.averages[name], p), name
+
+
+def test_under_ddp_every_process_holds_the_same_weights_after_every_fold(callback_under_ddp):
+    """2 processes on CPU (gloo): 32 examples, batch 4 a process, 4 steps an epoch, 3 epochs, averaging from 1."""
+    rank0, rank1 = callback_under_ddp("hf")
+    assert rank0["folds"] == rank1["folds"] == 8 and len(rank0["digests"]) == 12
+    assert rank0["digests"] == rank1["digests"] and len(set(rank0["digests"])) == 12
+
+
+def test_fsdp_is_refused_in_one_line(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), fsdp=True, use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="does not run under the Trainer's FSDP or DeepSpeed; wrap the optimizer"):
+        RBWACallback().on_train_begin(args, transformers.TrainerState(), transformers.TrainerControl())

@@ -142,3 +142,20 @@ def test_a_state_saved_by_position_is_refused():
     with pytest.raises(ValueError, match="kept averages by position"):
         RBWACallback(start_epoch=1).load_state_dict({"steps_since_start": 4, "folds": 4, "averages": [torch.zeros(2)],
                                                      "settings": [1, "mean", 0.9, 1, "folds"]})
+
+
+def test_under_ddp_every_process_holds_the_same_weights_after_every_fold(callback_under_ddp):
+    """2 processes on CPU (gloo): 64 examples, batch 8 a process, 4 steps an epoch, 3 epochs, averaging from 1."""
+    rank0, rank1 = callback_under_ddp("lightning")
+    assert rank0["folds"] == rank1["folds"] == 8 and len(rank0["digests"]) == 12
+    assert rank0["digests"] == rank1["digests"] and len(set(rank0["digests"])) == 12  # identical, and moving
+
+
+def test_a_sharding_strategy_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with pytest.raises(ValueError, match="RBWACallback folds whole parameters and does not run under Lightning's "
+                                         "FSDPStrategy; wrap the optimizer in rbwa.RBWA instead"):
+        RBWACallback().setup(SimpleNamespace(strategy=FSDPStrategy()), Tiny(), "fit")

@@ -119,6 +119,10 @@ def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iter
         fold_(avgs, ps, w)
 
 
+SHARDED_CALLBACK = ("RBWACallback folds whole parameters and does not run under {}; wrap the optimizer in "
+                    "rbwa.RBWA instead, which folds FSDP2 shards in place (README: sharded training)")
+
+
 def check_start(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from rbwa.averaging import check_fold_schedule, check_start, fold_named, fold_weight
+from rbwa.averaging import SHARDED_CALLBACK, check_fold_schedule, check_start, fold_named, fold_weight
 
 STATE_FILE = "rbwa_callback.pt"
 
@@ -66,6 +66,8 @@ class RBWACallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
+        if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
+            raise ValueError(SHARDED_CALLBACK.format("the Trainer's FSDP or DeepSpeed"))
         if self.steps_per_epoch is None:
             epochs = args.num_train_epochs
             if args.max_steps > 0 or epochs != int(epochs) or state.max_steps % int(epochs):

@@ -15,7 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from rbwa.averaging import check_fold_schedule, check_start, fold_named, fold_weight
+from rbwa.averaging import SHARDED_CALLBACK, check_fold_schedule, check_start, fold_named, fold_weight
 
 
 class RBWACallback(pl.Callback):
@@ -35,6 +35,12 @@ class RBWACallback(pl.Callback):
         self.averages: dict[str, torch.Tensor] = {}  # parameter name -> its average
         self.counts: dict[str, int] = {}  # parameter name -> folds of its average so far
         self._last_global_step: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse a sharding strategy (FSDP, FSDP2's ModelParallelStrategy, DeepSpeed) before training starts."""
+        name = type(trainer.strategy).__name__
+        if name in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy"):
+            raise ValueError(SHARDED_CALLBACK.format(f"Lightning's {name}"))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
