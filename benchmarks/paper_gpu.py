@@ -215,7 +215,8 @@ def main() -> int:
     statuses = {r.name: run_status(Path(r.config.out)) for e in EXPERIMENTS for r in seeds[e]}
     record = {"probe images/s per run": {str(k): v for k, v in rates.items()}, "runs at once": pack,
               "estimated seconds per run": per_run, "expected runs": expected, "budget seconds": budget,
-              "statuses": statuses, "exit status (-9: stopped at the time limit)": codes, "not started (no time)": skipped, "seconds per finished run": took,
+              "statuses": statuses, "exit status (-9: stopped at the time limit)": codes,
+              "not started (no time)": skipped, "seconds per finished run": took,
               "wall seconds": time.perf_counter() - t_start, "device": torch.cuda.get_device_name(0)
               if torch.cuda.is_available() and not args.dry_run else "cpu (dry run)"}
     (out / "paper-gpu.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -35,3 +35,17 @@ def test_readme_reproduce_command_finds_every_committed_run(monkeypatch, capsys)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 12 and all(" finished " in line for line in lines)
     assert (README.parent / "results/cpu/fig3.json").read_bytes() == manifest
+
+
+def test_the_sharded_training_example_runs_under_torchrun(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    section = README.read_text().split("## Sharded training")[1]
+    (tmp_path / "sharded.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "sharded.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "ckpt" / ".metadata").exists()  # written by torch.distributed.checkpoint

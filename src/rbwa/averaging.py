@@ -57,7 +57,8 @@ def fold_weight(average: str, n: int, beta: float = 0.9) -> float:
 
 def local(tensors: Sequence[Tensor]) -> list[Tensor]:
     """Each tensor as this process holds it: a DTensor's local shard (FSDP2's parameters, their averages), which
-    aliases the DTensor's storage, so in-place ops on it need no communication; other tensors as they are."""
+    aliases the DTensor's storage, so in-place ops on it need no communication; other tensors as they are. Write
+    to the shards under ``torch.no_grad()`` (autograd forbids writing to these views otherwise)."""
     return [t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t for t in tensors]
 
 
