@@ -142,6 +142,13 @@ CASES = {
     "yaml wrong type": (with_yaml("epochs: [1, 2]\n"), "'epochs' must be of type int"),
     "yaml not a mapping": (with_yaml("just text\n"), "must hold a mapping"),
     "cuda without a GPU": (plain("train", "--device", "cuda"), "no CUDA GPU is available"),
+    "zero snapshot period": (plain("train", "--snapshot-every", "0"), "snapshot every must be >= 1, got 0"),
+    "two snapshot schedules": (plain("train", "--snapshot-every", "5", "--snapshots-per-epoch", "2"),
+                               "give --snapshot-every or --snapshots-per-epoch, not both"),
+    "more snapshots than steps": (plain("train", "--dataset", "digits", "--train-subset", "100", "--batch-size", "50",
+                                        "--snapshots-per-epoch", "3"),
+                                  "snapshots per epoch must be at most the 2 steps of an epoch, got 3"),
+    "unknown snapshot dtype": (plain("train", "--snapshot-dtype", "float16"), "unknown snapshot dtype 'float16'"),
     "report of nothing": (plain("report", "{tmp}/nothing"), "is not a directory"),
 }
 

@@ -137,6 +137,21 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_posthoc(ns: argparse.Namespace) -> int:
+    from rbwa.posthoc import evaluate_run, write_results
+
+    for name in ("lawa", "half_lives"):
+        if any(v <= 0 for v in getattr(ns, name) or []):
+            raise UserError(f"--{name.replace('_', '-')} takes numbers > 0, got {getattr(ns, name)}")
+    if ns.bn_images is not None and ns.bn_images < 1:
+        raise UserError(f"--bn-images must be >= 1, got {ns.bn_images}")
+    grid = {"lawa_windows": ns.lawa, "half_lives": ns.half_lives}
+    rows = evaluate_run(ns.run, ns.dataset, ns.data_dir, ns.cache_dir, grid, ns.bn_images, ns.device,
+                        progress=False if ns.quiet else None)
+    print(f"wrote {write_results(ns.run, rows, ns.out)}")
+    return 0
+
+
 def cmd_migrate(ns: argparse.Namespace) -> int:
     from rbwa.migrate import migrate
 
@@ -199,6 +214,23 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
     rp.add_argument("--out", default=None, help="where to write report.md, results.csv and PNGs (default: RUNS)")
     rp.set_defaults(func=cmd_report)
+    ph = sub.add_parser("posthoc", help="side averages chosen after training, from a run's snapshots (SWA, LAWA, EMA)")
+    ph.add_argument("run", help="a finished run directory with snapshots (rbwa train --snapshots-per-epoch K)")
+    ph.add_argument("--dataset", default=None, help="folder:PATH of the run's image folder (its path is not recorded)")
+    ph.add_argument("--data-dir", default=None, help="where the official CIFAR data lies (as for rbwa train)")
+    ph.add_argument("--cache-dir", default=None, help="where decoded image folders are cached (as for rbwa train)")
+    ph.add_argument("--lawa", type=int, nargs="+", default=None, metavar="K",
+                    help="LAWA windows, in epoch-end snapshots (default: every window)")
+    ph.add_argument("--half-lives", type=float, nargs="+", default=None, metavar="STEPS",
+                    help="EMA half-lives, in steps (default: 1/8 to 8 epochs, doubling)")
+    ph.add_argument("--bn-images", type=int, default=None,
+                    help="re-estimate BatchNorm on a class-balanced subset of this many training images (default: "
+                         "all, as the trainer does)")
+    ph.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    ph.add_argument("--out", default=None, help="where to write posthoc.csv/.md/.png (default: RUN/posthoc)")
+    ph.add_argument("--quiet", action="store_true", help="no progress bar")
+    ph.set_defaults(func=cmd_posthoc)
+
     m = sub.add_parser("migrate", help="rename the runs of a sweep made before rbwa 0.2 (data named by path)")
     m.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
     m.add_argument("--dataset", default=None,

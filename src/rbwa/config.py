@@ -23,6 +23,7 @@ IMPLEMENTATIONS = ("copy", "lr_scale")
 DEVICES = ("cpu", "cuda")
 AMP = ("none", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+SNAPSHOT_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -71,6 +72,11 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile's mode; reduce-overhead captures CUDA graphs
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch of all processes
     eval_batch_size: int = 500
+    # snapshots of the live weights for `rbwa posthoc` (none by default): every this many steps, or this many
+    # times an epoch at equal spacing (the last at the epoch's end)
+    snapshot_every: int | None = None
+    snapshots_per_epoch: int | None = None
+    snapshot_dtype: str = "float32"
     out: str = "runs/run"
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +87,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 # the allowed values of the keys that are a choice
 CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "model": MODELS, "lr_schedule": LR_SCHEDULES,
                                        "augment": AUGMENTS, "counter": COUNTERS, "implementation": IMPLEMENTATIONS,
-                                       "device": DEVICES, "amp": AMP, "compile_mode": COMPILE_MODES}
+                                       "device": DEVICES, "amp": AMP, "compile_mode": COMPILE_MODES,
+                                       "snapshot_dtype": SNAPSHOT_DTYPES}
 # one line per key, for `rbwa train --help` and `rbwa reproduce --help`
 HELP: dict[str, str] = {
     "dataset": "cifar10, cifar100 (official archives), digits (scikit-learn), or folder:PATH "
@@ -125,6 +132,9 @@ HELP: dict[str, str] = {
                     "eager on an H200 at batch 64, default gave nothing (benchmarks/RESULTS.md)",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch of all processes",
     "eval_batch_size": "images per evaluation batch (no effect on results)",
+    "snapshot_every": "store the live weights and BatchNorm buffers every this many steps, for `rbwa posthoc`",
+    "snapshots_per_epoch": "store them this many times an epoch, equally spaced, the last at the epoch's end",
+    "snapshot_dtype": "float32 or bfloat16 (half the bytes) for the stored snapshots",
     "out": "the run directory to write",
 }
 # where things lie on one machine: never part of a run's identity, never written into a saved config
@@ -246,6 +256,12 @@ def validate(cfg: TrainConfig) -> None:
     _choice("device", cfg.device, DEVICES)
     _choice("amp", cfg.amp, AMP)
     _choice("compile mode", cfg.compile_mode, COMPILE_MODES)
+    _choice("snapshot dtype", cfg.snapshot_dtype, SNAPSHOT_DTYPES)
+    if cfg.snapshot_every is not None and cfg.snapshots_per_epoch is not None:
+        raise UserError("give --snapshot-every or --snapshots-per-epoch, not both")
+    for name in ("snapshot_every", "snapshots_per_epoch"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise UserError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.compile_mode != "default" and not cfg.compile:
         raise UserError(f"compile mode {cfg.compile_mode} needs --compile")
     positive = {"epochs": cfg.epochs, "batch size": cfg.batch_size, "lr": cfg.lr, "width": cfg.width,

@@ -143,6 +143,29 @@ def plot_effective_lr(series: dict[str, tuple[np.ndarray, np.ndarray]], path: Pa
     return _save(fig, path)
 
 
+def plot_posthoc(rows: list[dict], own: float, path: Path, title: str, own_label: str = "the run's final weights",
+                 sgd: float | None = None) -> Path:
+    """Test accuracy of post-hoc side averages: against SWA's start, LAWA's window and EMA's half-life, with the
+    run's own final accuracy (and constant-LR SGD's, where given) as horizontal lines."""
+    panels = (("swa", "SWA: start (epoch)"), ("lawa", "LAWA: window (epoch ends)"), ("ema", "EMA: half-life (steps)"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    for ax, (family, xlabel) in zip(axes, panels, strict=True):
+        points = sorted((r["value"], r["test_acc"]) for r in rows if r["family"] == family)
+        if points:
+            ax.plot(*zip(*points, strict=True), "o-", color=COLORS["swa" if family != "ema" else "ema"], ms=3)
+        ax.axhline(own, color=COLORS["sgd"], ls="--", label=own_label)
+        if sgd is not None:
+            ax.axhline(sgd, color=COLORS["rbwa"], ls=":", label="constant-LR SGD")
+        if family == "ema":
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     """Write the figure atomically (a temporary file, then a rename)."""
     path = Path(path)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rbwa import __version__
+from rbwa import __version__, snapshots
 from rbwa.config import TrainConfig, differing_keys, identify, resolve, validate
 from rbwa.data import Split, load_dataset, stratified_indices
 from rbwa.data.loader import BatchLoader, channel_stats
@@ -232,8 +232,10 @@ def _log_line(out: Path, line: str) -> None:
 
 
 def train_epoch(model: nn.Module, forward: nn.Module, setup: Setup, batches: Iterable, step: int,
-                amp: bool, loss_weights: list[float] | None = None) -> tuple[torch.Tensor, float]:
+                amp: bool, loss_weights: list[float] | None = None,
+                after: Callable[[int], None] | None = None) -> tuple[torch.Tensor, float]:
     """One pass over ``batches``; returns (loss sum, correct, count) as one device tensor, and the last LR.
+    ``after(steps taken)`` is called after every step (snapshots).
 
     Nothing here waits for the device: the sums stay on it until the epoch ends.
     """
@@ -254,6 +256,8 @@ def train_epoch(model: nn.Module, forward: nn.Module, setup: Setup, batches: Ite
         setup.optimizer.step()
         setup.after_step(model, step)
         step += 1
+        if after is not None:
+            after(step)
         totals[0] += loss.detach().double() * len(y)
         totals[1] += (logits.detach().argmax(1) == y).sum()
         totals[2] += len(y)
@@ -292,6 +296,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     bn_loader = BatchLoader(images, labels, cfg.eval_batch_size, **common)
     test_loader = BatchLoader(test_split.images, test_split.labels, cfg.eval_batch_size, **common)
     steps = len(train_loader)
+    if cfg.snapshots_per_epoch is not None and cfg.snapshots_per_epoch > steps:
+        raise UserError(f"snapshots per epoch must be at most the {steps} steps of an epoch, got "
+                        f"{cfg.snapshots_per_epoch}")
 
     if cfg.sync_bn:
         model = convert_global_bn(model)
@@ -328,6 +335,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         first_epoch = ckpt["epoch"] + 1
         if main:  # a kill between the checkpoint's write and the metrics' leaves them one epoch apart
             write_metrics(out, metrics)
+    if main:  # snapshots taken after the checkpoint are taken again, on the trajectory it continues
+        snapshots.drop_after(out, (first_epoch - 1) * steps)
     provenance = versions()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     show_bar = sys.stderr.isatty() if progress is None else progress
@@ -358,6 +367,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         _log_line(out, line)
         say(line)
 
+    snapshot_at = set(snapshots.snapshot_steps(steps, cfg.epochs, cfg.snapshot_every, cfg.snapshots_per_epoch))
+
+    def take_snapshot(taken: int) -> None:
+        if main and taken in snapshot_at:
+            snapshots.write(out, taken, steps, model, cfg.snapshot_dtype)
+
     if not metrics:  # epoch 0: the initial weights, before any training
         t0 = time.perf_counter()
         test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
@@ -372,7 +387,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
 
             batches = tqdm(train_loader, desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}", leave=False)
         totals, lr = train_epoch(model, forward, setup, batches, (epoch - 1) * steps, amp,
-                                 train_loader.loss_weights() if world > 1 else None)
+                                 train_loader.loss_weights() if world > 1 else None, take_snapshot)
         if world > 1:
             torch.distributed.all_reduce(totals)
         train_loss, train_acc = totals[0].item() / totals[2].item(), 100.0 * totals[1].item() / totals[2].item()

@@ -1,0 +1,227 @@
+"""Side averages chosen after training, from one run's snapshots (``rbwa posthoc RUN``).
+
+A side average never feeds back into training, so one run that stored its live weights holds every side average
+of its trajectory. Each candidate is a weighted mean of the snapshots (weights summing to 1):
+
+* SWA from snapshot s: the uniform mean of every snapshot from s to the last (``swa`` and SWA's paper);
+* LAWA of window k (Kaddour 2022): the uniform mean of the last k snapshots taken at an epoch's end (with one
+  snapshot an epoch, the same set as SWA from the k-th last);
+* EMA of half-life h steps: ``avg <- d^g avg + (1 - d^g) snapshot`` over the series from a start snapshot, with
+  d = 0.5^(1/h) and g the steps since the previous snapshot. With a snapshot after every step (g = 1) it is the
+  online EMA ``avg <- d avg + (1 - d) w`` exactly; with one every m steps each snapshot stands for the m steps
+  that end at it, which is exact where the weights stay constant within those m steps and otherwise off by at
+  most how far they move within them (tests check both).
+
+Each candidate is evaluated like the trainer evaluates a side average: its BatchNorm statistics re-estimated on
+the training split (``swa_utils.update_bn``), then the test split. Members that write their average back
+(rbwa, rbwa-e, rswa, lookahead, sema) change the trajectory itself: no snapshot series rebuilds them, and such
+runs are refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rbwa import snapshots
+from rbwa.config import TrainConfig, make_config
+from rbwa.errors import UserError
+from rbwa.io import atomic_write_bytes
+from rbwa.rundir import CONFIG, SUMMARY
+
+WRITE_BACK_METHODS = ("rbwa", "rbwa-e", "rswa", "lookahead", "sema")
+FAMILIES = ("swa", "lawa", "ema")
+HALF_LIVES_IN_EPOCHS = (0.125, 0.25, 0.5, 1, 2, 4, 8)  # the default EMA grid, in epochs of the run
+
+
+def swa_weights(n: int, start: int) -> np.ndarray:
+    """Uniform over snapshots ``start``..``n - 1``. Pure."""
+    w = np.zeros(n)
+    w[start:] = 1.0 / (n - start)
+    return w
+
+
+def lawa_weights(epoch_ends: list[int], n: int, k: int) -> np.ndarray:
+    """Uniform over the last ``k`` of the snapshots at indices ``epoch_ends`` (those taken at an epoch's end)."""
+    w = np.zeros(n)
+    w[epoch_ends[-k:]] = 1.0 / k
+    return w
+
+
+def ema_weights(steps: list[int], decay: float, start: int) -> np.ndarray:
+    """The EMA of the snapshot series from index ``start`` (taken as it is), with ``decay`` per step: each
+    snapshot enters with weight 1 - decay^g, g its distance in steps from the previous one. Pure."""
+    w = np.zeros(len(steps))
+    w[start] = 1.0
+    for j in range(start + 1, len(steps)):
+        kept = decay ** (steps[j] - steps[j - 1])
+        w *= kept
+        w[j] += 1.0 - kept
+    return w
+
+
+@dataclass
+class Candidate:
+    family: str  # swa, lawa, ema
+    value: float  # SWA: the start, in epochs; LAWA: the window, in snapshots; EMA: the half-life, in steps
+    label: str
+    weights: np.ndarray
+
+
+def candidates(steps: list[int], steps_per_epoch: int, start_step: int, lawa_windows: list[int] | None = None,
+               half_lives: list[float] | None = None) -> list[Candidate]:
+    """The grid over a series of snapshots taken after ``steps`` steps: SWA from every snapshot after
+    ``start_step``, LAWA of every window (or ``lawa_windows``), and EMA from the first snapshot after
+    ``start_step`` at each half-life in steps (default: 1/8 to 8 epochs). Pure."""
+    n = len(steps)
+    first = next((i for i, s in enumerate(steps) if s > start_step), None)
+    if first is None:
+        raise UserError(f"no snapshot after the start step {start_step}; nothing to average")
+    epoch_ends = [i for i, s in enumerate(steps) if s % steps_per_epoch == 0 and i >= first]
+    windows = lawa_windows or list(range(1, len(epoch_ends) + 1))
+    lives = half_lives or [h * steps_per_epoch for h in HALF_LIVES_IN_EPOCHS]
+    found = [Candidate("swa", steps[i] / steps_per_epoch, f"SWA from epoch {steps[i] / steps_per_epoch:.3g}",
+                       swa_weights(n, i)) for i in range(first, n)]
+    found += [Candidate("lawa", k, f"LAWA, last {k} epoch ends", lawa_weights(epoch_ends, n, k))
+              for k in windows if k <= len(epoch_ends)]
+    found += [Candidate("ema", h, f"EMA, half-life {h:g} steps", ema_weights(steps, 0.5 ** (1 / h), first))
+              for h in lives]
+    return found
+
+
+def combine(series: list[dict[str, torch.Tensor]], weights: np.ndarray) -> dict[str, torch.Tensor]:
+    """The weighted mean of parameter dicts, accumulated in float64, returned in float32."""
+    out = {}
+    for name in series[0]:
+        total = torch.zeros_like(series[0][name], dtype=torch.float64)
+        for w, snap in zip(weights, series, strict=True):
+            if w:
+                total += float(w) * snap[name].double()
+        out[name] = total.float()
+    return out
+
+
+def refuse(run_dir: Path, config: dict[str, Any]) -> None:
+    """One line for a run this cannot serve: not a run, no snapshots, or a member that writes its average back."""
+    method = config.get("method")
+    if method in WRITE_BACK_METHODS and not (method in ("rbwa", "rbwa-e") and config.get("write_back") == 0):
+        raise UserError(f"{run_dir} trained {method}, which writes its average back into the weights it trains: "
+                        "its trajectory depends on the average, so no snapshot series rebuilds it; post-hoc "
+                        "averaging needs a run whose averages stay on the side (sgd, swa, ema, schedulefree, or "
+                        "--write-back 0)")
+    if not snapshots.taken(run_dir):
+        raise UserError(f"{run_dir} has no snapshots; train it with --snapshot-every N or --snapshots-per-epoch K")
+
+
+def load_run(run_dir: Path, dataset: str | None = None, data_dir: str | None = None,
+             cache_dir: str | None = None) -> TrainConfig:
+    """The config a finished run trained with, its data found on this machine: an image folder's path is not
+    recorded (only what the folder is), so it comes from ``dataset`` and must be the same data."""
+    from rbwa.config import identify, resolve
+
+    try:
+        saved = json.loads((run_dir / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir} holds no readable {CONFIG}: not a run directory") from e
+    refuse(run_dir, saved)
+    if not (run_dir / SUMMARY).exists():
+        raise UserError(f"{run_dir} has not finished (no {SUMMARY}); post-hoc averaging reads a finished run")
+    recorded = str(saved["dataset"])
+    if recorded.startswith("folder:") and not dataset:
+        raise UserError(f"{run_dir} trained on {recorded}; give its folder with --dataset folder:PATH")
+    cfg = resolve(make_config(**{**saved, "dataset": dataset or recorded, "data_dir": data_dir,
+                                 "cache_dir": cache_dir, "out": str(run_dir)}))
+    if identify(cfg)["dataset"] != recorded:
+        raise UserError(f"--dataset {dataset} is {identify(cfg)['dataset']}, but {run_dir} trained on {recorded}")
+    return cfg
+
+
+def evaluate_run(run_dir: str | Path, dataset: str | None = None, data_dir: str | None = None,
+                 cache_dir: str | None = None, grid: dict[str, Any] | None = None, bn_images: int | None = None,
+                 device: str = "cpu", progress: bool | None = None) -> list[dict[str, Any]]:
+    """Every candidate of ``grid`` (``candidates``' keyword arguments) evaluated on the run's test split; rows."""
+    from torch.optim.swa_utils import update_bn
+    from tqdm import tqdm
+
+    from rbwa.data import stratified_indices
+    from rbwa.data.loader import BatchLoader, channel_stats
+    from rbwa.models import build_model
+    from rbwa.train import evaluate, prepare_data
+
+    run_dir = Path(run_dir)
+    cfg = load_run(run_dir, dataset, data_dir, cache_dir)
+    steps = snapshots.taken(run_dir)
+    per_epoch = json.loads((run_dir / SUMMARY).read_text())["steps_per_epoch"]
+    grid = candidates(steps, per_epoch, cfg.start_epoch * per_epoch, **(grid or {}))
+    train, test = prepare_data(cfg)
+    series = [snapshots.read(run_dir, s)["params"] for s in steps]
+    mean, std = channel_stats(train.images)
+    bn_split = train if bn_images is None else train.subset(stratified_indices(train.labels, bn_images, 0,
+                                                                               "bn images"))
+    bn_loader = BatchLoader(bn_split.images, bn_split.labels, cfg.eval_batch_size, mean, std, device)
+    test_loader = BatchLoader(test.images, test.labels, cfg.eval_batch_size, mean, std, device)
+    model = build_model(cfg.model, len(train.classes), cfg.width).to(device)
+    rows = []
+    for c in tqdm(grid, desc=f"posthoc {run_dir.name}", disable=progress is False):
+        model.load_state_dict(combine(series, c.weights), strict=False)  # the buffers are re-estimated below
+        update_bn(bn_loader, model)
+        loss, acc = evaluate(model, test_loader)
+        used = np.nonzero(c.weights)[0]
+        rows.append({"family": c.family, "value": c.value, "label": c.label, "test_acc": acc, "test_loss": loss,
+                     "snapshots": len(used), "first_step": steps[used[0]], "last_step": steps[used[-1]]})
+    return rows
+
+
+FIELDS = ("family", "value", "label", "test_acc", "test_loss", "snapshots", "first_step", "last_step")
+
+
+def write_results(run_dir: Path, rows: list[dict[str, Any]], out: Path | None = None) -> Path:
+    """``posthoc.csv``, ``posthoc.md`` and ``posthoc.png`` in ``out`` (default RUN/posthoc); returns the folder."""
+    import io
+
+    from rbwa.plots import plot_posthoc
+
+    out = Path(out or Path(run_dir) / "posthoc")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_bytes(out / "posthoc.csv", text.getvalue().encode())
+    summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+    own = summary["final_test_acc"]
+    lines = [f"# Post-hoc side averages of {Path(run_dir).name}", "",
+             f"The run's own final weights: {own:.2f}% test accuracy. Every candidate is a weighted mean of the "
+             "run's snapshots, BatchNorm re-estimated on the training split.", "",
+             "| family | candidate | snapshots | test acc (%) | vs the run's final weights |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['family']} | {row['label']} | {row['snapshots']} | {row['test_acc']:.2f} | "
+                     f"{row['test_acc'] - own:+.2f} |")
+    lines += ["", "Best of each family (a maximum over this grid on this seed: choose on other seeds before "
+              "trusting it):", ""]
+    for family in FAMILIES:
+        best = max((r for r in rows if r["family"] == family), key=lambda r: r["test_acc"], default=None)
+        if best:
+            lines.append(f"- {family}: {best['label']}, {best['test_acc']:.2f}%")
+    atomic_write_bytes(out / "posthoc.md", ("\n".join(lines) + "\n").encode())
+    config = json.loads((Path(run_dir) / CONFIG).read_text())
+    constant_sgd = config.get("method") == "sgd" and config.get("lr_schedule") == "constant"
+    plot_posthoc(rows, own, out / "posthoc.png", f"Post-hoc side averages, {Path(run_dir).name}",
+                 own_label="the run's final weights" + (" (constant-LR SGD)" if constant_sgd else ""))
+    return out
+
+
+def read_results(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``posthoc/posthoc.csv`` ([] where there is none)."""
+    path = Path(run_dir) / "posthoc" / "posthoc.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{**r, "value": float(r["value"]), "test_acc": float(r["test_acc"]),
+                 "test_loss": float(r["test_loss"])} for r in csv.DictReader(f)]
