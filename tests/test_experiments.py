@@ -9,7 +9,7 @@ from rbwa.experiments import EXPERIMENTS, expand, reproduce
 
 @pytest.mark.parametrize(("experiment", "points"), [("fig3", 4), ("fig5", 4), ("table1", 10), ("variants", 8),
                                                     ("controls", 7), ("alternatives", 6),
-                                                    ("writeback", 5)])
+                                                    ("writeback", 5), ("posthoc", 1)])
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-full", "paper"])
 def test_grid_expansion(tmp_path, experiment, points, preset):
     runs = expand(experiment, preset, seeds=3, out=tmp_path)

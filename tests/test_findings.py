@@ -59,3 +59,11 @@ def test_a_finding_names_the_seeds_whose_two_runs_recorded_different_machines():
     assert compare("c", "w", a, b).machines == {1: "torch threads 2 against 1", 2: "CPU X against Y"}
     b[0].summary["versions"] = {"torch_threads": 4}  # a run that recorded no CPU against one that did
     assert compare("c", "w", a, b).machines[0] == "CPU X against not recorded, torch threads 1 against 4"
+
+
+def test_choosing_on_the_other_seeds_never_uses_the_held_out_seeds_accuracy():
+    from rbwa.findings import choose_on_others
+
+    accuracy = {0: {"a": 90.0, "b": 10.0}, 1: {"a": 50.0, "b": 60.0}, 2: {"a": 50.0, "b": 60.0}}
+    # seed 0 alone would pick a; held out, it gets what seeds 1 and 2 prefer (b); they get the mean of the others
+    assert choose_on_others(accuracy) == {0: "b", 1: "a", 2: "a"}

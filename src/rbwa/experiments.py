@@ -68,6 +68,11 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
                                ("ema, every 100 steps", {"method": "rbwa-e", "write_back": 100}),
                                ("ema, every step (rbwa-e)", {"method": "rbwa-e"}),
                            ]]},
+    # constant-LR SGD storing its weights 4 times an epoch: every side average of its trajectory, chosen after
+    # training (`rbwa posthoc` on each run, then `rbwa report`)
+    "posthoc": {"title": "Side averages chosen after training, from constant-LR SGD's snapshots, ResNet-18, CIFAR-10",
+                "setting": "model", "grid": [("resnet18", "sgd (snapshots)", {"model": "resnet18", "method": "sgd",
+                                                                               "snapshots_per_epoch": 4})]},
     "controls": {"title": "RBWA against learning-rate annealing controls, ResNet-18, CIFAR-10", "setting": "model",
                  "grid": [("resnet18", label, {"model": "resnet18", **o}) for label, o in [
                      ("sgd", {"method": "sgd"}),

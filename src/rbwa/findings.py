@@ -289,6 +289,70 @@ def compare(claim: str, what: str, a: list[Run], b: list[Run], metric: str = "te
                    machines=machine_differences(a, b), **kw)
 
 
+POSTHOC_FAMILIES = {"swa": "SWA start", "lawa": "LAWA window", "ema": "EMA half-life"}
+# the runs the best post-hoc side average is measured against, by the label they have in any experiment
+POSTHOC_BASELINES = {"rbwa": "RBWA", "sgd (cosine LR)": "SGD with a cosine schedule"}
+
+
+def posthoc_rows(run: Run) -> list[dict[str, Any]]:
+    """The candidates ``rbwa posthoc`` evaluated for a run (its posthoc/posthoc.csv), [] where it has none."""
+    import csv
+
+    path = run.path / "posthoc" / "posthoc.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{**r, "test_acc": float(r["test_acc"])} for r in csv.DictReader(f)]
+
+
+def choose_on_others(accuracy: dict[int, dict[str, float]]) -> dict[int, str]:
+    """Held-out seed -> the candidate with the highest mean accuracy over the *other* seeds, so that the number
+    a seed reports is never a maximum over its own noise. Pure."""
+    out = {}
+    for held in accuracy:
+        others = [s for s in accuracy if s != held]
+        labels = set.intersection(*(set(accuracy[s]) for s in others)) & set(accuracy[held])
+        out[held] = max(sorted(labels), key=lambda c: sum(accuracy[s][c] for s in others) / len(others))
+    return out
+
+
+def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Finding | str]:
+    """What the best side average gains: per family, the candidate chosen on the other seeds, tested on the held-out
+    seed, against the run's own final weights (constant-LR SGD, the same trajectory), RBWA and SGD with a cosine
+    schedule (the runs of the same seed in this directory's other experiments)."""
+    runs = {r.seed: r for r in exp.runs if r.finished and posthoc_rows(r)}
+    if len(runs) < 2:
+        return []
+    baselines: dict[str, list[Run]] = {"constant-LR SGD (the same run's final weights)": list(runs.values())}
+    for other in experiments:
+        for (setting, label), group in other.groups().items():
+            if label in POSTHOC_BASELINES and setting == exp.runs[0].setting:
+                baselines.setdefault(POSTHOC_BASELINES[label], group)
+    out: list[Finding | str] = []
+    for family, name in POSTHOC_FAMILIES.items():
+        accuracy = {s: {r["label"]: r["test_acc"] for r in posthoc_rows(run) if r["family"] == family}
+                    for s, run in runs.items()}
+        if not all(accuracy.values()):
+            continue
+        chosen = choose_on_others(accuracy)
+        alone = {s: max(a, key=a.get) for s, a in accuracy.items()}
+        held = {s: accuracy[s][c] for s, c in chosen.items()}
+        out.append(f"Post-hoc {name}, chosen on the other seeds: " + "; ".join(
+            f"seed {s}: {c} ({held[s]:.2f}%)" for s, c in sorted(chosen.items())) + "; the best on each seed alone: "
+            + "; ".join(f"seed {s}: {c}" for s, c in sorted(alone.items()))
+            + (" (the same on every seed)" if len(set(alone.values())) == 1 else " (it differs between seeds)"))
+        for baseline, group in baselines.items():
+            theirs = {r.seed: r.metrics[-1]["test_acc"] for r in group if r.finished and r.metrics}
+            diffs = {s: held[s] - theirs[s] for s in held if s in theirs}
+            if len(diffs) < 2:
+                continue
+            out.append(Finding(f"Does the best post-hoc {name}, chosen on the other seeds, beat {baseline}?",
+                               f"post-hoc {family} - {baseline.split(' (')[0]}", diffs, {},
+                               key=("posthoc", family, baseline),
+                               machines=machine_differences(list(runs.values()), group)))
+    return out
+
+
 def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[Finding | str]:
     """The paper's claims that this experiment tests, as findings (and plain lines for claim 3b)."""
     groups = exp.groups()

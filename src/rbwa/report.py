@@ -26,6 +26,7 @@ from rbwa.findings import (
     folder_name,
     load_experiments,
     paper_gain,
+    posthoc_claims,
     summarise,
 )
 from rbwa.io import atomic_write_bytes
@@ -54,13 +55,17 @@ def _fmt_ci(mean: float, lo: float, hi: float, digits: int = 2) -> str:
 def render(f: Finding, p_adjusted: float, tests: int) -> str:
     """One verdict line: both measures, whether they agree, the Holm-adjusted verdict, the curve's largest gap."""
     mean, lo, hi, n = f.stats("final")
-    mean5, lo5, hi5, _ = f.stats("last")
-    v, v5 = f.verdict("final"), f.verdict("last")
-    agree = "the two measures agree" if category(v) == category(v5) else "**the two measures disagree**"
+    v = f.verdict("final")
+    if f.last:
+        mean5, lo5, hi5, _ = f.stats("last")
+        v5 = f.verdict("last")
+        agree = "the two measures agree" if category(v) == category(v5) else "**the two measures disagree**"
+        second = f"mean of the last {LAST_EPOCHS} epochs: **{v5}** ({_fmt_ci(mean5, lo5, hi5, f.digits)}); {agree}"
+    else:  # an average chosen after training exists at the end of training only
+        second = "one measure only (the end of training)"
     p = "-" if math.isnan(p_adjusted) else f"{p_adjusted:.3g}"
     head = f"{f.claim}{' ' if f.claim.endswith('?') else ': '}**{v}**"
-    line = (f"{head} ({f.what} = {_fmt_ci(mean, lo, hi, f.digits)}{f.unit}, n = {n} seeds{f.note}); "
-            f"mean of the last {LAST_EPOCHS} epochs: **{v5}** ({_fmt_ci(mean5, lo5, hi5, f.digits)}); {agree}; "
+    line = (f"{head} ({f.what} = {_fmt_ci(mean, lo, hi, f.digits)}{f.unit}, n = {n} seeds{f.note}); {second}; "
             f"Holm over the {tests} tests of this report: p = {p}, "
             f"**{holm_verdict(mean, p_adjusted, f.same)}**")
     if f.curve and (f.show_curve or f.same):
@@ -272,7 +277,10 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         md += [_table(exp, rows), "", *_bn_note(exp)]
         if any(r["anchor_acc"] for r in rows):
             md += [ANCHOR_SOURCES, ""]
-        sections.append((len(md), claims(exp, rows)))
+        if exp.name == "posthoc":
+            md += [f"![{r.path.name}]({r.path.relative_to(root)}/posthoc/posthoc.png)" for r in exp.runs
+                   if (r.path / "posthoc" / "posthoc.png").exists()] + [""]
+        sections.append((len(md), posthoc_claims(exp, experiments) if exp.name == "posthoc" else claims(exp, rows)))
     # one test per distinct comparison: a comparison two experiments share (the same runs) is counted once
     distinct = {_test(f): f for _, items in sections for f in items if isinstance(f, Finding)}
     adjusted = dict(zip(distinct, holm([f.p for f in distinct.values()])))
