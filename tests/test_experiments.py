@@ -39,7 +39,11 @@ def test_grid_contents(tmp_path):
     assert {c.beta for c in writeback.values()} == {c.ema_decay for c in writeback.values()} == {0.999}
     assert (writeback["ema (never written back)"].write_back, writeback["sema (every epoch)"].method) == (0, "sema")
     assert "-wb100-" in writeback["ema, every 100 steps"].out
-    assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback"}
+    (posthoc,) = expand("posthoc", "cpu-full", 1, tmp_path)
+    assert (posthoc.config.snapshots_per_epoch, posthoc.config.method) == (4, "sgd")
+    assert "-sgd-snap4-s0-" in posthoc.name
+    assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback",
+                                "posthoc"}
 
 
 def test_shared_runs_have_one_directory(tmp_path):

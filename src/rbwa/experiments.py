@@ -99,6 +99,8 @@ def run_name(cfg: TrainConfig) -> str:
     extra = "" if cfg.lr_schedule == "constant" else f"-{cfg.lr_schedule}"
     extra += "" if cfg.counter == "folds" or cfg.method != "rbwa" else f"-{cfg.counter}"
     extra += "" if cfg.write_back == 1 else f"-wb{cfg.write_back}"
+    extra += "" if cfg.snapshots_per_epoch is None else f"-snap{cfg.snapshots_per_epoch}"
+    extra += "" if cfg.snapshot_every is None else f"-snapevery{cfg.snapshot_every}"
     return f"{cfg.model}-bs{cfg.batch_size}-{cfg.method}{extra}-s{cfg.seed}-{digest}"
 
 
