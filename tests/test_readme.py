@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -49,3 +50,19 @@ def test_the_sharded_training_example_runs_under_torchrun(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "ckpt" / ".metadata").exists()  # written by torch.distributed.checkpoint
+
+
+def test_the_readme_cifar100_command_trains_on_the_shared_folder(tmp_path, monkeypatch, shared_data):
+    """The README's CIFAR-100 line as written, cut to a subset and one epoch by flags after it."""
+    from rbwa.cli import main
+
+    shared_data("cifar-100-python")
+    command = re.search(r"`(rbwa train --dataset cifar100 --data-dir \.\./shared/data [^`]*)`", README.read_text())
+    argv = command.group(1).split()[1:]
+    monkeypatch.chdir(README.parent)
+    monkeypatch.setenv("RBWA_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "c100"
+    assert main([*argv, "--epochs", "1", "--start-epoch", "0", "--train-subset", "300", "--test-subset", "200",
+                 "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["train_size"] == 300
+    assert json.loads((out / "config.json").read_text())["dataset"] == "cifar100"
