@@ -34,8 +34,22 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _torch_save(obj: Any, f) -> None:
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        # a failed write (disk full, file size limit) raises OSError inside torch.save, whose zip writer then
+        # fails again on closing with a RuntimeError about the file position; the OSError is the cause to report
+        cause = e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from e
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+    _atomic(path, lambda f: _torch_save(obj, f))
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
