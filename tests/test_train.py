@@ -133,7 +133,8 @@ def _spy_on_first_conv(monkeypatch, seen: list) -> None:
 def test_amp_and_channels_last_on_cpu_really_apply_and_keep_float32_averages(tmp_path, monkeypatch):
     seen: list = []
     _spy_on_first_conv(monkeypatch, seen)
-    summary = train(digits_config(tmp_path, amp="bf16", channels_last=True, epochs=2, method="rbwa"),
+    # width 1/8: see the torch.compile test below for the oneDNN defect channels-last meets at width 1/16
+    summary = train(digits_config(tmp_path, amp="bf16", channels_last=True, width=0.125, epochs=2, method="rbwa"),
                     progress=False, log=lambda line: None)
     assert summary["status"] == "finished" and seen
     assert set(seen) == {(torch.bfloat16, True, True)}  # every forward, training and evaluation alike
