@@ -159,8 +159,12 @@ def test_rbwa_posthoc_on_a_smoke_run_writes_its_table_and_figure(tmp_path, capsy
     assert "| swa | SWA from epoch 1.5 | 6 |" in table and "| ema | EMA, half-life 20 steps | 6 |" in table
     assert (run / "posthoc" / "posthoc.png").stat().st_size > 0
     rows = (run / "posthoc" / "posthoc.csv").read_text().splitlines()
-    assert rows[0] == "family,value,label,test_acc,test_loss,snapshots,first_step,last_step"
+    assert rows[0] == "family,value,label,test_acc,test_loss,snapshots,first_step,last_step,bn_images"
     assert len(rows) == 1 + 6 + 3 + 2  # a header, SWA from 6 snapshots, 3 LAWA windows, 2 EMAs
+    assert {r.split(",")[-1] for r in rows[1:]} == {str(summary["train_size"])}  # every training image, by default
+    assert f"BatchNorm re-estimated on {summary['train_size']} training images." in table
+    assert main(["posthoc", str(run), "--quiet", "--lawa", "1", "--half-lives", "5", "--bn-images", "30"]) == 0
+    assert "BatchNorm re-estimated on 30 training images." in (run / "posthoc" / "posthoc.md").read_text()
 
 
 @pytest.mark.parametrize(("make", "message"), [

@@ -252,6 +252,8 @@ def test_a_verdict_names_the_seeds_whose_runs_ran_with_other_thread_counts(tmp_p
 def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_same_seeds_runs(tmp_path):
     import csv as csv_module
 
+    from rbwa.posthoc import FIELDS
+
     make_sweep(tmp_path, {"resnet18": [1.0, 1.0, 1.0]})  # rbwa = sgd + 1 at 50, 51, 52: 51, 52, 53
     entries = []
     # the snapshot runs end at 50, 51, 52; two SWA starts whose accuracies favour start 2 on seeds 1 and 2
@@ -261,10 +263,12 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
         entries.append({"run": run, "setting": "resnet18", "label": "sgd (snapshots)", "seed": seed})
         (tmp_path / run / "posthoc").mkdir()
         with open(tmp_path / run / "posthoc" / "posthoc.csv", "w", newline="") as f:
-            writer = csv_module.DictWriter(f, ["family", "value", "label", "test_acc"])
+            writer = csv_module.DictWriter(f, FIELDS)
             writer.writeheader()
             for start, acc in swa[seed].items():
-                writer.writerow({"family": "swa", "value": start, "label": f"SWA from epoch {start}", "test_acc": acc})
+                writer.writerow({"family": "swa", "value": start, "label": f"SWA from epoch {start}", "test_acc": acc,
+                                 "test_loss": 1.0, "snapshots": 3, "first_step": 10, "last_step": 30,
+                                 "bn_images": 1000 + 500 * (seed == 2)})
     (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
                                                        "preset": "smoke", "runs": entries}))
     report = write_report(tmp_path).read_text()
@@ -278,4 +282,6 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
             "weights)? **supported** (post-hoc swa - constant-LR SGD = +9.00 [") in report
     assert "beat RBWA? **supported** (post-hoc swa - RBWA = +8.00 [" in report
     assert "n = 3 seeds); one measure only (the end of training); Holm over the" in report
+    assert ("Every candidate's BatchNorm statistics were re-estimated on 1000 or 1500 training images (`rbwa "
+            "posthoc --bn-images`)") in report
     assert "](runs/snap-0/posthoc/posthoc.png)" not in report  # no figure was written for these hand-made runs

@@ -296,13 +296,9 @@ POSTHOC_BASELINES = {"rbwa": "RBWA", "sgd (cosine LR)": "SGD with a cosine sched
 
 def posthoc_rows(run: Run) -> list[dict[str, Any]]:
     """The candidates ``rbwa posthoc`` evaluated for a run (its posthoc/posthoc.csv), [] where it has none."""
-    import csv
+    from rbwa.posthoc import read_results
 
-    path = run.path / "posthoc" / "posthoc.csv"
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [{**r, "test_acc": float(r["test_acc"])} for r in csv.DictReader(f)]
+    return read_results(run.path)
 
 
 def choose_on_others(accuracy: dict[int, dict[str, float]]) -> dict[int, str]:
@@ -328,7 +324,11 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
         for (setting, label), group in other.groups().items():
             if label in POSTHOC_BASELINES and setting == exp.runs[0].setting:
                 baselines.setdefault(POSTHOC_BASELINES[label], group)
-    out: list[Finding | str] = []
+    from rbwa.posthoc import bn_text
+
+    every = [r for run in runs.values() for r in posthoc_rows(run)]
+    out: list[Finding | str] = [f"Every candidate's BatchNorm statistics were re-estimated on {bn_text(every)} "
+                                "(`rbwa posthoc --bn-images`); the baselines' runs re-estimate none."]
     for family, name in POSTHOC_FAMILIES.items():
         accuracy = {s: {r["label"]: r["test_acc"] for r in posthoc_rows(run) if r["family"] == family}
                     for s, run in runs.items()}

@@ -174,11 +174,12 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, data_dir: str 
         loss, acc = evaluate(model, test_loader)
         used = np.nonzero(c.weights)[0]
         rows.append({"family": c.family, "value": c.value, "label": c.label, "test_acc": acc, "test_loss": loss,
-                     "snapshots": len(used), "first_step": steps[used[0]], "last_step": steps[used[-1]]})
+                     "snapshots": len(used), "first_step": steps[used[0]], "last_step": steps[used[-1]],
+                     "bn_images": len(bn_split.labels)})
     return rows
 
 
-FIELDS = ("family", "value", "label", "test_acc", "test_loss", "snapshots", "first_step", "last_step")
+FIELDS = ("family", "value", "label", "test_acc", "test_loss", "snapshots", "first_step", "last_step", "bn_images")
 
 
 def write_results(run_dir: Path, rows: list[dict[str, Any]], out: Path | None = None) -> Path:
@@ -198,7 +199,7 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]], out: Path | None = 
     own = summary["final_test_acc"]
     lines = [f"# Post-hoc side averages of {Path(run_dir).name}", "",
              f"The run's own final weights: {own:.2f}% test accuracy. Every candidate is a weighted mean of the "
-             "run's snapshots, BatchNorm re-estimated on the training split.", "",
+             f"run's snapshots, BatchNorm re-estimated on {bn_text(rows)}.", "",
              "| family | candidate | snapshots | test acc (%) | vs the run's final weights |", "|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['family']} | {row['label']} | {row['snapshots']} | {row['test_acc']:.2f} | "
@@ -215,6 +216,12 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]], out: Path | None = 
     plot_posthoc(rows, own, out / "posthoc.png", f"Post-hoc side averages, {Path(run_dir).name}",
                  own_label="the run's final weights" + (" (constant-LR SGD)" if constant_sgd else ""))
     return out
+
+
+def bn_text(rows: list[dict[str, Any]]) -> str:
+    """What the candidates' BatchNorm statistics were re-estimated on, in words."""
+    counts = sorted({int(r["bn_images"]) for r in rows})
+    return f"{' or '.join(map(str, counts))} training images"
 
 
 def read_results(run_dir: Path) -> list[dict[str, Any]]:
