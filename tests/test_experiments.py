@@ -67,6 +67,28 @@ def test_bad_arguments(tmp_path, args, message):
         expand(*args, out=tmp_path)
 
 
+def test_only_keeps_the_settings_given_and_the_manifest_lists_the_whole_grid(tmp_path, capsys):
+    from rbwa.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["reproduce", "table1", "--preset", "smoke", "--seeds", "1", "--out", str(out), "--dataset", "digits",
+                 "--dry-run", "--only", "256", "16"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in listed] == [["16", "sgd"], ["16", "rbwa"], ["256", "sgd"], ["256", "rbwa"]]
+    assert not out.exists()  # a dry run writes nothing
+    assert main(["reproduce", "table1", "--preset", "smoke", "--seeds", "1", "--out", str(out), "--dataset", "digits",
+                 "--only", "48"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --only 48: table1 has the settings 16, 32, 64, 128, 256"
+    assert not out.exists()  # refused before the manifest is written
+    pytest.importorskip("sklearn")
+    reproduce("table1", preset="smoke", seeds=1, out=out, overrides={"dataset": "digits", "train_subset": 64,
+                                                                    "test_subset": 20, "epochs": 1, "start_epoch": 0},
+              only=["256"])
+    manifest = json.loads((out / "table1.json").read_text())
+    assert len(manifest["runs"]) == 10
+    assert {e["setting"] for e in manifest["runs"] if (out / e["run"] / "summary.json").exists()} == {"256"}
+
+
 def test_reproduce_skips_finished_runs_and_finishes_interrupted_ones(tmp_path, capsys):
     pytest.importorskip("sklearn")
     overrides = {"dataset": "digits", "train_subset": 100, "test_subset": 50}

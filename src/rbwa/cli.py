@@ -109,7 +109,7 @@ def cmd_reproduce(ns: argparse.Namespace) -> int:
                                             extra, ns.slurm_parallel)}
     reproduce(ns.experiment, preset=ns.preset, seeds=ns.seeds, out=ns.out, overrides=given(ns, exclude=("out",)),
               dry_run=ns.dry_run, launcher=ns.launcher, cpus_per_run=ns.cpus_per_run,
-              gpus_per_run=ns.gpus_per_run or 0.0, ray_address=ns.ray_address, slurm=slurm)
+              gpus_per_run=ns.gpus_per_run or 0.0, ray_address=ns.ray_address, slurm=slurm, only=ns.only)
     return 0
 
 
@@ -190,6 +190,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=3, help="seeds per grid point (default: 3)")
     r.add_argument("--out", default="runs", help="root directory of the sweep (default: runs)")
     r.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    r.add_argument("--only", nargs="+", default=None, metavar="SETTING",
+                   help="train only these settings of the grid (models, or table1's batch sizes), e.g. the cheap "
+                        "ones first; the manifest still lists every run (default: all)")
     r.add_argument("--launcher", default="local", choices=("local", "ray", "slurm"),
                    help="where runs train: local (here, one after another), ray (Ray tasks, local or --ray-address), "
                         "slurm (a submitit job array; returns once submitted) (default: local)")

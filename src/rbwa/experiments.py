@@ -187,8 +187,11 @@ def plan(experiment: str, preset: str, seeds: int, out: str | Path, overrides: d
 def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | Path = "runs",
               overrides: dict[str, Any] | None = None, dry_run: bool = False, launcher: str = "local",
               cpus_per_run: float | None = None, gpus_per_run: float = 0.0, ray_address: str | None = None,
-              slurm: dict[str, Any] | None = None) -> list[GridRun]:
+              slurm: dict[str, Any] | None = None, only: list[str] | None = None) -> list[GridRun]:
     """Train every run of the grid that is not finished yet; finished runs are skipped, interrupted ones resumed.
+
+    ``only`` keeps the runs of these settings (a grid point's first column: a model, a batch size); the manifest
+    still lists the whole grid, so a report says what is missing.
 
     ``launcher`` says where runs train (launch.py): ``local`` here, one after another; ``ray`` as Ray tasks of
     ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs; ``slurm`` as a submitit job array (``slurm``: its
@@ -196,7 +199,14 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
     """
     require(launcher)
     out = Path(out).absolute()
-    runs = plan(experiment, preset, seeds, out, overrides, write=not dry_run)
+    runs = plan(experiment, preset, seeds, out, overrides, write=False)
+    settings = list(dict.fromkeys(str(r.setting) for r in runs))
+    unknown = [s for s in only or [] if s not in settings]
+    if unknown:
+        raise UserError(f"--only {' '.join(unknown)}: {experiment} has the settings {', '.join(settings)}")
+    if not dry_run:
+        plan(experiment, preset, seeds, out, overrides)
+    runs = [r for r in runs if only is None or str(r.setting) in only]
     if dry_run:
         for r in runs:
             print(f"{r.setting:>10}  {r.label:<36} seed {r.seed}  {run_status(Path(r.config.out)):<11}  {r.config.out}")
