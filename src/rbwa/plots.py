@@ -163,6 +163,7 @@ def plot_posthoc(rows: list[dict], own: float, path: Path, title: str, own_label
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()  # or the x labels fall off the bottom
     return _save(fig, path)
 
 
