@@ -208,6 +208,7 @@ def test_resuming_on_another_cpu_or_thread_count_is_warned_about_where_the_check
     # a checkpoint written before runs recorded their CPU: nothing to compare
     assert version_warning({k: v for k, v in now.items() if k not in ("cpu", "torch_threads")}, now) is None
 
+
 # width 1/8, not the digits default 1/16: inductor lays convolutions out channels-last, and on this AVX2 CPU the
 # oneDNN bundled with torch 2.13 corrupts the heap in the backward of a channels-last 1x1 stride-2 convolution with
 # fewer than 8 input channels (ResNet-18's first downsample at width 1/16 has 4): SIGABRT with 1 thread, a spin that

@@ -316,7 +316,10 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
     """What the best side average gains: per family, the candidate chosen on the other seeds, tested on the held-out
     seed, against the run's own final weights (constant-LR SGD, the same trajectory), RBWA and SGD with a cosine
     schedule (the runs of the same seed in this directory's other experiments)."""
-    runs = {r.seed: r for r in exp.runs if r.finished and posthoc_rows(r)}
+    from rbwa.posthoc import bn_text
+
+    tables = {r.seed: posthoc_rows(r) for r in exp.runs if r.finished}  # each run's posthoc.csv, read once
+    runs = {r.seed: r for r in exp.runs if r.finished and tables[r.seed]}
     if len(runs) < 2:
         return []
     baselines: dict[str, list[Run]] = {"constant-LR SGD (the same run's final weights)": list(runs.values())}
@@ -324,14 +327,11 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
         for (setting, label), group in other.groups().items():
             if label in POSTHOC_BASELINES and setting == exp.runs[0].setting:
                 baselines.setdefault(POSTHOC_BASELINES[label], group)
-    from rbwa.posthoc import bn_text
-
-    every = [r for run in runs.values() for r in posthoc_rows(run)]
+    every = [row for s in runs for row in tables[s]]
     out: list[Finding | str] = [f"Every candidate's BatchNorm statistics were re-estimated on {bn_text(every)} "
                                 "(`rbwa posthoc --bn-images`); the baselines' runs re-estimate none."]
     for family, name in POSTHOC_FAMILIES.items():
-        accuracy = {s: {r["label"]: r["test_acc"] for r in posthoc_rows(run) if r["family"] == family}
-                    for s, run in runs.items()}
+        accuracy = {s: {r["label"]: r["test_acc"] for r in tables[s] if r["family"] == family} for s in runs}
         if not all(accuracy.values()):
             continue
         chosen = choose_on_others(accuracy)
