@@ -35,6 +35,14 @@ def test_summary_rows_read_final_best_and_last_epochs_from_the_curves():
     assert rows["rbwa"]["paper_acc"] == 83.36 and rows["sgd"]["paper_acc"] == 81.98
 
 
+def test_table1_rows_carry_the_papers_numbers_before_any_run_exists():
+    # a run not yet started has no config; the paper's columns must not depend on whether one has
+    unstarted = [Run(Path(f"{label}-0"), "128", label, 0, None, [], None) for label in ("sgd", "rbwa")]
+    rows = {r["method"]: r for r in summarise(Experiment("table1", "t", "batch size", "cpu", runs=unstarted))}
+    assert (rows["sgd"]["paper_acc"], rows["sgd"]["paper_loss"]) == (82.46, 0.00035)
+    assert rows["rbwa"]["paper_acc"] == 82.55 and rows["rbwa"]["n"] == 0
+
+
 def test_a_finding_pairs_seeds_and_signs_a_loss_claim():
     sgd = [run("sgd", 0, [10, 40, 50], [0.9, 0.8]), run("sgd", 1, [10, 50, 54], [0.7, 0.6])]
     rbwa = [run("rbwa", 0, [10, 45, 53], [0.9, 0.5]), run("rbwa", 1, [10, 52, 58], [0.7, 0.4])]

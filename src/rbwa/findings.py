@@ -127,11 +127,14 @@ def _config(runs: list[Run]) -> dict[str, Any] | None:
 
 
 def paper_numbers(exp: Experiment, setting: str, label: str, runs: list[Run]) -> tuple[float, float] | None:
-    cfg = _config(runs)
-    if cfg is None or label not in ("sgd", "rbwa"):
+    """The paper's (accuracy, loss) for one row; table1's come from its setting alone, not from any run's config."""
+    if label not in ("sgd", "rbwa"):
         return None
     if exp.name == "table1":
         return TABLE1.get(int(setting), (None, None))[label == "rbwa"]
+    cfg = _config(runs)
+    if cfg is None:
+        return None
     return PAPER.get((cfg["paper_dataset"], cfg["model"], cfg["batch_size"], label))
 
 
