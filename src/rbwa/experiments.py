@@ -166,14 +166,18 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 
 def plan(experiment: str, preset: str, seeds: int, out: str | Path, overrides: dict[str, Any] | None = None,
-         write: bool = True) -> list[GridRun]:
+         write: bool = True, only: list[str] | None = None) -> list[GridRun]:
     """The runs of a sweep, listed in ``OUT/<experiment>.json`` (merged with what it lists already) when ``write``.
 
     Every path is made absolute as this process sees it: a launcher's workers may start elsewhere (a Ray
-    cluster's head directory).
+    cluster's head directory). ``only`` (settings to train) is checked against the grid before anything is written.
     """
     out, overrides = Path(out).absolute(), config.absolute_paths(overrides or {})
     runs = expand(experiment, preset, seeds, out, overrides)
+    settings = list(dict.fromkeys(str(r.setting) for r in runs))
+    unknown = [s for s in only or [] if s not in settings]
+    if unknown:
+        raise UserError(f"--only {' '.join(unknown)}: {experiment} has the settings {', '.join(settings)}")
     path = out / f"{experiment}.json"
     listed = merge_manifest(read_manifest(path), manifest(experiment, preset, runs, out, overrides), path)
     if write:
@@ -199,13 +203,7 @@ def reproduce(experiment: str, preset: str = "cpu", seeds: int = 3, out: str | P
     """
     require(launcher)
     out = Path(out).absolute()
-    runs = plan(experiment, preset, seeds, out, overrides, write=False)
-    settings = list(dict.fromkeys(str(r.setting) for r in runs))
-    unknown = [s for s in only or [] if s not in settings]
-    if unknown:
-        raise UserError(f"--only {' '.join(unknown)}: {experiment} has the settings {', '.join(settings)}")
-    if not dry_run:
-        plan(experiment, preset, seeds, out, overrides)
+    runs = plan(experiment, preset, seeds, out, overrides, write=not dry_run, only=only)
     runs = [r for r in runs if only is None or str(r.setting) in only]
     if dry_run:
         for r in runs:
