@@ -123,8 +123,9 @@ def end_to_end(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cuda_tests(out: Path) -> dict[str, Any]:
-    # the CUDA tests' own file: collecting the whole suite would need every optional extra installed
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py"],
+    # the CUDA tests' own file: collecting the whole suite would need every optional extra installed; in one
+    # process (`-o addopts=`: the ini's xdist workers need pytest-xdist, which a GPU box may not have)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-m", "cuda", "tests/test_cuda.py"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     (out / "cuda-tests.log").write_text(done.stdout + done.stderr)
     return {"exit status": done.returncode, "last line": (done.stdout.strip().splitlines() or [""])[-1]}

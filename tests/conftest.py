@@ -5,6 +5,14 @@ import pytest
 import torch
 from torch import nn
 
+# under pytest-xdist the workers split the cores between them (torch threads, and what their subprocesses inherit),
+# rather than each taking them all (2 workers of 2 threads each would oversubscribe 2 cores)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # the project's shared data (CIFAR-10 as JPEG folders, CIFAR-100's official files), where this machine has it:
 # $RBWA_SHARED_DATA, else shared/data beside the repository; the tests that need it are skipped elsewhere
 SHARED_DATA = Path(os.environ.get("RBWA_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -201,8 +201,9 @@ def test_without_scikit_learn_only_the_digits_cases_are_skipped(tmp_path):
     import subprocess
     import sys
 
+    # in this one process (`-o addopts=` drops the ini's xdist workers, which would import scikit-learn)
     code = ("import sys; sys.modules['sklearn'] = None; import pytest; "
-            f"sys.exit(pytest.main(['-p', 'no:cacheprovider', {__file__ + '::test_bad_input'!r}]))")
+            f"sys.exit(pytest.main(['-p', 'no:cacheprovider', '-o', 'addopts=', {__file__ + '::test_bad_input'!r}]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     last = done.stdout.strip().splitlines()[-1]
     passed = int(re.search(r"(\d+) passed", last).group(1))
