@@ -97,9 +97,7 @@ def test_demo_writes_table_and_plot(tmp_path, capsys):
     for method in ("sgd", "rbwa", "sgd (harmonic LR, = rbwa)", "rbwa-e", "swa"):
         assert f"| {method} |" in out
     assert (tmp_path / "a/demo.png").stat().st_size > 10_000 and (tmp_path / "a/demo.md").exists()
-    # the same machine and thread count print the same table every time
-    assert run_cli(capsys, ["demo", "--out", str(tmp_path / "b"), "--epochs", "1"])[1].split("curves:")[0] == \
-        out.split("curves:")[0].replace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "a/demo.md").read_text() in out  # the table printed is the one written
 
 
 def test_reproduce_then_report(tmp_path, capsys):
