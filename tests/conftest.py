@@ -9,8 +9,7 @@ from torch import nn
 # rather than each taking them all (2 workers of 2 threads each would oversubscribe 2 cores)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
-    os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # the project's shared data (CIFAR-10 as JPEG folders, CIFAR-100's official files), where this machine has it:
