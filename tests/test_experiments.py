@@ -46,6 +46,17 @@ def test_grid_contents(tmp_path):
                                 "posthoc"}
 
 
+def test_runs_go_seed_by_seed_within_a_setting(tmp_path):
+    # a sweep stopped after any even number of runs leaves whole pairs for the report to compare
+    runs = expand("fig3", "smoke", 3, tmp_path)
+    assert [(r.setting, r.label, r.seed) for r in runs[:7]] == [
+        ("resnet18", "sgd", 0), ("resnet18", "rbwa", 0), ("resnet18", "sgd", 1), ("resnet18", "rbwa", 1),
+        ("resnet18", "sgd", 2), ("resnet18", "rbwa", 2), ("vgg16", "sgd", 0)]
+    alternatives = expand("alternatives", "smoke", 2, tmp_path)
+    assert [r.seed for r in alternatives] == [0] * 6 + [1] * 6
+    assert [r.label for r in alternatives[:6]] == [label for _, label, _ in EXPERIMENTS["alternatives"]["grid"]]
+
+
 def test_shared_runs_have_one_directory(tmp_path):
     fig3 = {r.config.out for r in expand("fig3", "cpu", 2, tmp_path) if r.setting == "resnet18"}
     table1 = {r.config.out for r in expand("table1", "cpu", 2, tmp_path) if r.setting == "64"}

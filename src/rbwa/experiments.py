@@ -106,7 +106,11 @@ def run_name(cfg: TrainConfig) -> str:
 
 def expand(experiment: str, preset: str, seeds: int, out: str | Path,
            overrides: dict[str, Any] | None = None) -> list[GridRun]:
-    """Every run of ``experiment`` under ``preset``: grid points x seeds 0..seeds-1. Validated, nothing written."""
+    """Every run of ``experiment`` under ``preset``: grid points x seeds 0..seeds-1. Validated, nothing written.
+
+    Within a setting the runs go seed by seed (every method's seed 0, then seed 1, ...), so a sweep stopped
+    part way leaves paired seeds that the report can compare.
+    """
     if experiment not in EXPERIMENTS:
         raise UserError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
     if seeds < 1:
@@ -118,13 +122,14 @@ def expand(experiment: str, preset: str, seeds: int, out: str | Path,
         raise UserError(f"{experiment} sets {', '.join(varied)} itself; drop those flags")
     base = preset_defaults(preset)
     runs = []
-    for setting, label, point in grid:
+    for setting in dict.fromkeys(s for s, _, _ in grid):
         for seed in range(seeds):
-            # the grid names the dataset; a user's --dataset (their copy of it) wins
-            cfg = make_config(**{**base, **point, **overrides, "seed": seed})
-            validate(resolve(cfg))
-            cfg.out = str(Path(out) / "runs" / run_name(cfg))
-            runs.append(GridRun(experiment, setting, label, seed, cfg))
+            for label, point in ((label, point) for s, label, point in grid if s == setting):
+                # the grid names the dataset; a user's --dataset (their copy of it) wins
+                cfg = make_config(**{**base, **point, **overrides, "seed": seed})
+                validate(resolve(cfg))
+                cfg.out = str(Path(out) / "runs" / run_name(cfg))
+                runs.append(GridRun(experiment, setting, label, seed, cfg))
     return runs
 
 
