@@ -41,6 +41,14 @@ def make_sweep(root: Path, gains: dict[str, list[float]], experiment="fig3", set
     (root / f"{experiment}.json").write_text(json.dumps(manifest))
 
 
+def test_one_seed_gets_no_interval_and_no_verdict(tmp_path):
+    make_sweep(tmp_path, {"resnet18": [2.0]})
+    report = write_report(tmp_path).read_text()
+    assert ("Claim 1, model resnet18: RBWA reaches higher final test accuracy than SGD: **inconclusive at this scale "
+            "(fewer than 2 seeds)** (RBWA - SGD = +2.00 points, n = 1 seed; paper: +1.38)") in report
+    assert "Holm over the 0 tests of this report: p = -, **inconclusive (fewer than 2 seeds)**" in report
+
+
 def test_verdicts_follow_the_intervals(tmp_path):
     make_sweep(tmp_path, {"resnet18": [2.0, 2.5, 3.0], "vgg16": [-2.0, -2.5, -3.0]})
     report = write_report(tmp_path).read_text()

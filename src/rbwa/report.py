@@ -65,7 +65,8 @@ def render(f: Finding, p_adjusted: float, tests: int) -> str:
         second = "one measure only (the end of training)"
     p = "-" if math.isnan(p_adjusted) else f"{p_adjusted:.3g}"
     head = f"{f.claim}{' ' if f.claim.endswith('?') else ': '}**{v}**"
-    line = (f"{head} ({f.what} = {_fmt_ci(mean, lo, hi, f.digits)}{f.unit}, n = {n} seeds{f.note}); {second}; "
+    seeds = "1 seed" if n == 1 else f"{n} seeds"
+    line = (f"{head} ({f.what} = {_fmt_ci(mean, lo, hi, f.digits)}{f.unit}, n = {seeds}{f.note}); {second}; "
             f"Holm over the {tests} tests of this report: p = {p}, "
             f"**{holm_verdict(mean, p_adjusted, f.same)}**")
     if f.curve and (f.show_curve or f.same):
