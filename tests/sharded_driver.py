@@ -1,5 +1,7 @@
 """Driven by tests/test_sharded.py under torchrun (gloo, CPU): every member of the averaging family on a model
-sharded by FSDP2's fully_shard, against the same training on one process without sharding."""
+sharded by FSDP2's fully_shard, against the same training on one process without sharding. The model is shaped like
+a language model's: the root owns parameters (a token embedding and an output layer tied to it), which FSDP2 leaves
+unsharded after a forward, and one block has its own fully_shard."""
 
 import json
 import os
@@ -25,21 +27,41 @@ MEMBERS = {
 }
 
 
+VOCAB, WIDTH, TOKENS = 6, 8, 3
+
+
+class TiedNet(torch.nn.Module):
+    """Tokens -> embedding -> a block -> an output layer tied to the embedding (GPT-2's lm_head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, WIDTH)
+        self.block = torch.nn.Sequential(torch.nn.Linear(WIDTH, WIDTH), torch.nn.Tanh())
+        self.head = torch.nn.Linear(WIDTH, VOCAB, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(x)))
+
+
 def make_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)).double()
+    return TiedNet().double()
 
 
 def sharded(model: torch.nn.Module) -> torch.nn.Module:
-    for layer in model:
-        if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer)
-    return fully_shard(model)
+    fully_shard(model.block)
+    return fully_shard(model)  # the root owns the embedding and the tied head
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(100 + step)
-    return torch.randn(BATCH, 6, generator=g, dtype=torch.float64), torch.randint(0, 4, (BATCH,), generator=g)
+    return (torch.randint(0, VOCAB, (BATCH, TOKENS), generator=g),
+            torch.randint(0, VOCAB, (BATCH, TOKENS), generator=g))
+
+
+def loss_of(model, x, y):
+    return torch.nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
 
 
 def train(model, opt, steps, rank=0, world=1):
@@ -47,7 +69,7 @@ def train(model, opt, steps, rank=0, world=1):
         x, y = batch(t)
         share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)  # this process's part of the batch
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[share]), y[share]).backward()
+        loss_of(model, x[share], y[share]).backward()
         opt.step()
 
 
@@ -89,9 +111,17 @@ def main() -> None:
         params = list(model.parameters())
         averages = opt.averages or []
         before = [full(p).clone() for p in params]
-        with opt.averaged(model):  # evaluation with the average: each process swaps its own shards
-            swapped = max([(full(p) - r).abs().max().item()
-                           for p, r in zip(params, ref_opt.averages or reference.parameters())] or [0.0])
+        probe = batch(99)[0]
+        with torch.no_grad():
+            model(probe)  # FSDP2 leaves the root (embedding, tied head) unsharded after this forward
+            with opt.averaged(model), ref_opt.averaged(reference):  # each process swaps its own shards
+                swapped = max([(full(p) - r).abs().max().item()
+                               for p, r in zip(params, ref_opt.averages or reference.parameters())] or [0.0])
+                forward_avg = (model(probe) - reference(probe)).abs().max().item()  # the average's own forward
+                inside = model.state_dict()  # a checkpoint written in the block stores the live weights
+                saved_live = max((full(inside[k]) - b).abs().max().item()
+                                 for k, b in (("embed.weight", before[0]), ("head.weight", before[0])))
+            forward_live = (model(probe) - reference(probe)).abs().max().item()  # the live weights are back
         restored = all(torch.equal(full(p), b) for p, b in zip(params, before))
         found[member] = {
             "params sharded": all(type(p).__name__ == "DTensor" for p in params),
@@ -102,6 +132,7 @@ def main() -> None:
             "average bytes here": sum(a.numel() * a.element_size() for a in local(averages)),
             "average bytes unsharded": sum(a.numel() * a.element_size() for a in ref_opt.averages or []),
             "steps": opt.steps, "folds": opt.folds, "swapped difference": swapped, "restored": restored,
+            "forward with the average": forward_avg, "forward after": forward_live, "saved inside": saved_live,
         }
     with open(os.path.join(out, f"{mode}-rank{rank}.json"), "w") as f:
         json.dump(found, f)

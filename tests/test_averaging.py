@@ -521,3 +521,70 @@ def test_batchnorm_is_re_estimated_on_the_average_inside_and_restored_after(tiny
         for b, r in zip(model.buffers(), reference.buffers(), strict=True):
             assert torch.equal(b, r)  # statistics of the average
     assert all(torch.equal(b, c) for b, c in zip(model.buffers(), live_buffers))  # the live ones again
+
+
+class Tied(nn.Module):
+    """An output layer tied to the token embedding, as GPT-2's lm_head is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(5, 3)
+        self.head = nn.Linear(3, 5, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def test_a_checkpoint_written_inside_averaged_stores_the_live_weights_under_every_tied_name():
+    torch.manual_seed(0)
+    model = Tied()
+    opt = RBWA(torch.optim.SGD(model.parameters(), lr=0.5), start_step=0, write_back=None)
+    for _ in range(3):
+        x = torch.randint(0, 5, (4,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), x).backward()
+        opt.step()
+    live = model.embed.weight.detach().clone()
+    assert not torch.equal(live, opt.averages[0])
+    with opt.averaged(model):
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)  # written while the parameters hold the average
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    assert torch.equal(saved["embed.weight"], live) and torch.equal(saved["head.weight"], live)
+    fresh = Tied()
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh.head.weight, live)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lr_scale_refuses_low_precision_parameters_and_names_copy(dtype):
+    """lr/(k+1) steps added straight to bf16/fp16 weights round away; copy keeps float32 averages."""
+    w = torch.zeros(3, dtype=dtype, requires_grad=True)
+    with pytest.raises(ValueError, match=f"rounds away; use implementation='copy'.*{str(dtype)}|{str(dtype)}.*copy"):
+        RBWA(torch.optim.SGD([w], lr=0.1), implementation="lr_scale")
+    RBWA(torch.optim.SGD([w], lr=0.1), implementation="copy")  # accepted
+
+
+def test_a_state_saved_before_the_first_fold_loads_with_no_average(tiny_resnet, batches):
+    """Before its first fold a state dict carries stand-in copies of the parameters (marked not started): loaded,
+    they are no average, so evaluating with the average keeps the live weights."""
+    model, data = tiny_resnet(), batches(3)
+    opt = RBWA(torch.optim.SGD(model.parameters(), lr=0.1), start_step=5)
+    loss = nn.functional.cross_entropy
+    for x, y in data[:2]:
+        opt.zero_grad()
+        loss(model(x), y).backward()
+        opt.step()
+    saved = opt.state_dict()
+    again = RBWA(torch.optim.SGD(model.parameters(), lr=0.1), start_step=5)
+    again.load_state_dict(saved)
+    assert again.averages is None and again.steps == 2
+    x, y = data[2]
+    again.zero_grad()
+    loss(model(x), y).backward()
+    again.step()  # step 2 < start_step: no fold, the weights move away from the stand-ins
+    live = [p.detach().clone() for p in model.parameters()]
+    with again.averaged(model):
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), live))

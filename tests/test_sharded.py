@@ -54,6 +54,12 @@ def test_a_dcp_checkpoint_resumes_in_new_processes_as_if_uninterrupted(sharded_r
 
 @pytest.mark.parametrize("member", MEMBERS)
 def test_evaluating_with_the_average_swaps_shards_and_restores_them(sharded_runs, member):
-    straight, _ = sharded_runs
-    for rank in straight:
-        assert rank[member]["swapped difference"] < 1e-12 and rank[member]["restored"]
+    """After a forward has left the root's parameters (embedding, tied head) unsharded, the forward inside
+    averaged() is the average's own (the 1-process model's with its average), the one after it the live weights',
+    and a state dict taken inside reports the live weights under both tied names."""
+    straight, resumed = sharded_runs
+    for rank in straight + resumed:
+        found = rank[member]
+        assert found["swapped difference"] < 1e-12 and found["restored"]
+        assert found["forward with the average"] < 1e-12 and found["forward after"] < 1e-12
+        assert found["saved inside"] == 0.0

@@ -62,6 +62,30 @@ def local(tensors: Sequence[Tensor]) -> list[Tensor]:
     return [t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t for t in tensors]
 
 
+def reshard(module: torch.nn.Module) -> None:
+    """Reshard every FSDP2 module in ``module`` (a no-op elsewhere): FSDP2 keeps the root's parameters unsharded
+    after a forward, and a module holding unsharded copies computes with them, not with its shards, so anything
+    that writes the shards (a swap to the average and back) must reshard first."""
+    fsdp_module = _fsdp_module()
+    if fsdp_module is None:
+        return
+    for m in module.modules():
+        if isinstance(m, fsdp_module):
+            m.reshard()
+
+
+def _fsdp_module() -> type | None:
+    """FSDP2's module class (``torch.distributed.fsdp`` from torch 2.6, ``_composable.fsdp`` before), or None."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        try:
+            from torch.distributed._composable.fsdp import FSDPModule  # type: ignore[no-redef]
+        except ImportError:
+            return None
+    return FSDPModule
+
+
 def average_like(param: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """A new average of ``param``, starting at its value: in ``dtype``, else float32 for a bfloat16 or float16
     parameter (whose 1/(k+1) updates would round away), else the parameter's own dtype. A DTensor stays one."""
@@ -231,6 +255,12 @@ class RBWA(Optimizer):
                     f"implementation='lr_scale' is exact only for optimizers linear in the learning rate "
                     f"({names}); got {type(optimizer).__name__}: use implementation='copy'"
                 )
+            low = sorted({str(p.dtype) for g in optimizer.param_groups for p in g["params"]
+                          if p.dtype in (torch.bfloat16, torch.float16)})
+            if low:
+                raise ValueError(f"implementation='lr_scale' adds each lr/(k+1) step straight to the {', '.join(low)} "
+                                 "parameters, where it rounds away; use implementation='copy', which keeps float32 "
+                                 "averages")
         self.optimizer = optimizer
         self.start_step = start_step
         self.average = average
@@ -399,11 +429,13 @@ class RBWA(Optimizer):
             yield module
             return
         params = self._params()
+        reshard(module)  # an unsharded FSDP2 module (the root, after a forward) would go on computing with its copy
         live = {id(p): p.detach().clone() for p in params}
         buffers = [b.detach().clone() for b in module.buffers()] if bn_batches is not None else None
 
         def report_live(mod: torch.nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
-            for name, p in mod.named_parameters():
+            # every name of a tied parameter (an output layer tied to the embedding) reports the live weights
+            for name, p in mod.named_parameters(remove_duplicate=False):
                 if id(p) in live and prefix + name in state:
                     state[prefix + name] = live[id(p)]
 
@@ -417,6 +449,7 @@ class RBWA(Optimizer):
             yield module
         finally:
             hook.remove()
+            reshard(module)  # drop the unsharded copies of the average that a forward inside the block left behind
             fold_(params, [live[id(p)] for p in params], 1.0)
             if buffers is not None:
                 with torch.no_grad():
