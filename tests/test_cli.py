@@ -142,3 +142,13 @@ def test_bad_launcher_flags_are_one_line(tmp_path, capsys, flags, message):
     code = main(["reproduce", "fig3", "--preset", "smoke", "--dataset", "digits", "--out", str(tmp_path / "o"),
                  *flags])
     assert code == 2 and capsys.readouterr().err == message + "\n" and not (tmp_path / "o").exists()
+
+
+def test_resume_of_a_directory_with_no_run_is_refused_in_one_line(tmp_path, capsys):
+    """A mistyped --out with --resume would otherwise train a new run from scratch."""
+    missing = tmp_path / "typo"
+    code, out, err = run_cli(capsys, ["train", *SMALL, "--out", str(missing), "--resume"])
+    assert code == 2 and out == "" and err.strip() == (
+        f"error: --resume: {missing} holds no run to continue (no config.json); check --out, or drop --resume to "
+        "start a new run there")
+    assert not missing.exists()

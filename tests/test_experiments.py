@@ -165,3 +165,31 @@ def test_relative_paths_are_made_absolute_for_workers_elsewhere(tmp_path, monkey
     assert absolute_paths({"dataset": "cifar100"}) == {"dataset": "cifar100"}
     runs = reproduce("fig3", preset="smoke", seeds=1, out="sweep", overrides={"dataset": "digits"}, dry_run=True)
     assert all(r.config.out.startswith(f"{tmp_path}/sweep/runs/") for r in runs)
+
+
+SLOW_PLAN = """
+import sys, time
+import rbwa.experiments as ex
+read = ex.read_manifest
+def slow(path):  # a slow filesystem: the manifest read, then a pause before the merge is written
+    found = read(path)
+    time.sleep(1.0)
+    return found
+ex.read_manifest = slow
+ex.plan("fig3", "smoke", int(sys.argv[2]), sys.argv[1])
+"""
+
+
+def test_two_sweeps_started_together_keep_every_run_in_the_manifest(tmp_path):
+    """Each sweep reads, merges and rewrites OUT/<experiment>.json; two at once (3 seeds and 1 seed) must leave the
+    3-seed list, not whichever wrote last."""
+    import subprocess
+    import sys
+    import time
+
+    first = subprocess.Popen([sys.executable, "-c", SLOW_PLAN, str(tmp_path), "3"])
+    time.sleep(0.3)  # the second reads while the first still sleeps between its read and its write
+    second = subprocess.Popen([sys.executable, "-c", SLOW_PLAN, str(tmp_path), "1"])
+    assert first.wait(timeout=60) == 0 and second.wait(timeout=60) == 0
+    listed = json.loads((tmp_path / "fig3.json").read_text())["runs"]
+    assert sorted({r["seed"] for r in listed}) == [0, 1, 2] and len(listed) == 12

@@ -222,3 +222,14 @@ def test_compile_on_a_tiny_model_uses_the_compiled_forward(tmp_path):
     summary = train(cfg, progress=False, log=lambda line: None)
     assert summary["status"] == "finished"
     assert counters["stats"]["unique_graphs"] >= 1 and counters["frames"]["ok"] >= 1
+
+
+def test_a_resume_removes_the_temporaries_a_killed_snapshot_write_left(tmp_path):
+    cfg = digits_config(tmp_path, epochs=1, start_epoch=0, snapshots_per_epoch=2)
+    train(cfg, progress=False, log=lambda line: None)
+    folder = tmp_path / "run/snapshots"
+    stale = folder / ".00000004.pt.abc123.tmp"  # the name io._atomic gives a write it has not finished
+    stale.write_bytes(b"half a snapshot")
+    kept = sorted(p.name for p in folder.iterdir() if p != stale)
+    train(cfg, resume=True, progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == kept and len(kept) == 2

@@ -58,12 +58,15 @@ def given(ns: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from rbwa.rundir import claim
+    from rbwa.rundir import CONFIG, claim
     from rbwa.train import end_distributed, stop_distributed, train
 
     values = load_yaml(ns.config) if ns.config else {}
     values.update(given(ns))
     cfg = make_config(**values)
+    if ns.resume and not (Path(cfg.out) / CONFIG).exists():
+        raise UserError(f"--resume: {cfg.out} holds no run to continue (no {CONFIG}); check --out, or drop --resume "
+                        "to start a new run there")
     # one process trains a run directory at a time: a sweep's worker or another `rbwa train` holds its lock
     # (under torchrun, rank 0 holds it for all ranks)
     lock = claim(Path(cfg.out)) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()

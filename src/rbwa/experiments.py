@@ -7,6 +7,7 @@ trained once. ``OUT/<experiment>.json`` lists the runs of each experiment for ``
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -184,12 +185,18 @@ def plan(experiment: str, preset: str, seeds: int, out: str | Path, overrides: d
     if unknown:
         raise UserError(f"--only {' '.join(unknown)}: {experiment} has the settings {', '.join(settings)}")
     path = out / f"{experiment}.json"
-    listed = merge_manifest(read_manifest(path), manifest(experiment, preset, runs, out, overrides), path)
-    if write:
-        try:
-            atomic_write_json(path, listed)
-        except OSError as e:
-            raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
+    new = manifest(experiment, preset, runs, out, overrides)
+    if not write:
+        merge_manifest(read_manifest(path), new, path)  # refuses a sweep of other flags, writes nothing
+        return runs
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # two sweeps started together each read, merge and rewrite the manifest: one at a time, or one's runs are lost
+        with open(out / f".{experiment}.json.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            atomic_write_json(path, merge_manifest(read_manifest(path), new, path))
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
     return runs
 
 

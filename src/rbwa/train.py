@@ -113,7 +113,8 @@ def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> bool:
         return False
     if not resume:
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    remove_stale_temporaries(out)  # a write killed half-way; the file it was replacing is intact
+    for folder in (out, out / snapshots.FOLDER):  # a write killed half-way; the file it was replacing is intact
+        remove_stale_temporaries(folder)
     try:
         old = json.loads(saved.read_text())
     except (OSError, json.JSONDecodeError) as e:
