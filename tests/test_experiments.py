@@ -9,7 +9,7 @@ from rbwa.experiments import EXPERIMENTS, expand, reproduce
 
 @pytest.mark.parametrize(("experiment", "points"), [("fig3", 4), ("fig5", 4), ("table1", 10), ("variants", 8),
                                                     ("controls", 7), ("alternatives", 6),
-                                                    ("writeback", 5), ("posthoc", 1)])
+                                                    ("writeback", 5), ("posthoc", 2), ("posthoc-cifar100", 2)])
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-full", "paper"])
 def test_grid_expansion(tmp_path, experiment, points, preset):
     runs = expand(experiment, preset, seeds=3, out=tmp_path)
@@ -39,11 +39,17 @@ def test_grid_contents(tmp_path):
     assert {c.beta for c in writeback.values()} == {c.ema_decay for c in writeback.values()} == {0.999}
     assert (writeback["ema (never written back)"].write_back, writeback["sema (every epoch)"].method) == (0, "sema")
     assert "-wb100-" in writeback["ema, every 100 steps"].out
-    (posthoc,) = expand("posthoc", "cpu-full", 1, tmp_path)
-    assert (posthoc.config.snapshots_per_epoch, posthoc.config.method) == (4, "sgd")
-    assert "-sgd-snap4-s0-" in posthoc.name
+    for name, dataset in (("posthoc", "cifar10"), ("posthoc-cifar100", "cifar100")):
+        constant, cosine = expand(name, "cpu-full", 1, tmp_path)
+        assert {(r.config.snapshots_per_epoch, r.config.method, r.config.dataset) for r in (constant, cosine)} == {
+            (4, "sgd", dataset)}
+        assert (constant.config.lr_schedule, cosine.config.lr_schedule) == ("constant", "cosine")
+        assert "-sgd-snap4-s0-" in constant.name and "-sgd-cosine-snap4-s0-" in cosine.name
+    # a user's --dataset (an image folder of CIFAR-10, as here) replaces the grid's
+    (named,) = [r for r in expand("posthoc", "cpu-full", 1, tmp_path, {"dataset": "digits"}) if "cosine" not in r.name]
+    assert named.config.dataset == "digits"
     assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback",
-                                "posthoc"}
+                                "posthoc", "posthoc-cifar100"}
 
 
 def test_runs_go_seed_by_seed_within_a_setting(tmp_path):

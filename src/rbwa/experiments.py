@@ -30,6 +30,14 @@ def _models(dataset: str) -> list[tuple[str, str, dict[str, Any]]]:
             for model in ("resnet18", "vgg16") for label, o in METHOD_ROWS]
 
 
+POSTHOC_LABELS = {"constant": "sgd (snapshots)", "cosine": "sgd (cosine LR, snapshots)"}  # by LR schedule
+
+
+def _snapshot_runs(dataset: str) -> list[tuple[str, str, dict[str, Any]]]:
+    return [("resnet18", label, {"dataset": dataset, "model": "resnet18", "method": "sgd", "lr_schedule": schedule,
+                                 "snapshots_per_epoch": 4}) for schedule, label in POSTHOC_LABELS.items()]
+
+
 EXPERIMENTS: dict[str, dict[str, Any]] = {
     "fig3": {"title": "Figure 3/4: CIFAR-10, ResNet-18 and VGG-16, SGD vs RBWA", "setting": "model",
              "grid": _models("cifar10")},
@@ -69,11 +77,14 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
                                ("ema, every 100 steps", {"method": "rbwa-e", "write_back": 100}),
                                ("ema, every step (rbwa-e)", {"method": "rbwa-e"}),
                            ]]},
-    # constant-LR SGD storing its weights 4 times an epoch: every side average of its trajectory, chosen after
-    # training (`rbwa posthoc` on each run, then `rbwa report`)
-    "posthoc": {"title": "Side averages chosen after training, from constant-LR SGD's snapshots, ResNet-18, CIFAR-10",
-                "setting": "model", "grid": [("resnet18", "sgd (snapshots)", {"model": "resnet18", "method": "sgd",
-                                                                               "snapshots_per_epoch": 4})]},
+    # SGD storing its weights 4 times an epoch, at a constant LR and on a cosine schedule: every side average of each
+    # trajectory, chosen after training (`rbwa posthoc` on each run, then `rbwa report`); the cosine runs are also
+    # the decay an average may replace, and the series for averaging on top of it
+    "posthoc": {"title": "Side averages chosen after training, from the snapshots of constant-LR and cosine-LR SGD, "
+                         "ResNet-18, CIFAR-10", "setting": "model", "grid": _snapshot_runs("cifar10")},
+    "posthoc-cifar100": {"title": "Side averages chosen after training, from the snapshots of constant-LR and "
+                                  "cosine-LR SGD, ResNet-18, CIFAR-100", "setting": "model",
+                         "grid": _snapshot_runs("cifar100")},
     "controls": {"title": "RBWA against learning-rate annealing controls, ResNet-18, CIFAR-10", "setting": "model",
                  "grid": [("resnet18", label, {"model": "resnet18", **o}) for label, o in [
                      ("sgd", {"method": "sgd"}),
