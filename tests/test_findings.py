@@ -75,3 +75,32 @@ def test_choosing_on_the_other_seeds_never_uses_the_held_out_seeds_accuracy():
     accuracy = {0: {"a": 90.0, "b": 10.0}, 1: {"a": 50.0, "b": 60.0}, 2: {"a": 50.0, "b": 60.0}}
     # seed 0 alone would pick a; held out, it gets what seeds 1 and 2 prefer (b); they get the mean of the others
     assert choose_on_others(accuracy) == {0: "b", 1: "a", 2: "a"}
+
+
+def test_a_tie_on_the_other_seeds_goes_to_the_lowest_value_and_only_common_candidates_compete():
+    from rbwa.findings import best_alone, choose_on_others
+
+    # held out, seed 0 sees "LAWA 9" and "LAWA 10" tie at 80 (alphabetically "LAWA 10" would come first)
+    accuracy = {0: {"LAWA 10": 1.0, "LAWA 9": 2.0, "extra": 99.0}, 1: {"LAWA 10": 80.0, "LAWA 9": 80.0},
+                2: {"LAWA 10": 79.0, "LAWA 9": 81.0}}
+    order = {"LAWA 10": 10.0, "LAWA 9": 9.0}
+    assert choose_on_others(accuracy, order)[0] == "LAWA 9"
+    assert "extra" not in choose_on_others(accuracy, order).values()  # seeds 1 and 2 never evaluated it
+    assert choose_on_others({0: {"a": 1.0}, 1: {"b": 2.0}}) == {}  # nothing in common: nothing chosen
+    assert best_alone({"a": 79.92, "b": 79.92, "c": 79.0}) == ["a", "b"]
+
+
+def test_a_finding_names_pairs_trained_at_different_commits_and_the_dataset_by_its_name():
+    from rbwa.findings import dataset_name
+
+    def at(r: Run, git) -> Run:
+        r.summary = {"status": "finished", "versions": {"git": git}}
+        return r
+
+    curve = ([10, 50], [0.9])
+    a = [at(run("rbwa", 0, *curve), "aaa"), at(run("rbwa", 1, *curve), "bbb")]
+    b = [at(run("sgd", 0, *curve), "aaa"), at(run("sgd", 1, *curve), "ccc")]
+    assert compare("c", "w", a, b).commits == {1: "bbb against ccc"}
+    assert [dataset_name({"dataset": d}) for d in ("cifar10", "cifar100", "folder:cifar10-jpeg (50000 train + ...)",
+                                                   "folder:cifar-100-png (...)", "digits")] == [
+        "CIFAR-10", "CIFAR-100", "CIFAR-10", "CIFAR-100", "digits"]

@@ -7,7 +7,7 @@ import torch
 from rbwa import snapshots
 from rbwa.cli import main
 from rbwa.config import make_config
-from rbwa.posthoc import candidates, combine, ema_weights, evaluate_run, lawa_weights, swa_weights
+from rbwa.posthoc import candidates, combine, ema_weights, evaluate_run, lawa_weights, read_results, swa_weights
 from rbwa.train import train
 
 pytest.importorskip("sklearn")
@@ -155,16 +155,34 @@ def test_rbwa_posthoc_on_a_smoke_run_writes_its_table_and_figure(tmp_path, capsy
     assert snapshots.read(run, 20)["params"]["stem.0.weight"].dtype == torch.bfloat16
     assert main(["posthoc", str(run), "--quiet", "--half-lives", "5", "20"]) == 0
     table = (run / "posthoc" / "posthoc.md").read_text()
-    assert f"The run's own final weights: {summary['final_test_acc']:.2f}% test accuracy" in table
+    final = next(r for r in read_results(run) if r["label"] == "LAWA, last 1 epoch ends")
+    assert (f"is compared with the final weights (the last snapshot alone, BatchNorm re-estimated like every "
+            f"candidate): {final['test_acc']:.2f}% test accuracy. The run itself recorded "
+            f"{summary['final_test_acc']:.2f}% for its final live weights (BatchNorm statistics as trained).") in table
     assert "| swa | SWA from epoch 1.5 | 6 |" in table and "| ema | EMA, half-life 20 steps | 6 |" in table
     assert (run / "posthoc" / "posthoc.png").stat().st_size > 0
     rows = (run / "posthoc" / "posthoc.csv").read_text().splitlines()
     assert rows[0] == "family,value,label,test_acc,test_loss,snapshots,first_step,last_step,bn_images"
     assert len(rows) == 1 + 6 + 3 + 2  # a header, SWA from 6 snapshots, 3 LAWA windows, 2 EMAs
     assert {r.split(",")[-1] for r in rows[1:]} == {str(summary["train_size"])}  # every training image, by default
-    assert f"BatchNorm re-estimated on {summary['train_size']} training images." in table
-    assert main(["posthoc", str(run), "--quiet", "--lawa", "1", "--half-lives", "5", "--bn-images", "30"]) == 0
-    assert "BatchNorm re-estimated on 30 training images." in (run / "posthoc" / "posthoc.md").read_text()
+    assert f"BatchNorm re-estimated on {summary['train_size']} training images," in table
+    assert main(["posthoc", str(run), "--quiet", "--lawa", "2", "--half-lives", "5", "--bn-images", "30"]) == 0
+    assert "BatchNorm re-estimated on 30 training images," in (run / "posthoc" / "posthoc.md").read_text()
+    # the final weights alone (a window of 1) are always evaluated: the baseline every candidate is compared with
+    assert [r["label"] for r in read_results(run) if r["family"] == "lawa"] == ["LAWA, last 1 epoch ends",
+                                                                               "LAWA, last 2 epoch ends"]
+
+
+def test_an_online_average_is_named_for_what_it_is_not_the_final_weights(tmp_path):
+    """An ema run records its online average's accuracy as its final one: post-hoc candidates are compared with the
+    last snapshot's own row, and the recorded number is named as the average's."""
+    run, summary = digits(tmp_path, "ema", method="ema", snapshots_per_epoch=1)
+    assert main(["posthoc", str(run), "--quiet", "--half-lives", "5"]) == 0
+    table = (run / "posthoc" / "posthoc.md").read_text()
+    final = next(r for r in read_results(run) if r["label"] == "LAWA, last 1 epoch ends")
+    assert f"(the last snapshot alone, BatchNorm re-estimated like every candidate): {final['test_acc']:.2f}%" in table
+    assert f"recorded {summary['final_test_acc']:.2f}% for its online side average (ema)." in table
+    assert "own final weights" not in table
 
 
 @pytest.mark.parametrize(("make", "message"), [

@@ -44,15 +44,15 @@ def make_sweep(root: Path, gains: dict[str, list[float]], experiment="fig3", set
 def test_one_seed_gets_no_interval_and_no_verdict(tmp_path):
     make_sweep(tmp_path, {"resnet18": [2.0]})
     report = write_report(tmp_path).read_text()
-    assert ("Claim 1, model resnet18: RBWA reaches higher final test accuracy than SGD: **inconclusive at this scale "
+    assert ("Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD: **inconclusive at this scale "
             "(fewer than 2 seeds)** (RBWA - SGD = +2.00 points, n = 1 seed; paper: +1.38)") in report
-    assert "Holm over the 0 tests of this report: p = -, **inconclusive (fewer than 2 seeds)**" in report
+    assert "Holm's correction over the 0 final-epoch tests of this report: p = -, **inconclusive (fewer than 2 seeds)**" in report
 
 
 def test_verdicts_follow_the_intervals(tmp_path):
     make_sweep(tmp_path, {"resnet18": [2.0, 2.5, 3.0], "vgg16": [-2.0, -2.5, -3.0]})
     report = write_report(tmp_path).read_text()
-    assert ("Claim 1, model resnet18: RBWA reaches higher final test accuracy than SGD: **supported** "
+    assert ("Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD: **supported** "
             "(RBWA - SGD = +2.50 [+1.26, +3.74] points, n = 3 seeds; paper: +1.38)") in report
     assert "model vgg16: RBWA reaches higher final test accuracy than SGD: **not supported (the opposite" in report
     assert "Not in this directory, so not answered here: fig5, table1, variants, controls" in report
@@ -101,9 +101,22 @@ def test_table1_claims_from_constructed_runs(tmp_path):
     (tmp_path / "table1.json").write_text(json.dumps({"experiment": "table1", "title": "t", "setting": "batch size",
                                                       "preset": "smoke", "runs": entries}))
     report = write_report(tmp_path).read_text()
-    assert "Claim 3: the gain is larger at batch sizes 16-64 than at 128-256: **supported**" in report
-    assert ("the best batch size for RBWA is 32 (paper): ours is **32** (54.60% mean final test accuracy; "
-            "16: 54.10%, 64: 53.60%, 128: 51.10%, 256: 51.30%; the std over seeds is up to 1.10 points)") in report
+    # claim 3 is a Welch contrast of the five batch sizes' gains (each arm's gains are 3 + 0.1 s, s = 0, 1, 2, and
+    # so on: all variances 0.01): (3.1 + 3.6 + 2.6) / 3 - (0.1 + 0.3) / 2 = 2.9, standard error
+    # sqrt(3 * 0.01 / 3 / 9 + 2 * 0.01 / 3 / 4)
+    from scipy.stats import t
+
+    se = (0.01 / 9 + 0.02 / 12) ** 0.5
+    df = se ** 4 / (3 * (0.01 / 27) ** 2 / 2 + 2 * (0.01 / 12) ** 2 / 2)
+    lo, hi = 2.9 - t.ppf(0.975, df) * se, 2.9 + t.ppf(0.975, df) * se
+    assert (f"Claim 3: the gain is larger at batch sizes 16-64 than at 128-256: **supported** (mean gain at 16-64 "
+            f"minus mean gain at 128-256 = +2.90 [{lo:+.2f}, {hi:+.2f}] points, n = 3 seeds; paper: +1.30; the batch "
+            "sizes are independent runs, so this is a Welch contrast") in report
+    # 3b: RBWA at 32 (54.6 mean) against each other batch size by Welch, and the ones it cannot be told from named
+    assert ("Claim 3b: the best batch size for RBWA is 32 (paper): our highest mean final test accuracy is at 32 "
+            "(54.60%; 16: 54.10%, 64: 53.60%, 128: 51.10%, 256: 51.30%); 32 minus each other batch size (Welch 95% "
+            "intervals, uncorrected): 16: +0.50 [") in report
+    assert "32 is not distinguishable from 16, 64: these runs do not rank those batch sizes." in report
     assert "| 16 | sgd | 3 | 51.00 ± 1.00 |" in report and "| 82.27 | 0.01776 |" in report
     assert "](table1-gain.png)" in report and (tmp_path / "table1-gain.png").stat().st_size > 10_000
 
@@ -144,7 +157,7 @@ def test_last_epochs_measure_and_holm_are_shown_beside_the_final_verdict(tmp_pat
     # smaller p. Accuracy: t = 1.5 / (0.5 / sqrt 3) = 5.196 on 2 df, p = 1 - t / sqrt(t^2 + 2) = 0.0351,
     # significant alone but not after the correction
     p = 1 - 5.196152 / (5.196152 ** 2 + 2) ** 0.5
-    assert f"Holm over the 2 tests of this report: p = {2 * p:.3g}, **inconclusive after correction**" in report
+    assert f"Holm's correction over the 2 final-epoch tests of this report: p = {2 * p:.3g}, **inconclusive after correction**" in report
 
 
 def test_no_difference_needs_whole_curves_within_one_test_image(tmp_path):
@@ -213,10 +226,10 @@ def test_a_comparison_two_experiments_share_is_one_test_and_each_run_counts_once
         summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": versions}))
     report = write_report(tmp_path).read_text()
     p = 1 - 5.196152 / (5.196152 ** 2 + 2) ** 0.5
-    for claim in ("Claim 1, model resnet18: RBWA reaches higher final test accuracy than SGD: **supported**",
+    for claim in ("Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD: **supported**",
                   "Does rbwa beat sgd? **supported**"):
         line = next(x for x in report.splitlines() if x.startswith(f"- {claim}"))
-        assert f"Holm over the 2 tests of this report: p = {p:.3g}, **supported**" in line
+        assert f"Holm's correction over the 2 final-epoch tests of this report: p = {p:.3g}, **supported**" in line
     assert "torch threads per run 1 in 4 runs, 2 in 2 runs, device cpu; torch x," in report
     assert "Mean epoch time over 6 runs: 1.0 s." in report
 
@@ -247,49 +260,102 @@ def test_a_verdict_names_the_seeds_whose_runs_ran_with_other_thread_counts(tmp_p
     make_sweep(tmp_path, {"resnet18": [1.0, 1.5, 2.0]})
     summary = tmp_path / "runs/resnet18-rbwa-1/summary.json"
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": {"torch_threads": 2}}))
-    line = next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Claim 1, model"))
+    line = next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Claim 1, CIFAR-10, model"))
     assert line.endswith("; the paired runs ran with torch threads 2 against None in seed 1, so float rounding adds "
                          "to that seed's difference.")
     other = tmp_path / "runs/resnet18-rbwa-2/summary.json"
     other.write_text(json.dumps({**json.loads(other.read_text()), "versions": {"torch_threads": 2}}))
-    line = next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Claim 1, model"))
+    line = next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Claim 1, CIFAR-10, model"))
     assert line.endswith("; the paired runs ran with torch threads 2 against None in seeds 1, 2, so float rounding "
                          "adds to those seeds' differences.")
 
 
-def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_same_seeds_runs(tmp_path):
+def _posthoc_rows(path: Path, swa: dict[str, float], final: float, bn_images: int = 1000) -> None:
+    """A posthoc.csv of SWA starts and the final weights alone (LAWA of the last epoch end, BatchNorm re-estimated)."""
     import csv as csv_module
 
     from rbwa.posthoc import FIELDS
 
+    path.mkdir()
+    with open(path / "posthoc.csv", "w", newline="") as f:
+        writer = csv_module.DictWriter(f, FIELDS)
+        writer.writeheader()
+        for start, acc in swa.items():
+            writer.writerow({"family": "swa", "value": start, "label": f"SWA from epoch {start}", "test_acc": acc,
+                             "test_loss": 1.0, "snapshots": 3, "first_step": 10, "last_step": 30,
+                             "bn_images": bn_images})
+        writer.writerow({"family": "lawa", "value": 1, "label": "LAWA, last 1 epoch ends", "test_acc": final,
+                         "test_loss": 1.0, "snapshots": 1, "first_step": 30, "last_step": 30, "bn_images": bn_images})
+
+
+def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_same_seeds_runs(tmp_path):
     make_sweep(tmp_path, {"resnet18": [1.0, 1.0, 1.0]})  # rbwa = sgd + 1 at 50, 51, 52: 51, 52, 53
     entries = []
-    # the snapshot runs end at 50, 51, 52; two SWA starts whose accuracies favour start 2 on seeds 1 and 2
+    # constant-LR runs end at 50, 51, 52 (their final weights re-estimated: 51, 52, 53); two SWA starts whose
+    # accuracies favour start 2 on seeds 1 and 2
     swa = {0: {"2": 60.0, "3": 55.0}, 1: {"2": 58.0, "3": 59.0}, 2: {"2": 62.0, "3": 61.0}}
+    # cosine-LR runs: final weights re-estimated 65, 66, 67; held out, seed 2 sees a tie (70.5 each): the earlier start
+    cosine = {0: {"2": 70.0, "3": 69.0}, 1: {"2": 71.0, "3": 72.0}, 2: {"2": 73.0, "3": 70.0}}
     for seed in range(3):
         run = make_run(tmp_path, f"snap-{seed}", accs=(10, 50.0 + seed))
         entries.append({"run": run, "setting": "resnet18", "label": "sgd (snapshots)", "seed": seed})
-        (tmp_path / run / "posthoc").mkdir()
-        with open(tmp_path / run / "posthoc" / "posthoc.csv", "w", newline="") as f:
-            writer = csv_module.DictWriter(f, FIELDS)
-            writer.writeheader()
-            for start, acc in swa[seed].items():
-                writer.writerow({"family": "swa", "value": start, "label": f"SWA from epoch {start}", "test_acc": acc,
-                                 "test_loss": 1.0, "snapshots": 3, "first_step": 10, "last_step": 30,
-                                 "bn_images": 1000 + 500 * (seed == 2)})
+        _posthoc_rows(tmp_path / run / "posthoc", swa[seed], 51.0 + seed, 1000 + 500 * (seed == 2))
+        run = make_run(tmp_path, f"cos-{seed}", accs=(10, 64.0 + seed))
+        entries.append({"run": run, "setting": "resnet18", "label": "sgd (cosine LR, snapshots)", "seed": seed})
+        _posthoc_rows(tmp_path / run / "posthoc", cosine[seed], 65.0 + seed)
     (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
                                                        "preset": "smoke", "runs": entries}))
     report = write_report(tmp_path).read_text()
-    # held out, each seed gets start 2: seeds 1 and 2 tie (60 each, broken by the label's order), seeds 0 and 2
-    # prefer it 61 to 58, seeds 0 and 1 59 to 57; alone, seed 1 would pick start 3
-    assert ("Post-hoc SWA start, chosen on the other seeds: seed 0: SWA from epoch 2 (60.00%); seed 1: SWA from "
-            "epoch 2 (58.00%); seed 2: SWA from epoch 2 (62.00%); the best on each seed alone: seed 0: SWA from "
-            "epoch 2; seed 1: SWA from epoch 3; seed 2: SWA from epoch 2 (it differs between seeds)") in report
-    # against the run's own final weights: 60 - 50, 58 - 51, 62 - 52; against RBWA: 60 - 51, 58 - 52, 62 - 53
-    assert ("Does the best post-hoc SWA start, chosen on the other seeds, beat constant-LR SGD (the same run's final "
-            "weights)? **supported** (post-hoc swa - constant-LR SGD = +9.00 [") in report
+    # held out, each seed gets start 2: seeds 1 and 2 prefer it 60 to 60 (a tie: the earlier start), seeds 0 and 2
+    # 61 to 58, seeds 0 and 1 59 to 57; alone, seed 1 would pick start 3
+    assert ("CIFAR-10, constant-LR SGD: post-hoc SWA start, chosen on the other seeds: seed 0: SWA from epoch 2 "
+            "(60.00%); seed 1: SWA from epoch 2 (58.00%); seed 2: SWA from epoch 2 (62.00%); the best on each seed "
+            "alone: seed 0: SWA from epoch 2; seed 1: SWA from epoch 3; seed 2: SWA from epoch 2 (it differs between "
+            "seeds)") in report
+    # against the final weights re-estimated: 60 - 51, 58 - 52, 62 - 53; as trained: 60 - 50, 58 - 51, 62 - 52
+    assert ("CIFAR-10: does the best post-hoc SWA start of constant-LR SGD, chosen on the other seeds, beat the same "
+            "run's final weights (BatchNorm re-estimated)? **supported** (post-hoc swa - final weights = +8.00 [") in report
+    assert "with BatchNorm as trained, the post-hoc SWA start gains +9.00 [" in report
+    # against RBWA: 60 - 51, 58 - 52, 62 - 53; against cosine's re-estimated final weights: -5, -8, -5
     assert "beat RBWA? **supported** (post-hoc swa - RBWA = +8.00 [" in report
-    assert "n = 3 seeds); one measure only (the end of training); Holm over the" in report
-    assert ("Every candidate's BatchNorm statistics were re-estimated on 1000 or 1500 training images (`rbwa "
-            "posthoc --bn-images`)") in report
+    assert ("can an average replace the decay: does the best post-hoc SWA start of constant-LR SGD beat cosine-LR "
+            "SGD's final weights (BatchNorm re-estimated)? **not supported (the opposite holds)** (post-hoc swa - "
+            "cosine-LR SGD = -6.00 [") in report
+    # cosine: chosen 70, 71, 73 against 65, 66, 67 (+5.33) and against constant's 60, 58, 62 (+11.33)
+    assert "seed 2: SWA from epoch 2 (73.00%)" in report
+    assert "does averaging add on top of the decay" in report and "cosine - final weights = +5.33 [" in report
+    assert "post-hoc swa: cosine - constant = +11.33 [" in report
+    assert "n = 3 seeds); one measure only (the end of training); after Holm's correction over the" in report
+    assert ("CIFAR-10: every candidate's BatchNorm statistics were re-estimated on 1000 or 1500 training images (`rbwa "
+            "posthoc --bn-images`), and so were the final weights it is compared with") in report
     assert "](runs/snap-0/posthoc/posthoc.png)" not in report  # no figure was written for these hand-made runs
+
+
+def test_seeds_that_share_no_post_hoc_candidate_get_one_line_not_a_crash(tmp_path):
+    entries = []
+    for seed in range(2):
+        run = make_run(tmp_path, f"snap-{seed}", accs=(10, 50.0 + seed))
+        entries.append({"run": run, "setting": "resnet18", "label": "sgd (snapshots)", "seed": seed})
+        _posthoc_rows(tmp_path / run / "posthoc", {str(2 + seed): 60.0}, 51.0)  # another SWA grid per seed
+    (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
+                                                       "preset": "smoke", "runs": entries}))
+    report = write_report(tmp_path).read_text()
+    assert ("CIFAR-10, constant-LR SGD: the seeds' posthoc.csv files share no SWA start candidate (each seed was "
+            "evaluated on another grid), so none is chosen; rerun `rbwa posthoc` with the same grid.") in report
+
+
+def test_post_hoc_baselines_come_from_runs_of_the_same_dataset(tmp_path):
+    """CIFAR-100's RBWA runs (fig5) are no baseline for CIFAR-10's snapshot runs, though both are ResNet-18's."""
+    make_sweep(tmp_path, {"resnet18": [1.0, 1.0, 1.0]}, experiment="fig5")
+    for config in (tmp_path / "runs").glob("*/config.json"):
+        config.write_text(json.dumps({**json.loads(config.read_text()), "dataset": "cifar100"}))
+    entries = []
+    for seed in range(3):
+        run = make_run(tmp_path, f"snap-{seed}", accs=(10, 50.0 + seed))
+        entries.append({"run": run, "setting": "resnet18", "label": "sgd (snapshots)", "seed": seed})
+        _posthoc_rows(tmp_path / run / "posthoc", {"2": 60.0 + seed}, 51.0 + seed)
+    (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
+                                                       "preset": "smoke", "runs": entries}))
+    report = write_report(tmp_path).read_text()
+    assert "beat the same run's final weights (BatchNorm re-estimated)?" in report
+    assert "beat RBWA?" not in report

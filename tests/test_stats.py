@@ -4,6 +4,7 @@ import pytest
 
 from rbwa.stats import (
     category,
+    contrast,
     holm,
     holm_verdict,
     mean_ci,
@@ -24,10 +25,12 @@ def test_mean_std_by_hand():
 
 def test_mean_ci_by_hand():
     mean, lo, hi = mean_ci([1.0, 2.0, 6.0])
-    half = 4.303 * math.sqrt(7.0) / math.sqrt(3)
+    half = 4.302653 * math.sqrt(7.0) / math.sqrt(3)
     assert (mean, lo, hi) == (3.0, pytest.approx(3.0 - half), pytest.approx(3.0 + half))
     assert math.isnan(mean_ci([1.0])[1])
-    assert t975(1) == 12.706 and t975(100) == 1.96
+    # exact quantiles (printed tables round them): 12.7062, 4.30265, 1.98397; any positive df, as Welch's
+    assert t975(1) == pytest.approx(12.7062, abs=1e-4) and t975(2) == pytest.approx(4.30265, abs=1e-5)
+    assert t975(100) == pytest.approx(1.98397, abs=1e-5) and t975(2.5) < t975(2)
 
 
 def test_paired_difference_uses_common_seeds():
@@ -35,7 +38,7 @@ def test_paired_difference_uses_common_seeds():
     b = {0: 80.0, 1: 80.0, 2: 80.0}
     mean, lo, hi, n = paired_difference(a, b)  # differences 1, 2, 3
     assert (mean, n) == (2.0, 3)
-    assert lo == pytest.approx(2.0 - 4.303 * 1.0 / math.sqrt(3)) and hi == pytest.approx(2.0 + 4.303 / math.sqrt(3))
+    assert lo == pytest.approx(2.0 - 4.302653 / math.sqrt(3)) and hi == pytest.approx(2.0 + 4.302653 / math.sqrt(3))
 
 
 def test_verdicts():
@@ -95,3 +98,19 @@ def test_every_verdict_is_reached_from_numbers_and_none_is_typed_elsewhere():
         for v in stats.VERDICTS:
             if v != stats.SUPPORTED and v != stats.INCONCLUSIVE:  # words the report's rule text uses too
                 assert v.split("{")[0] not in text, (module, v)
+
+
+def test_a_contrast_of_two_independent_groups_is_welchs_t_test_by_hand():
+    """a = 1, 2, 3 (mean 2, var 1), b = 4, 6, 8 (mean 6, var 4): the difference -4, standard error
+    sqrt(1/3 + 4/3), Satterthwaite's df (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2)."""
+    from scipy.stats import t, ttest_ind
+
+    estimate, lo, hi, p = contrast([(1.0, [1.0, 2.0, 3.0]), (-1.0, [4.0, 6.0, 8.0])])
+    se, df = math.sqrt(5 / 3), (5 / 3) ** 2 / ((1 / 9 + 16 / 9) / 2)
+    assert estimate == -4.0 and df == pytest.approx(2.9411764)
+    assert (lo, hi) == (pytest.approx(-4.0 - t.ppf(0.975, df) * se), pytest.approx(-4.0 + t.ppf(0.975, df) * se))
+    assert p == pytest.approx(ttest_ind([1, 2, 3], [4, 6, 8], equal_var=False).pvalue)
+    # weights: the mean of two groups minus a third
+    estimate, *_ = contrast([(0.5, [1.0, 3.0]), (0.5, [5.0, 7.0]), (-1.0, [0.0, 2.0])])
+    assert estimate == 0.5 * 2 + 0.5 * 6 - 1
+    assert math.isnan(contrast([(1.0, [1.0]), (-1.0, [2.0, 3.0])])[1])

@@ -56,7 +56,7 @@ def render(f: Finding, p_adjusted: float, tests: int) -> str:
     """One verdict line: both measures, whether they agree, the Holm-adjusted verdict, the curve's largest gap."""
     mean, lo, hi, n = f.stats("final")
     v = f.verdict("final")
-    if f.last:
+    if f.last or f.arms is not None:
         mean5, lo5, hi5, _ = f.stats("last")
         v5 = f.verdict("last")
         agree = "the two measures agree" if category(v) == category(v5) else "**the two measures disagree**"
@@ -67,7 +67,7 @@ def render(f: Finding, p_adjusted: float, tests: int) -> str:
     head = f"{f.claim}{' ' if f.claim.endswith('?') else ': '}**{v}**"
     seeds = "1 seed" if n == 1 else f"{n} seeds"
     line = (f"{head} ({f.what} = {_fmt_ci(mean, lo, hi, f.digits)}{f.unit}, n = {seeds}{f.note}); {second}; "
-            f"Holm over the {tests} tests of this report: p = {p}, "
+            f"after Holm's correction over the {tests} final-epoch tests of this report: p = {p}, "
             f"**{holm_verdict(mean, p_adjusted, f.same)}**")
     if f.curve and (f.show_curve or f.same):
         line += (f"; largest difference at any epoch of any seed: {max(abs(d) for d in f.curve):.{f.digits}g}"
@@ -79,6 +79,12 @@ def render(f: Finding, p_adjusted: float, tests: int) -> str:
         seeds = "; ".join(f"{how} in seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}" for how, s in by_how.items())
         which = "that seed's difference" if len(f.machines) == 1 else "those seeds' differences"
         line += f"; the paired runs ran with {seeds}, so float rounding adds to {which}"
+    if f.commits:
+        by_commit: dict[str, list[int]] = {}
+        for seed, how in sorted(f.commits.items()):
+            by_commit.setdefault(how, []).append(seed)
+        line += "; the paired runs were trained at different commits (" + "; ".join(
+            f"git {how} in seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}" for how, s in by_commit.items()) + ")"
     return line + "."
 
 
@@ -122,6 +128,24 @@ def _bn_note(exp: Experiment) -> list[str]:
     return [f"BatchNorm: before each evaluation of {', '.join(named)}, the running statistics are re-estimated on "
             "the training data, because the weights evaluated are not the ones they were gathered with; every "
             "other method is evaluated with the statistics gathered in training.", ""]
+
+
+def shared_runs(exp: Experiment, experiments: list[Experiment]) -> list[str]:
+    """Lines naming the settings of ``exp`` whose runs belong to an experiment listed before it (table1's batch 64
+    is fig3's ResNet-18), with where those runs were trained, for a reader comparing across settings."""
+    from rbwa.findings import provenance
+
+    earlier = experiments[:experiments.index(exp)]
+    lines = []
+    for setting in dict.fromkeys(r.setting for r in exp.runs):
+        runs = [r for r in exp.runs if r.setting == setting]
+        for other in earlier:
+            if {r.path for r in runs} <= {r.path for r in other.runs}:
+                rest = [r for r in exp.runs if r.setting != setting]
+                lines.append(f"The runs of {exp.setting} {setting} are {other.name}'s (the same run directories), "
+                             f"trained at {provenance(runs)}; the other settings' at {provenance(rest)}.")
+                break
+    return [*lines, ""] if lines else []
 
 
 def _protocol(experiments: list[Experiment]) -> list[str]:
@@ -240,10 +264,13 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
           "when the two curves agree within a tolerance at every epoch of every seed (*no difference*: "
           f"accuracies at most one test image apart, training losses at most {LOSS_TOLERANCE:g} apart); "
           "*inconclusive at this scale* otherwise. Every verdict is given twice: on the final epoch (the paper's "
-          f"measure) and on the mean of the last {LAST_EPOCHS} epochs, with whether the two agree; and beside it, "
-          "the verdict after Holm's correction for all the paired t-tests of this report (two-sided, "
-          "family-wise error 5%; a comparison of the same runs that two experiments share is one test, shown "
-          "under each).",
+          f"measure) and on the mean of the last {LAST_EPOCHS} epochs, with whether the two agree; both come from "
+          "uncorrected 95% intervals. Beside them stands the verdict after Holm's correction, which covers the "
+          "final-epoch t-tests only: one per distinct comparison in this report (two-sided, family-wise error 5%; "
+          "a comparison of the same runs that two experiments share is one test, shown under each). The "
+          f"last-{LAST_EPOCHS}-epoch verdicts and 'lies below the paper's difference' are not corrected. Where the "
+          "groups compared are independent runs rather than pairs (claim 3's batch sizes), the interval and test "
+          "are Welch's.",
           "", "## Protocol", "", *_protocol(experiments), ""]
     shown = root.name if root.is_absolute() else root  # no path of this machine in a report
     sections: list[tuple[int, list[Finding | str]]] = []  # where each experiment's verdicts go in md
@@ -278,10 +305,12 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         md += [_table(exp, rows), "", *_bn_note(exp)]
         if any(r["anchor_acc"] for r in rows):
             md += [ANCHOR_SOURCES, ""]
-        if exp.name == "posthoc":
+        if exp.name.startswith("posthoc"):
             md += [f"![{r.path.name}]({r.path.relative_to(root)}/posthoc/posthoc.png)" for r in exp.runs
                    if (r.path / "posthoc" / "posthoc.png").exists()] + [""]
-        sections.append((len(md), posthoc_claims(exp, experiments) if exp.name == "posthoc" else claims(exp, rows)))
+        md += shared_runs(exp, experiments)
+        sections.append((len(md), posthoc_claims(exp, experiments) if exp.name.startswith("posthoc")
+                         else claims(exp, rows)))
     # one test per distinct comparison: a comparison two experiments share (the same runs) is counted once
     distinct = {_test(f): f for _, items in sections for f in items if isinstance(f, Finding)}
     adjusted = dict(zip(distinct, holm([f.p for f in distinct.values()])))

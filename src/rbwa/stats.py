@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-# two-sided 95% quantiles of Student's t, for 1..30 degrees of freedom; the normal 1.96 beyond
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 NAN = float("nan")
 
 
-def t975(df: int) -> float:
-    return T975[df - 1] if 1 <= df <= len(T975) else 1.96
+def t975(df: float) -> float:
+    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom (any df > 0, as Welch's are)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -51,6 +51,26 @@ def paired_p(differences: Sequence[float]) -> float:
     if std == 0:
         return 1.0 if mean == 0 else 0.0
     return float(2 * t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
+
+
+def contrast(arms: Sequence[tuple[float, Sequence[float]]]) -> tuple[float, float, float, float]:
+    """A weighted sum of the means of independent groups, sum_i c_i mean_i, with its 95% interval and two-sided
+    p-value (that the sum is 0) from Welch's t with Satterthwaite's degrees of freedom; ``arms``: (c_i, the group's
+    values). NaN bounds and p where a group has fewer than 2 values."""
+    from scipy.stats import t
+
+    if not arms or any(len(values) < 2 for _, values in arms):
+        estimate = sum(c * mean_std(list(v))[0] for c, v in arms) if arms else NAN
+        return estimate, NAN, NAN, NAN
+    parts = [(c, *mean_std(list(values))) for c, values in arms]
+    estimate = sum(c * mean for c, mean, _, _ in parts)
+    terms = [c * c * std * std / n for c, _, std, n in parts]
+    variance = sum(terms)
+    if variance == 0:
+        return estimate, estimate, estimate, (1.0 if estimate == 0 else 0.0)
+    df = variance ** 2 / sum(term ** 2 / (n - 1) for term, (_, _, _, n) in zip(terms, parts))
+    half = t975(df) * math.sqrt(variance)
+    return estimate, estimate - half, estimate + half, float(2 * t.sf(abs(estimate) / math.sqrt(variance), df))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
