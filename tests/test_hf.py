@@ -96,9 +96,33 @@ def test_resuming_after_averaging_began_from_a_checkpoint_without_the_state_is_r
     with pytest.raises(ValueError, match=f"resuming from {checkpoint} \\(step 5, after averaging began\\), but this "
                                          f"process finds no {STATE_FILE} there"):
         _train(tmp_path, "second", RBWACallback(start_epoch=1), resume=str(checkpoint))
-    torch.save({**state, "global_step": 4}, checkpoint / STATE_FILE)  # a state from another checkpoint
-    with pytest.raises(ValueError, match="saved at step 4, not at the resumed step 5"):
+    torch.save({**state, "token": "another"}, checkpoint / STATE_FILE)  # a state from another checkpoint
+    with pytest.raises(ValueError, match=f"finds that the {STATE_FILE} there belongs to another checkpoint"):
         _train(tmp_path, "second", RBWACallback(start_epoch=1), resume=str(checkpoint))
+
+
+def test_a_renamed_training_loop_never_resumes_from_another_runs_state(tmp_path, monkeypatch):
+    """A tool that renames Trainer._inner_training_loop hides the resumed folder: the callback then looks in
+    output_dir/checkpoint-N, and an older run's state there (the same step, another token) is refused, not used."""
+    import shutil
+
+    import rbwa.hf
+
+    _train(tmp_path, "first", RBWACallback(start_epoch=1), save_steps=5)
+    copy = tmp_path / "elsewhere" / "ckpt"
+    shutil.copytree(tmp_path / "first" / "checkpoint-5", copy)
+    _train(tmp_path, "second", RBWACallback(start_epoch=1), save_steps=5)  # an older run in the same output_dir
+    monkeypatch.setattr(rbwa.hf, "resumed_checkpoint", lambda: None)
+    with pytest.raises(ValueError, match=f"resuming from {tmp_path / 'second' / 'checkpoint-5'} \\(step 5, after "
+                                         f"averaging began\\), but this process finds that the {STATE_FILE} there "
+                                         "belongs to another checkpoint"):
+        _train(tmp_path, "second", RBWACallback(start_epoch=1), resume=str(copy), save_steps=5)
+    # its own checkpoint, found in output_dir, matches its token: resumed as if uninterrupted
+    straight, _ = _train(tmp_path, "straight", RBWACallback(start_epoch=1))
+    callback = RBWACallback(start_epoch=1)
+    resumed, _ = _train(tmp_path, "second", callback, resume=str(tmp_path / "second" / "checkpoint-5"), save_steps=5)
+    assert callback.folds == 6
+    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters(), strict=True))
 
 
 class Unfreeze(transformers.TrainerCallback):

@@ -44,9 +44,11 @@ def make_sweep(root: Path, gains: dict[str, list[float]], experiment="fig3", set
 def test_one_seed_gets_no_interval_and_no_verdict(tmp_path):
     make_sweep(tmp_path, {"resnet18": [2.0]})
     report = write_report(tmp_path).read_text()
-    assert ("Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD: **inconclusive at this scale "
+    assert ("Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD: **inconclusive at "
+            "this scale "
             "(fewer than 2 seeds)** (RBWA - SGD = +2.00 points, n = 1 seed; paper: +1.38)") in report
-    assert "Holm's correction over the 0 final-epoch tests of this report: p = -, **inconclusive (fewer than 2 seeds)**" in report
+    assert ("Holm's correction over the 0 final-epoch tests of this report: p = -, **inconclusive (fewer than 2 "
+            "seeds)**") in report
 
 
 def test_verdicts_follow_the_intervals(tmp_path):
@@ -157,7 +159,8 @@ def test_last_epochs_measure_and_holm_are_shown_beside_the_final_verdict(tmp_pat
     # smaller p. Accuracy: t = 1.5 / (0.5 / sqrt 3) = 5.196 on 2 df, p = 1 - t / sqrt(t^2 + 2) = 0.0351,
     # significant alone but not after the correction
     p = 1 - 5.196152 / (5.196152 ** 2 + 2) ** 0.5
-    assert f"Holm's correction over the 2 final-epoch tests of this report: p = {2 * p:.3g}, **inconclusive after correction**" in report
+    assert (f"Holm's correction over the 2 final-epoch tests of this report: p = {2 * p:.3g}, **inconclusive after "
+            "correction**") in report
 
 
 def test_no_difference_needs_whole_curves_within_one_test_image(tmp_path):
@@ -260,12 +263,14 @@ def test_a_verdict_names_the_seeds_whose_runs_ran_with_other_thread_counts(tmp_p
     make_sweep(tmp_path, {"resnet18": [1.0, 1.5, 2.0]})
     summary = tmp_path / "runs/resnet18-rbwa-1/summary.json"
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": {"torch_threads": 2}}))
-    line = next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Claim 1, CIFAR-10, model"))
+    line = next(x for x in write_report(tmp_path).read_text().splitlines()
+                if x.startswith("- Claim 1, CIFAR-10, model"))
     assert line.endswith("; the paired runs ran with torch threads 2 against None in seed 1, so float rounding adds "
                          "to that seed's difference.")
     other = tmp_path / "runs/resnet18-rbwa-2/summary.json"
     other.write_text(json.dumps({**json.loads(other.read_text()), "versions": {"torch_threads": 2}}))
-    line = next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Claim 1, CIFAR-10, model"))
+    line = next(x for x in write_report(tmp_path).read_text().splitlines()
+                if x.startswith("- Claim 1, CIFAR-10, model"))
     assert line.endswith("; the paired runs ran with torch threads 2 against None in seeds 1, 2, so float rounding "
                          "adds to those seeds' differences.")
 
@@ -314,7 +319,8 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
             "seeds)") in report
     # against the final weights re-estimated: 60 - 51, 58 - 52, 62 - 53; as trained: 60 - 50, 58 - 51, 62 - 52
     assert ("CIFAR-10: does the best post-hoc SWA start of constant-LR SGD, chosen on the other seeds, beat the same "
-            "run's final weights (BatchNorm re-estimated)? **supported** (post-hoc swa - final weights = +8.00 [") in report
+            "run's final weights (BatchNorm re-estimated)? **supported** (post-hoc swa - final weights = +8.00 [") \
+        in report
     assert "with BatchNorm as trained, the post-hoc SWA start gains +9.00 [" in report
     # against RBWA: 60 - 51, 58 - 52, 62 - 53; against cosine's re-estimated final weights: -5, -8, -5
     assert "beat RBWA? **supported** (post-hoc swa - RBWA = +8.00 [" in report

@@ -7,18 +7,22 @@
 The same arguments and fold rule as the Lightning callback and :class:`rbwa.RBWA`. It folds in
 ``on_step_end``, which the Trainer calls once per optimizer step, so with gradient accumulation it folds
 per optimizer step, not per micro-batch. Its state (the averages, by parameter name, and their counters) is
-saved beside every Trainer checkpoint (``checkpoint-N/rbwa_callback.pt``) and read back from the checkpoint that
-training resumes from, wherever it lies; resuming from one without it, once averaging has begun, is refused.
+saved beside every Trainer checkpoint (``checkpoint-N/rbwa_callback.pt``) with a random token that the Trainer's own
+state (``trainer_state.json``, through ``ExportableState``) records too, so a resumed run loads only the file that
+belongs to the checkpoint it resumes: never one of another run or another step. Resuming after averaging began from
+a checkpoint whose file cannot be found, or does not match, is refused in one line.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import uuid
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from rbwa.averaging import SHARDED_CALLBACK, check_fold_schedule, check_start, fold_named, fold_weight
 
@@ -26,11 +30,13 @@ STATE_FILE = "rbwa_callback.pt"
 
 
 def resumed_checkpoint() -> str | None:
-    """The checkpoint folder the running ``Trainer.train`` resumes from, or None.
+    """The checkpoint folder the running ``Trainer.train`` resumes from, or None where it cannot be found.
 
     No callback event carries it: ``Trainer.train`` resolves ``resume_from_checkpoint`` (a path, or True for the
     latest in ``output_dir``) and passes it to ``_inner_training_loop``, which calls ``on_train_begin``; it is read
-    from that frame.
+    from that frame. It only says where to look: a state file found there is used only when its token is the one
+    the resumed ``trainer_state.json`` records (a tool that renames the loop makes this None, and the callback then
+    looks in ``output_dir/checkpoint-N``, under the same check).
     """
     frame = inspect.currentframe()
     while frame is not None:
@@ -41,7 +47,14 @@ def resumed_checkpoint() -> str | None:
     return None
 
 
-class RBWACallback(TrainerCallback):
+def recorded_token(state: TrainerState) -> str | None:
+    """The token that the resumed ``trainer_state.json`` records for this callback (None where it records none)."""
+    stored = (state.stateful_callbacks or {}).get("RBWACallback")
+    stored = stored[0] if isinstance(stored, list) and stored else stored
+    return (stored or {}).get("attributes", {}).get("checkpoint_token") if isinstance(stored, dict) else None
+
+
+class RBWACallback(TrainerCallback, ExportableState):
     """Fold the trainable parameters into their average after every optimizer step from ``start_epoch`` on.
 
     Averages are kept by parameter name: a parameter unfrozen later starts its own average when it joins, and a
@@ -60,9 +73,18 @@ class RBWACallback(TrainerCallback):
         self.folds = 0
         self.averages: dict[str, torch.Tensor] = {}  # parameter name -> its average
         self.counts: dict[str, int] = {}  # parameter name -> folds of its average so far
+        self.checkpoint_token: str | None = None  # the token of the checkpoint being saved, or last resumed
 
     def _settings(self) -> list[Any]:
         return [self.start_epoch, self.average, self.beta, self.every, self.counter]
+
+    def state(self) -> dict[str, Any]:
+        """What the Trainer stores in ``trainer_state.json`` as it saves a checkpoint (``ExportableState``): the
+        arguments, and a new token that ``on_save``, called right after, writes into this checkpoint's state file."""
+        self.checkpoint_token = uuid.uuid4().hex  # os.urandom: no random generator of training is touched
+        return {"args": {"start_epoch": self.start_epoch, "average": self.average, "beta": self.beta,
+                         "every": self.every, "counter": self.counter, "steps_per_epoch": self.steps_per_epoch},
+                "attributes": {"checkpoint_token": self.checkpoint_token}}
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
@@ -76,14 +98,26 @@ class RBWACallback(TrainerCallback):
             self.steps_per_epoch = state.max_steps // int(epochs)
         if state.global_step == 0:
             return
-        folder = resumed_checkpoint() or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        saved = os.path.join(folder, STATE_FILE)
-        if os.path.exists(saved):
-            self.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True), state.global_step)
-        elif state.global_step > self.start_epoch * self.steps_per_epoch:  # averaging had begun: it cannot go on
-            raise ValueError(f"resuming from {folder} (step {state.global_step}, after averaging began), but this "
-                             f"process finds no {STATE_FILE} there: it was saved without RBWACallback or is not "
-                             "visible here; resume from a checkpoint saved with the callback, on a filesystem every "
+        token = recorded_token(state)
+        started = state.global_step > self.start_epoch * self.steps_per_epoch  # averaging had begun
+        where = resumed_checkpoint() or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if token is None:
+            if started:
+                raise ValueError(f"resuming at step {state.global_step}, after averaging began, from a checkpoint "
+                                 "whose trainer_state.json records no RBWACallback token: it was saved without this "
+                                 "callback (or by rbwa < 0.3); resume from a checkpoint saved with it")
+            return
+        saved = os.path.join(where, STATE_FILE)
+        found = torch.load(saved, map_location="cpu", weights_only=True) if os.path.exists(saved) else None
+        if found is not None and found.get("token") == token:
+            self.load_state_dict(found, state.global_step)
+            self.checkpoint_token = token
+        elif started:
+            why = (f"finds no {STATE_FILE} there" if found is None
+                   else f"finds that the {STATE_FILE} there belongs to another checkpoint (its token is not the "
+                        "resumed state's)")
+            raise ValueError(f"resuming from {where} (step {state.global_step}, after averaging began), but this "
+                             f"process {why}: resume from a checkpoint saved with RBWACallback, on a filesystem every "
                              "process sees")
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -103,7 +137,8 @@ class RBWACallback(TrainerCallback):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         writer = state.is_local_process_zero if args.save_on_each_node else state.is_world_process_zero
         if writer and os.path.isdir(folder):
-            torch.save({**self.state_dict(), "global_step": state.global_step}, os.path.join(folder, STATE_FILE))
+            torch.save({**self.state_dict(), "global_step": state.global_step, "token": self.checkpoint_token},
+                       os.path.join(folder, STATE_FILE))
 
     def state_dict(self) -> dict[str, Any]:
         return {"folds": self.folds, "averages": self.averages, "counts": self.counts, "settings": self._settings()}
