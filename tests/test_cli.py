@@ -57,7 +57,8 @@ def test_diverged_run_exits_3(tmp_path, capsys):
 
 def test_train_refuses_a_run_that_another_process_trains(tmp_path, capsys):
     """A sweep's worker holds the run's lock while it trains: `rbwa train --resume` of the same directory waits
-    for nobody and trains nothing; once the lock is free it resumes."""
+    for nobody and trains nothing; once the lock is free, a --resume of a directory with no run is refused and a
+    plain `rbwa train` trains it."""
     import os
 
     from rbwa.rundir import run_lock
@@ -78,7 +79,9 @@ def test_train_refuses_a_run_that_another_process_trains(tmp_path, capsys):
     finally:
         holder.stdin.close()
         holder.wait()
-    code, _, _ = run_cli(capsys, [*argv, "--resume"])
+    code, _, err = run_cli(capsys, [*argv, "--resume"])  # the lock is free, and the directory holds no run
+    assert code == 2 and "holds no run to continue" in err
+    code, _, _ = run_cli(capsys, argv)
     assert code == 0 and (run / "summary.json").exists()
     with run_lock(run) as mine:  # released at the end
         assert mine and (run / ".lock").read_text() == f"{os.getpid()}\n"
@@ -152,3 +155,14 @@ def test_resume_of_a_directory_with_no_run_is_refused_in_one_line(tmp_path, caps
         f"error: --resume: {missing} holds no run to continue (no config.json); check --out, or drop --resume to "
         "start a new run there")
     assert not missing.exists()
+
+
+def test_help_says_each_default_once_and_that_presets_set_the_sweep_defaults(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "lr-gamma (default: the start epoch) --lr-gamma" in text and "(default: None)" not in text.split(
+        "--lr-milestones")[2][:80]
+    assert main(["reproduce", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--epochs EPOCHS number of epochs to train (default: the preset's)" in text
+    assert "(default: the preset's)" in text.split("--width WIDTH")[2][:120] and "(default: 1.0)" not in text

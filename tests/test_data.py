@@ -355,3 +355,15 @@ def test_builtin_datasets_are_named_by_name(tmp_path):
     assert dataset_identity("digits", str(tmp_path)) == "digits"
     with pytest.raises(UserError, match="does not exist"):
         dataset_identity(f"folder:{tmp_path}/nothing", str(tmp_path))
+
+
+def test_an_offline_download_error_names_the_unpacked_folder_too(tmp_path, monkeypatch):
+    import rbwa.data.cifar as cifar
+
+    def offline(url, dest, md5):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(cifar, "download", offline)
+    with pytest.raises(UserError, match=r"network is unreachable.*put it at .*cifar-100-python\.tar\.gz, or put the "
+                                        r"unpacked folder cifar-100-python/ \(as torchvision keeps it\) in "):
+        cifar.archive_path("cifar100", tmp_path)

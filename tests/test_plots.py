@@ -49,3 +49,16 @@ def test_a_legend_names_each_lines_seeds_where_they_differ():
     assert legend_label("swa", 3, False) == "swa (side copy)"
     assert legend_label("sgd (cosine LR)", 2, True) == "sgd (cosine LR), 2 seeds"
     assert legend_label("ema", 1, True) == "ema (side copy), 1 seed"
+
+
+def test_methods_whose_curves_coincide_stay_visible_by_their_hollow_markers(tmp_path, monkeypatch):
+    """On easy data RBWA and RBWA-E end on the same accuracy: drawn as plain lines, the later hides the earlier."""
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    run = [[{"epoch": e, "test_acc": 90.0, "train_loss": 0.1} for e in range(3)]]
+    plot_curves({"rbwa": run, "rbwa-e": run, "sgd (harmonic LR, = rbwa)": run}, tmp_path / "c.png", "t")
+    lines = {line.get_label(): line for line in kept[0].axes[0].get_lines()}
+    assert (lines["rbwa"].get_marker(), lines["rbwa-e"].get_marker()) == ("o", "s")
+    assert lines["rbwa"].get_markerfacecolor() == "none" and lines["sgd (harmonic LR, = rbwa)"].get_marker() == "None"

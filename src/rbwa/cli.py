@@ -30,8 +30,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
-    """One flag per TrainConfig field; the defaults stay in TrainConfig (flags default to None = not given)."""
+def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = (),
+                     preset_keys: Sequence[str] = ()) -> None:
+    """One flag per TrainConfig field; the defaults stay in TrainConfig (flags default to None = not given). A key
+    in ``preset_keys`` defaults to what the chosen preset sets, and its help says so."""
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         if f.name in exclude:
@@ -41,7 +43,9 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: Sequence[str] = (
         args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else []
         base = args[0] if args else hint
         default = f.default if f.default is not MISSING else None
-        help_text = f"{HELP[f.name]} (default: {default})"
+        help_text = HELP[f.name] if "(default:" in HELP[f.name] else (
+            f"{HELP[f.name]} (default: the preset's)" if f.name in preset_keys
+            else f"{HELP[f.name]} (default: {default})")
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(base) is list:
@@ -64,14 +68,14 @@ def cmd_train(ns: argparse.Namespace) -> int:
     values = load_yaml(ns.config) if ns.config else {}
     values.update(given(ns))
     cfg = make_config(**values)
-    if ns.resume and not (Path(cfg.out) / CONFIG).exists():
-        raise UserError(f"--resume: {cfg.out} holds no run to continue (no {CONFIG}); check --out, or drop --resume "
-                        "to start a new run there")
     # one process trains a run directory at a time: a sweep's worker or another `rbwa train` holds its lock
     # (under torchrun, rank 0 holds it for all ranks)
     lock = claim(Path(cfg.out)) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
-        with lock:
+        with lock:  # a process that holds the run is named first; then a --resume with no run to continue
+            if ns.resume and not (Path(cfg.out) / CONFIG).exists():
+                raise UserError(f"--resume: {cfg.out} holds no run to continue (no {CONFIG}); check --out, or drop "
+                                "--resume to start a new run there")
             summary = train(cfg, resume=ns.resume, progress=None if not ns.quiet else False)
     except BaseException:
         stop_distributed()
@@ -209,7 +213,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--slurm-parallel", type=int, default=None, help="at most this many jobs of the array at once")
     r.add_argument("--slurm-extra", nargs="*", metavar="KEY=VALUE",
                    help="more sbatch options, e.g. qos=high account=lab (the escape hatch)")
-    add_config_flags(r, exclude=("out", "seed", "method", "model", "batch_size"))
+    add_config_flags(r, exclude=("out", "seed", "method", "model", "batch_size"),
+                     preset_keys=sorted({k for values in PRESETS.values() for k in values}))
     r.set_defaults(func=cmd_reproduce)
 
     st = sub.add_parser("status", help="how far a sweep got: finished, running, interrupted, not started, diverged")

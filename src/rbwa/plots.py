@@ -17,6 +17,8 @@ COLORS = {"sgd": "#444444", "rbwa": "#d62728", "rbwa-e": "#ff7f0e", "rswa": "#8c
           "ema": "#17becf", "lookahead": "#2ca02c", "schedulefree": "#9467bd"}
 
 
+# hollow markers, so that methods whose curves coincide (rbwa and rbwa-e on easy data) stay visible on each other
+MARKERS = {"rbwa": "o", "rbwa-e": "s", "rswa": "D", "swa": "^", "ema": "v", "lookahead": "P", "schedulefree": "X"}
 # colours for lines that are not a method of their own (the controls: SGD on another LR schedule)
 EXTRA_COLORS = ("#bcbd22", "#e377c2", "#7f7f7f", "#aec7e8", "#98df8a")
 
@@ -70,8 +72,10 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, sta
             epochs, mean, lo, hi = curve_band(runs, key)
             if len(epochs) == 0:
                 continue
+            marker = None if linestyle == ":" else MARKERS.get(label.split(" ")[0])
             ax.plot(epochs, mean, label=legend_label(label, len(runs), len(n_seeds) > 1), color=color,
-                    linewidth=2.4 if linestyle == ":" else 1.6, linestyle=linestyle)
+                    linewidth=2.4 if linestyle == ":" else 1.6, linestyle=linestyle, marker=marker, markersize=5,
+                    markerfacecolor="none", markevery=max(1, len(epochs) // 12))
             if len(runs) > 1 and linestyle != ":":  # a twin's band would hide the one it equals
                 ax.fill_between(epochs, lo, hi, color=color, alpha=0.18, linewidth=0)
     if len(n_seeds) > 1:

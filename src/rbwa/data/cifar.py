@@ -134,7 +134,8 @@ def archive_path(name: str, data_dir: Path, allow_download: bool = True, cache_d
                     download(spec["url"], path, spec["md5"])
         except OSError as e:
             raise UserError(f"cannot download {spec['url']} into {data_dir} ({e}); if this machine is offline, "
-                            f"download it elsewhere and put it at {path}") from e
+                            f"download it elsewhere and put it at {path}, or put the unpacked folder "
+                            f"{spec['folder']}/ (as torchvision keeps it) in {data_dir}") from e
     if not verified(path, spec["md5"], cache_dir):
         raise UserError(f"{path} has the wrong MD5 checksum (expected {spec['md5']}); delete it and download it again")
     return path
