@@ -1,7 +1,7 @@
 """Driven by tests/test_sharded.py under torchrun (gloo, CPU): every member of the averaging family on a model
-sharded by FSDP2's fully_shard, against the same training on one process without sharding. The model is shaped like
-a language model's: the root owns parameters (a token embedding and an output layer tied to it), which FSDP2 leaves
-unsharded after a forward, and one block has its own fully_shard."""
+sharded by FSDP2's fully_shard, against the same training on one process without sharding. The model is rbwa's GPT,
+tiny: the root owns parameters (the embeddings and an output layer tied to the token embedding), which FSDP2 leaves
+unsharded after a forward, and each block has its own fully_shard."""
 
 import json
 import os
@@ -14,6 +14,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.fsdp import fully_shard
 
 from rbwa.averaging import RBWA, local, lookahead, rswa, sema
+from rbwa.models.gpt import GPT
 
 STEPS, SAVE_AT, BATCH = 9, 4, 8
 MEMBERS = {
@@ -27,31 +28,19 @@ MEMBERS = {
 }
 
 
-VOCAB, WIDTH, TOKENS = 6, 8, 3
-
-
-class TiedNet(torch.nn.Module):
-    """Tokens -> embedding -> a block -> an output layer tied to the embedding (GPT-2's lm_head)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = torch.nn.Embedding(VOCAB, WIDTH)
-        self.block = torch.nn.Sequential(torch.nn.Linear(WIDTH, WIDTH), torch.nn.Tanh())
-        self.head = torch.nn.Linear(WIDTH, VOCAB, bias=False)
-        self.head.weight = self.embed.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block(self.embed(x)))
+VOCAB, TOKENS = 6, 4  # every dimension even: each process holds half of every tensor
 
 
 def make_model() -> torch.nn.Module:
+    """rbwa's GPT, tiny: the root owns the token and position embeddings, the final LayerNorm and the tied head."""
     torch.manual_seed(0)
-    return TiedNet().double()
+    return GPT(vocab=VOCAB, context=TOKENS, layers=2, heads=2, width=8).double()
 
 
 def sharded(model: torch.nn.Module) -> torch.nn.Module:
-    fully_shard(model.block)
-    return fully_shard(model)  # the root owns the embedding and the tied head
+    for block in model.blocks:
+        fully_shard(block)
+    return fully_shard(model)  # the root owns the embeddings and the tied head
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +109,7 @@ def main() -> None:
                 forward_avg = (model(probe) - reference(probe)).abs().max().item()  # the average's own forward
                 inside = model.state_dict()  # a checkpoint written in the block stores the live weights
                 saved_live = max((full(inside[k]) - b).abs().max().item()
-                                 for k, b in (("embed.weight", before[0]), ("head.weight", before[0])))
+                                 for k, b in (("tokens.weight", before[0]), ("head.weight", before[0])))
             forward_live = (model(probe) - reference(probe)).abs().max().item()  # the live weights are back
         restored = all(torch.equal(full(p), b) for p, b in zip(params, before))
         found[member] = {
