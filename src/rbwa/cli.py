@@ -150,12 +150,24 @@ def cmd_posthoc(ns: argparse.Namespace) -> int:
     for name in ("lawa", "half_lives"):
         if any(v <= 0 for v in getattr(ns, name) or []):
             raise UserError(f"--{name.replace('_', '-')} takes numbers > 0, got {getattr(ns, name)}")
+    if ns.device not in CHOICES["device"]:
+        raise UserError(f"--device must be one of {', '.join(CHOICES['device'])}, got {ns.device!r}")
     if ns.bn_images is not None and ns.bn_images < 1:
         raise UserError(f"--bn-images must be >= 1, got {ns.bn_images}")
     grid = {"lawa_windows": ns.lawa, "half_lives": ns.half_lives}
     rows = evaluate_run(ns.run, ns.dataset, ns.data_dir, ns.cache_dir, grid, ns.bn_images, ns.device,
                         progress=False if ns.quiet else None)
     print(f"wrote {write_results(ns.run, rows, ns.out)}")
+    return 0
+
+
+def cmd_merge(ns: argparse.Namespace) -> int:
+    from rbwa.merge import merge
+
+    kind, label, checkpoints, weights = merge(ns.checkpoints, ns.out, ns.swa_from, ns.lawa, ns.ema_half_life)
+    used = [(c, w) for c, w in zip(checkpoints, weights, strict=True) if w]
+    print(f"{label}: {len(used)} of {len(checkpoints)} {kind} checkpoints, from {used[0][0].path.name} to "
+          f"{used[-1][0].path.name}; wrote {ns.out}")
     return 0
 
 
@@ -237,10 +249,24 @@ def parser() -> argparse.ArgumentParser:
     ph.add_argument("--bn-images", type=int, default=None,
                     help="re-estimate BatchNorm on a class-balanced subset of this many training images (default: "
                          "all, as the trainer does)")
-    ph.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    ph.add_argument("--device", default="cpu", metavar="{" + ",".join(CHOICES["device"]) + "}",
+                    help="where the candidates are evaluated (default: cpu)")
     ph.add_argument("--out", default=None, help="where to write posthoc.csv/.md/.png (default: RUN/posthoc)")
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
     ph.set_defaults(func=cmd_posthoc)
+
+    mg = sub.add_parser("merge", help="average a series of any trainer's checkpoints (SWA, LAWA, EMA), written in "
+                                      "their own format")
+    mg.add_argument("checkpoints", nargs="+",
+                    help="checkpoint files or folders, or one directory holding them (an HF output_dir, a folder of "
+                         "Lightning .ckpt or torch.save files, a run's snapshots)")
+    mg.add_argument("--swa-from", type=int, default=None, metavar="STEP",
+                    help="the uniform mean of every checkpoint from this step on")
+    mg.add_argument("--lawa", type=int, default=None, metavar="K", help="the uniform mean of the last K checkpoints")
+    mg.add_argument("--ema-half-life", type=float, default=None, metavar="STEPS",
+                    help="an exponential moving average of the series with this half-life in steps")
+    mg.add_argument("--out", required=True, help="where to write the average (a new path), in the input's format")
+    mg.set_defaults(func=cmd_merge)
 
     m = sub.add_parser("migrate", help="rename the runs of a sweep made before rbwa 0.2 (data named by path)")
     m.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
