@@ -159,3 +159,20 @@ def test_fsdp_is_refused_in_one_line(tmp_path):
     args = transformers.TrainingArguments(output_dir=str(tmp_path), fsdp=True, use_cpu=True, report_to=[])
     with pytest.raises(ValueError, match="does not run under the Trainer's FSDP or DeepSpeed; wrap the optimizer"):
         RBWACallback().on_train_begin(args, transformers.TrainerState(), transformers.TrainerControl())
+
+
+def test_snapshots_every_n_steps_land_in_output_dir_and_merge_reads_them(tmp_path):
+    """9 optimizer steps (3 epochs of 3): snapshots at 3, 6, 9 in output_dir/snapshots, the last the final weights."""
+    from rbwa.hf import SnapshotCallback
+    from rbwa.merge import merge
+
+    model, _ = _train(tmp_path, "run", SnapshotCallback(every_n_steps=3))
+    folder = tmp_path / "run" / "snapshots"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-3.pt", "step-6.pt", "step-9.pt"]
+    last = torch.load(folder / "step-9.pt", weights_only=True)
+    assert all(torch.equal(last[name], p) for name, p in model.state_dict().items())
+    merge([folder], tmp_path / "swa.pt", swa_from=6)
+    middle = torch.load(folder / "step-6.pt", weights_only=True)
+    merged = torch.load(tmp_path / "swa.pt", weights_only=True)
+    name = "classifier.weight"
+    assert torch.allclose(merged[name], ((middle[name].double() + last[name].double()) / 2).float())

@@ -159,3 +159,22 @@ def test_a_sharding_strategy_is_refused_in_one_line():
     with pytest.raises(ValueError, match="RBWACallback folds whole parameters and does not run under Lightning's "
                                          "FSDPStrategy; wrap the optimizer in rbwa.RBWA instead"):
         RBWACallback().setup(SimpleNamespace(strategy=FSDPStrategy()), Tiny(), "fit")
+
+
+def test_snapshots_every_n_steps_are_the_weights_then_and_merge_reads_them(tmp_path):
+    """Snapshots at steps 2, 4, ..., 8 of 2 epochs (4 steps each); the last is the final weights, in bfloat16; rbwa
+    merge averages the series into a state dict the module loads."""
+    from rbwa.lightning import SnapshotCallback
+    from rbwa.merge import merge
+
+    model = Tiny()
+    trainer(2, tmp_path, callbacks=[SnapshotCallback(str(tmp_path / "snaps"), every_n_steps=2, dtype="bfloat16")],
+            enable_checkpointing=False).fit(model)
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == [f"step-{s}.pt" for s in (2, 4, 6, 8)]
+    last = torch.load(tmp_path / "snaps" / "step-8.pt", weights_only=True)
+    assert last["net.0.weight"].dtype == torch.bfloat16 and last["net.1.num_batches_tracked"].item() == 8
+    assert torch.equal(last["net.0.weight"], model.net[0].weight.detach().bfloat16())
+    merge([tmp_path / "snaps"], tmp_path / "lawa.pt", lawa=2)
+    model.load_state_dict(torch.load(tmp_path / "lawa.pt", weights_only=True))
+    with pytest.raises(ValueError, match="every_n_steps must be an integer >= 1"):
+        SnapshotCallback(str(tmp_path), every_n_steps=0)

@@ -25,6 +25,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_callback import ExportableState
 
 from rbwa.averaging import SHARDED_CALLBACK, check_fold_schedule, check_start, fold_named, fold_weight
+from rbwa.snapshots import check_snapshot_args, save_state
 
 STATE_FILE = "rbwa_callback.pt"
 
@@ -156,3 +157,19 @@ class RBWACallback(TrainerCallback, ExportableState):
         self.folds = state_dict["folds"]
         self.averages = dict(state_dict["averages"] or {})
         self.counts = dict(state_dict.get("counts", {}))
+
+
+class SnapshotCallback(TrainerCallback):
+    """Store the model's weights every ``every_n_steps`` optimizer steps as ``step-N.pt`` in ``dirpath`` (default:
+    ``output_dir/snapshots``), a state dict in ``dtype`` with no optimizer state, for ``rbwa merge``: every side
+    average of the run, chosen after training, at a fraction of a Trainer checkpoint's bytes."""
+
+    def __init__(self, every_n_steps: int, dtype: str = "float32", dirpath: str | None = None) -> None:
+        check_snapshot_args(every_n_steps, dtype)
+        self.every_n_steps, self.dtype, self.dirpath = every_n_steps, dtype, dirpath
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    model: torch.nn.Module | None = None, **kwargs: Any) -> None:
+        if model is not None and state.global_step % self.every_n_steps == 0 and state.is_world_process_zero:
+            save_state(model, self.dirpath or os.path.join(args.output_dir, "snapshots"), state.global_step,
+                       self.dtype)

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 
 from rbwa.averaging import SHARDED_CALLBACK, check_fold_schedule, check_start, fold_named, fold_weight
+from rbwa.snapshots import check_snapshot_args, save_state
 
 
 class RBWACallback(pl.Callback):
@@ -78,3 +79,21 @@ class RBWACallback(pl.Callback):
         self.folds = state_dict["folds"]
         self.averages = dict(state_dict["averages"] or {})
         self.counts = dict(state_dict.get("counts", {}))
+
+
+class SnapshotCallback(pl.Callback):
+    """Store the model's weights every ``every_n_steps`` optimizer steps as ``dirpath/step-N.pt`` (a state dict in
+    ``dtype``; no optimizer state, so a snapshot costs its weights' bytes), for ``rbwa merge dirpath``: every side
+    average of the run, chosen after training."""
+
+    def __init__(self, dirpath: str, every_n_steps: int, dtype: str = "float32") -> None:
+        check_snapshot_args(every_n_steps, dtype)
+        self.dirpath, self.every_n_steps, self.dtype = dirpath, every_n_steps, dtype
+        self._last_global_step: int | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        stepped, self._last_global_step = step != self._last_global_step, step
+        if stepped and step % self.every_n_steps == 0 and trainer.is_global_zero:
+            save_state(pl_module, self.dirpath, step, self.dtype)

@@ -70,3 +70,21 @@ def drop_after(run_dir: Path, step: int) -> list[int]:
 
 def read(run_dir: Path, step: int) -> dict[str, Any]:
     return torch.load(path(run_dir, step), map_location="cpu", weights_only=True)
+
+
+def save_state(module: nn.Module, folder: Path, step: int, dtype: str = "float32") -> Path:
+    """``folder/step-{step}.pt``: ``module``'s state dict with its floating-point tensors in ``dtype``, written
+    atomically; the framework callbacks' snapshot, read by ``rbwa merge`` (stepped by the number in its name)."""
+    cast = getattr(torch, dtype)
+    state = {k: v.detach().to("cpu", cast if v.is_floating_point() else v.dtype, copy=True)
+             for k, v in module.state_dict().items()}
+    path = Path(folder) / f"step-{step}.pt"
+    atomic_torch_save(state, path)
+    return path
+
+
+def check_snapshot_args(every_n_steps: int, dtype: str) -> None:
+    if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
+        raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
