@@ -588,3 +588,37 @@ def test_a_state_saved_before_the_first_fold_loads_with_no_average(tiny_resnet, 
     live = [p.detach().clone() for p in model.parameters()]
     with again.averaged(model):
         assert all(torch.equal(p, q) for p, q in zip(model.parameters(), live))
+
+
+@pytest.mark.parametrize("average", ["mean", "ema"])
+def test_rbwa_over_adamw_on_a_gpt_is_adamw_with_the_fold_weight_as_lr_factor(average):
+    """float64, AdamW with decoupled weight decay on the matrices only (rbwa.methods.decay_groups), a tied GPT:
+    RBWA is AdamW with the LR times 1/(k+1) (mean) or 1 - beta (ema) from the start step, to rounding."""
+    from rbwa.methods import decay_groups
+    from rbwa.models.gpt import GPT
+
+    start, steps = 3, 12
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randint(0, 7, (4, 6), generator=g) for _ in range(steps)]
+
+    def run(wrapped: bool):
+        torch.manual_seed(0)
+        model = GPT(vocab=7, context=5, layers=1, heads=2, width=8).double()
+        base = torch.optim.AdamW(decay_groups(model, 0.1), lr=1e-2)
+        opt = RBWA(base, start_step=start, average=average, beta=0.9) if wrapped else base
+        for t, batch in enumerate(data):
+            if not wrapped:
+                factor = 1.0 if t <= start else (1 / (t - start + 1) if average == "mean" else 0.1)
+                for group in base.param_groups:
+                    group["lr"] = 1e-2 * factor
+            opt.zero_grad()
+            logits = model(batch[:, :-1])
+            nn.functional.cross_entropy(logits.reshape(-1, 7), batch[:, 1:].reshape(-1)).backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    wrapped, bare = run(True), run(False)
+    assert _max_diff(wrapped, bare) < 1e-10
+    torch.manual_seed(0)
+    initial = list(GPT(vocab=7, context=5, layers=1, heads=2, width=8).double().parameters())
+    assert _max_diff(wrapped, initial) > 1e-3  # it trained

@@ -173,3 +173,28 @@ def test_which_methods_re_estimate_batchnorm(tiny_resnet, method, write_back, ex
     assert reestimates_bn(method, write_back) is expected
     cfg = make_config(method=method, write_back=write_back, epochs=2, start_epoch=1)
     assert build(cfg, tiny_resnet(), steps_per_epoch=4).reestimate_bn is expected
+
+
+def test_warmup_and_wsd_by_hand():
+    from rbwa.methods import lr_factor
+
+    # 100 steps, the last 20% decayed linearly to 0: 1 until step 80, then (100 - step) / 20
+    wsd = [lr_factor("wsd", t, 100, 0, [], 0.1, 0.9, decay_fraction=0.2) for t in (0, 79, 80, 90, 99)]
+    assert wsd == [1.0, 1.0, 1.0, 0.5, 0.05]
+    # a 4-step warmup multiplies any schedule: 1/4, 2/4, 3/4, then the schedule itself
+    cosine = [lr_factor("cosine", t, 100, 0, [], 0.1, 0.9) for t in range(5)]
+    warm = [lr_factor("cosine", t, 100, 0, [], 0.1, 0.9, warmup_steps=4) for t in range(5)]
+    assert warm == pytest.approx([c * w for c, w in zip(cosine, (0.25, 0.5, 0.75, 1.0, 1.0))])
+
+
+def test_adamw_decays_matrices_and_embeddings_only():
+    from rbwa.config import make_config
+    from rbwa.methods import base_optimizer
+    from rbwa.models.gpt import GPT
+
+    model = GPT(vocab=5, context=4, layers=1, heads=2, width=8)
+    opt = base_optimizer(make_config(optimizer="adamw", weight_decay=0.1, lr=1e-3), model)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {p.dim() for p in decayed["params"]} == {2} and {p.dim() for p in plain["params"]} == {1}
+    assert sum(p is model.tokens.weight for p in decayed["params"]) == 1  # the tied head is listed once

@@ -5,7 +5,8 @@ import hashlib
 import pytest
 import torch
 
-from rbwa.data.text import SHAKESPEARE, load_text, read_text, split_corpus, window_starts, windows
+from rbwa.data.loader import TokenLoader
+from rbwa.data.text import SHAKESPEARE, load_text, read_text, split_corpus, windows
 from rbwa.errors import UserError
 
 
@@ -35,17 +36,25 @@ def test_a_text_file_round_trips_and_a_damaged_shakespeare_is_refused(tmp_path):
         load_text("poems", tmp_path)
 
 
-def test_an_epoch_visits_every_window_once_in_an_order_set_by_seed_and_epoch():
-    starts = window_starts(tokens=101, context=10, seed=3, epoch=1)  # (101 - 1) // 10 = 10 windows
+def test_an_epoch_visits_every_window_once_in_an_order_set_by_the_seed():
+    tokens = torch.arange(101)  # (101 - 1) // 10 = 10 windows of 10 tokens, each with its 10 next tokens
+    loader = TokenLoader(tokens, context=10, batch_size=4, shuffle=True, seed=3)
+    first = list(loader)
+    assert len(loader) == len(first) == 3 and [len(x) for x, _ in first] == [4, 4, 2]
+    starts = torch.cat([x[:, 0] for x, _ in first])
     assert sorted(starts.tolist()) == list(range(0, 100, 10))
-    assert torch.equal(starts, window_starts(101, 10, 3, 1))
-    assert not torch.equal(starts, window_starts(101, 10, 3, 2))
-    assert not torch.equal(starts, window_starts(101, 10, 4, 1))
-    tokens = torch.arange(101)
-    x, y = windows(tokens, torch.tensor([0, 90]), 10)
-    assert x.tolist() == [list(range(10)), list(range(90, 100))] and torch.equal(y, x + 1)  # the last target: 100
+    assert all(torch.equal(y, x + 1) for x, y in first)  # targets: the next token of every input token
+    again = TokenLoader(tokens, context=10, batch_size=4, shuffle=True, seed=3)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))  # the same seed, the same order
+    second = torch.cat([x[:, 0] for x, _ in loader])  # the next epoch: another order
+    assert not torch.equal(starts, second) and sorted(second.tolist()) == sorted(starts.tolist())
+    # two processes: each its contiguous share of every global batch, together the one-process batches
+    ranks = [list(TokenLoader(tokens, 10, 4, shuffle=True, seed=3, rank=r, world=2)) for r in (0, 1)]
+    assert all(torch.equal(torch.cat([a[0], b[0]]), c[0]) for a, b, c in zip(*ranks, first))
+    x, y = windows(tokens, torch.tensor([90]), 10)
+    assert x.tolist() == [list(range(90, 100))] and y[0, -1].item() == 100
     with pytest.raises(UserError, match="holds no window of 10 tokens"):
-        window_starts(10, 10, 0, 0)
+        TokenLoader(torch.arange(10), context=10, batch_size=4)
 
 
 def test_split_corpus_by_hand():

@@ -233,3 +233,48 @@ def test_a_resume_removes_the_temporaries_a_killed_snapshot_write_left(tmp_path)
     kept = sorted(p.name for p in folder.iterdir() if p != stale)
     train(cfg, resume=True, progress=False)
     assert sorted(p.name for p in folder.iterdir()) == kept and len(kept) == 2
+
+
+def text_config(tmp_path, **kw):
+    """A tiny GPT on a small text file: 3 epochs of 9 steps, well under a second each."""
+    text = tmp_path / "text.txt"
+    if not text.exists():
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        text.write_text("to be, or not to be: that is the question.\n" * 60)
+    values = {"dataset": f"text:{text}", "model": "gpt", "context": 16, "layers": 1, "heads": 2, "embedding": 16,
+              "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.1, "warmup_steps": 3, "batch_size": 16,
+              "epochs": 3, "start_epoch": 1, "eval_batch_size": 64, "out": str(tmp_path / "run")}
+    return make_config(**{**values, **kw})
+
+
+@pytest.mark.parametrize("method", ["rbwa", "ema"])
+def test_a_gpt_trains_on_text_records_bits_per_character_and_resumes_where_it_would_have_been(tmp_path, method):
+    straight = train(text_config(tmp_path / "a", method=method), progress=False, log=lambda line: None)
+    metrics = read_jsonl(tmp_path / "a/run/metrics.jsonl")
+    # 2580 characters, 17 distinct: 2322 train (145 windows of 16, 9 steps of 16 windows: a last batch of 1 is
+    # dropped), 258 validate (16 windows)
+    assert straight["vocab"] == 17 and straight["steps_per_epoch"] == 9
+    assert straight["train_size"] == 145 * 16 and straight["test_size"] == 16 * 16
+    assert all(m["test_bpc"] == pytest.approx(m["test_loss"] / 0.6931471805599453) for m in metrics)
+    assert metrics[-1]["test_loss"] < metrics[0]["test_loss"]  # it learned
+    saved = json.loads((tmp_path / "a/run/config.json").read_text())
+    assert saved["dataset"].startswith("text:text.txt (2580 bytes, sha256 ") and str(tmp_path) not in saved["dataset"]
+
+    def stop_after_epoch_2(line):
+        if "epoch 2/" in line:
+            raise KeyboardInterrupt
+
+    interrupted = text_config(tmp_path / "b", method=method)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, progress=False, log=stop_after_epoch_2)
+    train(interrupted, resume=True, progress=False, log=lambda line: None)
+    assert _without_seconds(read_jsonl(tmp_path / "b/run/metrics.jsonl")) == _without_seconds(metrics)
+
+
+def test_text_and_images_each_need_their_model(tmp_path):
+    with pytest.raises(UserError, match="--model gpt trains on text"):
+        train(text_config(tmp_path, model="resnet18"), progress=False)
+    with pytest.raises(UserError, match="--model gpt trains on text"):
+        train(digits_config(tmp_path, model="gpt"), progress=False)
+    with pytest.raises(UserError, match="embedding width 16 must be divisible by the 3 heads"):
+        train(text_config(tmp_path, heads=3), progress=False)

@@ -15,8 +15,9 @@ import yaml
 from rbwa.errors import UserError
 
 METHODS = ("sgd", "rbwa", "rbwa-e", "rswa", "swa", "ema", "sema", "lookahead", "schedulefree")
-MODELS = ("resnet18", "vgg16")
-LR_SCHEDULES = ("constant", "step", "cosine", "harmonic", "rbwa-e")
+MODELS = ("resnet18", "vgg16", "gpt")
+LR_SCHEDULES = ("constant", "step", "cosine", "harmonic", "rbwa-e", "wsd")
+OPTIMIZERS = ("sgd", "adamw")
 AUGMENTS = ("none", "standard")
 COUNTERS = ("folds", "epochs")
 IMPLEMENTATIONS = ("copy", "lr_scale")
@@ -42,9 +43,16 @@ class TrainConfig:
     # model
     model: str = "resnet18"
     width: float = 1.0
+    # the gpt model (language modelling on shakespeare or text:PATH): nanoGPT's CPU size by default
+    context: int = 64  # tokens a window holds (and the positions the model knows)
+    layers: int = 4
+    heads: int = 4
+    embedding: int = 128  # the model's width
+    dropout: float = 0.0
     # optimisation: the paper states batch 64, 50 epochs, start epoch 10, and no LR or momentum;
     # lr 0.05 is the common 0.1-per-128 CIFAR recipe scaled linearly to batch 64
     method: str = "sgd"
+    optimizer: str = "sgd"  # the base optimizer: sgd (momentum, L2) or adamw (decoupled decay on matrices only)
     epochs: int = 50
     batch_size: int = 64
     lr: float = 0.05
@@ -54,6 +62,10 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_milestones: list[int] | None = None  # epochs where "step" multiplies the LR by lr_gamma; None: [start_epoch]
     lr_gamma: float = 0.1
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps, before any schedule
+    decay_fraction: float = 0.2  # wsd: the last fraction of training, decayed linearly to 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
     # averaging
     start_epoch: int = 10  # averaging starts with the first batch after this many complete epochs
     beta: float = 0.9  # rbwa-e
@@ -88,11 +100,12 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "model": MODELS, "lr_schedule": LR_SCHEDULES,
                                        "augment": AUGMENTS, "counter": COUNTERS, "implementation": IMPLEMENTATIONS,
                                        "device": DEVICES, "amp": AMP, "compile_mode": COMPILE_MODES,
-                                       "snapshot_dtype": SNAPSHOT_DTYPES}
+                                       "snapshot_dtype": SNAPSHOT_DTYPES, "optimizer": OPTIMIZERS}
 # one line per key, for `rbwa train --help` and `rbwa reproduce --help`
 HELP: dict[str, str] = {
-    "dataset": "cifar10, cifar100 (official archives), digits (scikit-learn), or folder:PATH "
-               "(PATH/{train,test}/<class>/*.png|jpg)",
+    "dataset": "cifar10, cifar100 (official archives), digits (scikit-learn), folder:PATH "
+               "(PATH/{train,test}/<class>/*.png|jpg), or for --model gpt shakespeare (DATA_DIR/tinyshakespeare/"
+               "input.txt) or text:PATH (any UTF-8 file)",
     "data_dir": "where the official CIFAR archives are looked for and downloaded ($RBWA_DATA, else ~/.cache/rbwa)",
     "cache_dir": "where decoded image folders are cached ($RBWA_CACHE, else ~/.cache/rbwa)",
     "image_size": "resize every image of a folder dataset to this many pixels square",
@@ -100,8 +113,13 @@ HELP: dict[str, str] = {
     "test_subset": "test on a class-balanced subset of this many test images",
     "subset_seed": "seed of the subsets (fixed across --seed, so seeds vary only init and batch order)",
     "augment": "none (the paper's regime) or standard (random crop from 4-pixel padding + horizontal flip)",
-    "model": "the network: resnet18 or vgg16 (CIFAR variants)",
+    "model": "the network: resnet18 or vgg16 (CIFAR variants), or gpt (a character language model)",
     "width": "channel-width multiplier of the model (1 = the paper's; 0.125 for CPUs)",
+    "context": "gpt: tokens in a training window (and the positions the model knows)",
+    "layers": "gpt: transformer blocks",
+    "heads": "gpt: attention heads per block",
+    "embedding": "gpt: the width of the token embedding and of every block",
+    "dropout": "gpt: dropout probability (0: none)",
     "method": "optimizer family: sgd, rbwa, rbwa-e, rswa, swa, ema, sema (Switch EMA: ema-decay every step, "
               "written back every epoch), lookahead or schedulefree",
     "epochs": "number of epochs to train",
@@ -110,10 +128,16 @@ HELP: dict[str, str] = {
     "momentum": "SGD momentum coefficient, in [0, 1)",
     "weight_decay": "SGD weight decay (L2)",
     "nesterov": "use Nesterov momentum",
-    "lr_schedule": "constant, step (x lr-gamma at each milestone), cosine, harmonic (RBWA's exact equivalent) "
-                   "or rbwa-e (RBWA-E's exact equivalent), per step",
+    "lr_schedule": "constant, step (x lr-gamma at each milestone), cosine, harmonic (RBWA's exact equivalent), "
+                   "rbwa-e (RBWA-E's exact equivalent) or wsd (warmup-stable-decay), per step",
     "lr_milestones": "epochs at which the step schedule multiplies the LR by lr-gamma (default: the start epoch)",
     "lr_gamma": "factor of the step schedule",
+    "optimizer": "the base optimizer: sgd (momentum, L2 weight decay) or adamw (decoupled weight decay on "
+                 "weight matrices and embeddings only)",
+    "warmup_steps": "linear warmup over this many steps before the schedule (0: none)",
+    "decay_fraction": "wsd: the final fraction of training over which the LR decays linearly to 0",
+    "adam_beta1": "adamw's first-moment coefficient",
+    "adam_beta2": "adamw's second-moment coefficient",
     "start_epoch": "complete epochs before averaging starts (the paper: 10 of 50)",
     "beta": "EMA coefficient of rbwa-e, in [0, 1) (the paper: 0.9)",
     "counter": "rbwa's n in 1/(n+1): folds (Eq. 2, every batch) or epochs since the start",
@@ -257,6 +281,27 @@ def validate(cfg: TrainConfig) -> None:
     _choice("amp", cfg.amp, AMP)
     _choice("compile mode", cfg.compile_mode, COMPILE_MODES)
     _choice("snapshot dtype", cfg.snapshot_dtype, SNAPSHOT_DTYPES)
+    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    text = cfg.dataset == "shakespeare" or cfg.dataset.startswith("text:")
+    if text != (cfg.model == "gpt"):
+        raise UserError(f"--model gpt trains on text (shakespeare or text:PATH) and text trains --model gpt; got "
+                        f"--model {cfg.model} on {cfg.dataset}")
+    if cfg.model == "gpt":
+        for name in ("context", "layers", "heads", "embedding"):
+            if getattr(cfg, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.embedding % cfg.heads:
+            raise UserError(f"the embedding width {cfg.embedding} must be divisible by the {cfg.heads} heads")
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {cfg.dropout}")
+        if cfg.augment != "none" or cfg.train_subset is not None or cfg.test_subset is not None:
+            raise UserError("--augment and the subsets apply to images, not to text")
+    if cfg.warmup_steps < 0:
+        raise UserError(f"warmup steps must be >= 0, got {cfg.warmup_steps}")
+    if not 0.0 < cfg.decay_fraction <= 1.0:
+        raise UserError(f"decay fraction must be in (0, 1], got {cfg.decay_fraction}")
+    if not (0.0 <= cfg.adam_beta1 < 1.0 and 0.0 <= cfg.adam_beta2 < 1.0):
+        raise UserError("adam betas must be in [0, 1)")
     if cfg.snapshot_every is not None and cfg.snapshots_per_epoch is not None:
         raise UserError("give --snapshot-every or --snapshots-per-epoch, not both")
     for name in ("snapshot_every", "snapshots_per_epoch"):

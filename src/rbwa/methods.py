@@ -29,14 +29,26 @@ FOLD_SCHEDULES = {"harmonic": "mean", "rbwa-e": "ema"}
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, start_step: int, milestone_steps: list[int],
-              gamma: float, beta: float) -> float:
+              gamma: float, beta: float, warmup_steps: int = 0, decay_fraction: float = 0.2) -> float:
     """Multiplier of the base LR at optimizer step ``step`` (0-based). Pure.
 
     ``harmonic`` (1/(k+1) at the k-th step from the start) is the schedule RBWA equals; ``rbwa-e`` (1 at
     the start step, then 1 - beta) is the one RBWA-E equals: its first fold takes the live weights as they are.
+    ``wsd`` (warmup-stable-decay) holds the LR, then decays it linearly to 0 over the last ``decay_fraction`` of
+    training. A linear warmup over ``warmup_steps`` ((step + 1) / warmup_steps) multiplies any schedule.
     """
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return warm * _schedule_factor(schedule, step, total_steps, start_step, milestone_steps, gamma, beta,
+                                   decay_fraction)
+
+
+def _schedule_factor(schedule: str, step: int, total_steps: int, start_step: int, milestone_steps: list[int],
+                     gamma: float, beta: float, decay_fraction: float) -> float:
     if schedule == "constant":
         return 1.0
+    if schedule == "wsd":
+        decay = max(1, round(total_steps * decay_fraction))
+        return min(1.0, (total_steps - step) / decay)
     if schedule == "step":
         return gamma ** sum(step >= m for m in milestone_steps)
     if schedule == "cosine":
@@ -128,17 +140,38 @@ class Setup:
             self.side.model.load_state_dict(state["side"])
 
 
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's customary groups: weight decay on weight matrices and embeddings (2 or more dimensions), none on
+    biases and normalisation gains. A tied parameter is listed once."""
+    params = list(model.parameters())
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def base_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
+    """SGD (momentum, L2 weight decay on every parameter) or AdamW (decoupled decay on matrices only)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                 betas=(cfg.adam_beta1, cfg.adam_beta2))
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
+
+
 def build(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Setup:
     """The optimizer (wrapped for the recurrent methods), LR schedule and side average of ``cfg.method``."""
     start = cfg.start_epoch * steps_per_epoch
     if cfg.method == "schedulefree":
         import schedulefree
 
-        opt = schedulefree.SGDScheduleFree(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                           weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            opt = schedulefree.AdamWScheduleFree(decay_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                                 betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                                 warmup_steps=cfg.warmup_steps)
+        else:
+            opt = schedulefree.SGDScheduleFree(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                               weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
         return Setup(opt, None, schedule_free=True, reestimate_bn=True)
-    base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov)
+    base = base_optimizer(cfg, model)
     opt: Optimizer = base
     side = None
     if cfg.method == "rbwa":
@@ -159,6 +192,7 @@ def build(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Setup:
     milestones = [m * steps_per_epoch for m in (cfg.lr_milestones or [])]
 
     def factor(step: int) -> float:
-        return lr_factor(cfg.lr_schedule, step, total, start, milestones, cfg.lr_gamma, cfg.beta)
+        return lr_factor(cfg.lr_schedule, step, total, start, milestones, cfg.lr_gamma, cfg.beta, cfg.warmup_steps,
+                         cfg.decay_fraction)
 
     return Setup(opt, LambdaLR(opt, factor), side, reestimate_bn=reestimates_bn(cfg.method, cfg.write_back))

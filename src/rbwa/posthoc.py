@@ -131,6 +131,9 @@ def load_run(run_dir: Path, dataset: str | None = None, data_dir: str | None = N
     except (OSError, ValueError) as e:
         raise UserError(f"{run_dir} holds no readable {CONFIG}: not a run directory") from e
     refuse(run_dir, saved)
+    if saved.get("model") == "gpt":
+        raise UserError(f"{run_dir} trained a language model, which rbwa posthoc does not evaluate yet; "
+                        f"`rbwa merge {run_dir} --lawa K --out avg.pt` averages its snapshots")
     if not (run_dir / SUMMARY).exists():
         raise UserError(f"{run_dir} has not finished (no {SUMMARY}); post-hoc averaging reads a finished run")
     recorded = str(saved["dataset"])

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from torch import nn
 
 from rbwa import __version__, snapshots
 from rbwa.config import TrainConfig, differing_keys, identify, resolve, validate
-from rbwa.data import Split, load_dataset, stratified_indices
-from rbwa.data.loader import BatchLoader, channel_stats
+from rbwa.data import Split, is_text, load_dataset, stratified_indices
+from rbwa.data.loader import BatchLoader, TokenLoader, channel_stats
 from rbwa.errors import UserError
 from rbwa.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from rbwa.methods import Setup, build
@@ -86,9 +87,65 @@ def prepare_data(cfg: TrainConfig) -> tuple[Split, Split]:
     return train, test
 
 
+def flat(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets as (predictions, classes) and (predictions,): an image's one prediction, or a language
+    model's one per token. Pure."""
+    return logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+
+
+@dataclass
+class Task:
+    """What a run trains on and is measured with: image classification or character language modelling."""
+
+    model: nn.Module
+    train: BatchLoader | TokenLoader  # shuffled, the global batch split across processes
+    bn: BatchLoader | TokenLoader  # the training split in order (BatchNorm re-estimation; a no-op without it)
+    test: BatchLoader | TokenLoader
+    train_size: int  # images, or tokens predicted in an epoch
+    test_size: int  # the same for the test (validation) split
+    text: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # more for summary.json (a text's vocabulary size)
+
+    def bits(self, test_loss: float) -> dict[str, float]:
+        """A language model's validation loss in bits per character, beside its nats (nothing for images)."""
+        return {"test_bpc": test_loss / math.log(2)} if self.text else {}
+
+
+def prepare_task(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> Task:
+    """The model (initialised from ``cfg.seed``) and the loaders of a run, its data on ``device``."""
+    if is_text(cfg.dataset):
+        from rbwa.data.text import load_text
+        from rbwa.models.gpt import GPT
+
+        corpus = load_text(cfg.dataset, Path(cfg.data_dir or "."))
+        torch.manual_seed(cfg.seed)
+        model = GPT(len(corpus.vocab), cfg.context, cfg.layers, cfg.heads, cfg.embedding, cfg.dropout)
+        check_memory(cfg, corpus.train, corpus.val, model, device)
+        train = TokenLoader(corpus.train, cfg.context, cfg.batch_size, device, shuffle=True, seed=cfg.seed,
+                            rank=rank, world=world)
+        bn = TokenLoader(corpus.train, cfg.context, cfg.eval_batch_size, device)
+        test = TokenLoader(corpus.val, cfg.context, cfg.eval_batch_size, device)
+        return Task(model, train, bn, test, train.windows * cfg.context, test.windows * cfg.context, text=True,
+                    extra={"vocab": len(corpus.vocab)})
+    train_split, test_split = prepare_data(cfg)
+    mean, std = channel_stats(train_split.images)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(train_split.classes), cfg.width)
+    check_memory(cfg, train_split, test_split, model, device)
+    # one copy of the training split on the device, shared by the training and the BatchNorm loaders
+    images, labels = train_split.images.to(device), train_split.labels.to(device)
+    common = {"mean": mean, "std": std, "device": device, "channels_last": cfg.channels_last}
+    train = BatchLoader(images, labels, cfg.batch_size, shuffle=True, augment=cfg.augment == "standard",
+                        seed=cfg.seed, rank=rank, world=world, **common)
+    bn = BatchLoader(images, labels, cfg.eval_batch_size, **common)
+    test = BatchLoader(test_split.images, test_split.labels, cfg.eval_batch_size, **common)
+    return Task(model, train, bn, test, len(train_split), len(test_split))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) of ``model`` over ``loader``, accumulated on the device."""
+def evaluate(model: nn.Module, loader: BatchLoader | TokenLoader, amp: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of ``model`` over ``loader`` (per image, or per predicted token),
+    accumulated on the device."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
@@ -97,6 +154,7 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = False) -> tuple[
     for x, y in loader:
         with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x)
+        out, y = flat(out, y)
         loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
         count += len(y)
@@ -208,12 +266,14 @@ def barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def check_memory(cfg: TrainConfig, train: Split, test: Split, model: nn.Module, device: torch.device) -> None:
+def check_memory(cfg: TrainConfig, train: Split | torch.Tensor, test: Split | torch.Tensor, model: nn.Module,
+                 device: torch.device) -> None:
     """Refuse a run whose data, weights, optimizer state and averages would not fit in free memory. Called before
     anything is moved to ``device``: the splits count only where they are still to be copied there (they are in
     this process's memory already, which the free memory of the CPU has accounted for)."""
-    data = 0 if device.type == "cpu" else sum(t.numel() * t.element_size()
-                                              for t in (train.images, train.labels, test.images, test.labels))
+    tensors = [t for split in (train, test) for t in ((split.images, split.labels) if isinstance(split, Split)
+                                                       else (split,))]
+    data = 0 if device.type == "cpu" else sum(t.numel() * t.element_size() for t in tensors)
     need = estimate_bytes(data, sum(p.numel() for p in model.parameters()),
                           sum(b.numel() for b in model.buffers()), cfg.method, cfg.momentum > 0, cfg.implementation)
     free = available_bytes(device)
@@ -247,7 +307,7 @@ def train_epoch(model: nn.Module, forward: nn.Module, setup: Setup, batches: Ite
     lr = float("nan")
     for i, (x, y) in enumerate(batches):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = forward(x)
+            logits, y = flat(forward(x), y)
             loss = nn.functional.cross_entropy(logits.float(), y)
         # under DDP the gradients are averaged over processes: an uneven share of the last batch is weighted
         weighted = loss if loss_weights is None or loss_weights[i] == 1.0 else loss * loss_weights[i]
@@ -283,19 +343,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     identity = identify(cfg) if resuming else None  # computed (and cached) only once the data loads
     ckpt = load_checkpoint(out / CHECKPOINT, identity) if resuming and (out / CHECKPOINT).exists() else None
 
-    train_split, test_split = prepare_data(cfg)
+    task = prepare_task(cfg, device, rank, world)
     identity = identity or identify(cfg)
-    mean, std = channel_stats(train_split.images)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(train_split.classes), cfg.width)
-    check_memory(cfg, train_split, test_split, model, device)
-    # one copy of the training split on the device, shared by the training and the BatchNorm loaders
-    images, labels = train_split.images.to(device), train_split.labels.to(device)
-    common = {"mean": mean, "std": std, "device": device, "channels_last": cfg.channels_last}
-    train_loader = BatchLoader(images, labels, cfg.batch_size, shuffle=True, augment=cfg.augment == "standard",
-                               seed=cfg.seed, rank=rank, world=world, **common)
-    bn_loader = BatchLoader(images, labels, cfg.eval_batch_size, **common)
-    test_loader = BatchLoader(test_split.images, test_split.labels, cfg.eval_batch_size, **common)
+    model, train_loader, bn_loader, test_loader = task.model, task.train, task.bn, task.test
     steps = len(train_loader)
     if cfg.snapshots_per_epoch is not None and cfg.snapshots_per_epoch > steps:
         raise UserError(f"snapshots per epoch must be at most the {steps} steps of an epoch, got "
@@ -378,7 +428,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         t0 = time.perf_counter()
         test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
         finish_epoch({"epoch": 0, "train_loss": None, "train_acc": None, "test_loss": test_loss,
-                      "test_acc": test_acc, "lr": cfg.lr, "seconds": time.perf_counter() - t0}, 0)
+                      "test_acc": test_acc, "lr": cfg.lr, "seconds": time.perf_counter() - t0,
+                      **task.bits(test_loss)}, 0)
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -400,7 +451,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
         finish_epoch({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                       "test_loss": test_loss, "test_acc": test_acc, "lr": float(lr),
-                      "seconds": time.perf_counter() - t0}, epoch)
+                      "seconds": time.perf_counter() - t0, **task.bits(test_loss)}, epoch)
 
     trained = [m for m in metrics if m["epoch"] > 0]
     best = max(metrics, key=lambda m: m["test_acc"])
@@ -410,7 +461,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
         "final_train_loss": metrics[-1]["train_loss"], "final_train_acc": metrics[-1]["train_acc"],
         "wall_seconds": sum(m["seconds"] for m in metrics), "steps_per_epoch": steps,
-        "train_size": len(train_split), "test_size": len(test_split),
+        "train_size": task.train_size, "test_size": task.test_size, **task.extra,
         "mean_epoch_seconds": sum(m["seconds"] for m in trained) / max(1, len(trained)),
         "versions": provenance, "device": str(device), "processes": world,
     }

@@ -8,12 +8,18 @@ from pathlib import Path
 from rbwa.data.dataset import Split, stratified_indices
 from rbwa.errors import UserError
 
-DATASETS = ("cifar10", "cifar100", "digits", "folder:PATH")
+DATASETS = ("cifar10", "cifar100", "digits", "folder:PATH", "shakespeare", "text:PATH")
 
 
 def check_dataset_name(name: str) -> None:
-    if name not in ("cifar10", "cifar100", "digits") and not (name.startswith("folder:") and len(name) > 7):
+    if name not in ("cifar10", "cifar100", "digits", "shakespeare") and not (
+            (name.startswith("folder:") and len(name) > 7) or (name.startswith("text:") and len(name) > 5)):
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def is_text(name: str) -> bool:
+    """Whether a dataset is text (for --model gpt) rather than images."""
+    return name == "shakespeare" or name.startswith("text:")
 
 
 def folder_path(name: str) -> Path:
@@ -28,6 +34,10 @@ def dataset_identity(name: str, cache_dir: str) -> str:
     loaded); an image folder by its name, split sizes and a digest of its content.
     """
     check_dataset_name(name)
+    if name.startswith("text:"):
+        from rbwa.data.text import text_identity
+
+        return text_identity(Path(name[5:]).expanduser())
     if not name.startswith("folder:"):
         return name
     from rbwa.data.folder import folder_identity
@@ -37,8 +47,10 @@ def dataset_identity(name: str, cache_dir: str) -> str:
 
 def load_dataset(name: str, data_dir: Path, cache_dir: Path, image_size: int | None = None,
                  allow_download: bool = True) -> tuple[Split, Split]:
-    """The (train, test) splits of dataset ``name``."""
+    """The (train, test) splits of image dataset ``name`` (text loads through ``rbwa.data.text``)."""
     check_dataset_name(name)
+    if is_text(name):
+        raise UserError(f"{name} is text: it trains --model gpt, not an image classifier")
     if name in ("cifar10", "cifar100"):
         from rbwa.data.cifar import load_cifar
 
@@ -52,4 +64,5 @@ def load_dataset(name: str, data_dir: Path, cache_dir: Path, image_size: int | N
     return load_folder(folder_path(name), Path(cache_dir), image_size)
 
 
-__all__ = ["DATASETS", "Split", "check_dataset_name", "dataset_identity", "load_dataset", "stratified_indices"]
+__all__ = ["DATASETS", "Split", "check_dataset_name", "dataset_identity", "is_text", "load_dataset",
+           "stratified_indices"]

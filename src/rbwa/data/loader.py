@@ -101,3 +101,44 @@ class BatchLoader:
                 x = crop_flip(x, dy[lo:hi], dx[lo:hi], flip[lo:hi])
             x = ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             yield x, self.labels[index]
+
+
+class TokenLoader:
+    """Iterate over (input, target) windows of a token split held on ``device``: an epoch is every non-overlapping
+    window of ``context`` tokens once, in an order drawn from ``generator`` (seeded, so restored exactly from a
+    checkpoint); ``batch_size`` windows a step, split across ``world`` processes as BatchLoader splits images."""
+
+    def __init__(self, tokens: Tensor, context: int, batch_size: int, device: torch.device | str = "cpu",
+                 shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        from rbwa.data.text import window_count
+
+        self.tokens = tokens.to(device)
+        self.context, self.batch_size = context, batch_size
+        self.device = torch.device(device)
+        self.windows = window_count(len(tokens), context)
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        n = self.windows
+        return steps_per_epoch(n, self.batch_size, self.world) if self.shuffle else -(-n // self.batch_size)
+
+    def loss_weights(self) -> list[float]:
+        """As ``BatchLoader.loss_weights``: every window has ``context`` targets, so shares weigh by windows."""
+        out = []
+        for i in range(len(self)):
+            lo, hi = i * self.batch_size, min(self.windows, (i + 1) * self.batch_size)
+            a, b = share(lo, hi, self.rank, self.world)
+            out.append((b - a) * self.world / (hi - lo))
+        return out
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        from rbwa.data.text import windows
+
+        n = self.windows
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        starts = (order * self.context).to(self.device)
+        for i in range(len(self)):
+            lo, hi = share(i * self.batch_size, min(n, (i + 1) * self.batch_size), self.rank, self.world)
+            yield windows(self.tokens, starts[lo:hi], self.context)

@@ -2,8 +2,8 @@
 
 The vocabulary is the text's own distinct characters, sorted; the first ``TRAIN_FRACTION`` of the text is the
 training split and the rest the validation split (nanoGPT's customary 90/10 split). An epoch is one pass over the
-training text in non-overlapping windows of ``context`` tokens, in an order shuffled by the seed and the epoch, so
-epochs, a start epoch and a fold counter keep the meaning they have for images.
+training text in non-overlapping windows of ``context`` tokens (``data.loader.TokenLoader``), in an order shuffled
+by the seed, so epochs, a start epoch and a fold counter keep the meaning they have for images.
 """
 
 from __future__ import annotations
@@ -77,15 +77,10 @@ def load_text(name: str, data_dir: Path) -> Corpus:
     raise UserError(f"unknown text {name!r}; choose shakespeare or text:PATH")
 
 
-def window_starts(tokens: int, context: int, seed: int, epoch: int) -> torch.Tensor:
-    """The first token of every window of an epoch: the ``(tokens - 1) // context`` non-overlapping windows (each
-    with its next-token targets inside the text), in an order drawn from ``seed`` and ``epoch`` alone. Pure."""
-    count = (tokens - 1) // context
-    if count < 1:
-        raise UserError(f"a split of {tokens} tokens holds no window of {context} tokens and its targets; "
-                        "use a shorter --context")
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order * context
+def text_identity(path: Path) -> str:
+    """A text file as run names and configs record it: its name, size and content digest, never its path."""
+    data = read_text(path).encode("utf-8")
+    return f"text:{path.name} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]})"
 
 
 def windows(tokens: torch.Tensor, starts: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,3 +89,12 @@ def windows(tokens: torch.Tensor, starts: torch.Tensor, context: int) -> tuple[t
     offsets = torch.arange(context, device=tokens.device)
     at = starts.to(tokens.device)[:, None] + offsets
     return tokens[at], tokens[at + 1]
+
+
+def window_count(tokens: int, context: int) -> int:
+    """The non-overlapping windows of ``context`` tokens, each with its next-token targets, in a split."""
+    count = (tokens - 1) // context
+    if count < 1:
+        raise UserError(f"a split of {tokens} tokens holds no window of {context} tokens and its targets; "
+                        "use a shorter --context")
+    return count
