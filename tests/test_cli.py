@@ -116,7 +116,7 @@ def test_reproduce_then_report(tmp_path, capsys):
     assert (sweep / "results.csv").exists()
 
 
-@pytest.mark.parametrize("command", ["train", "reproduce", "report", "demo", "migrate", "merge", "posthoc"])
+@pytest.mark.parametrize("command", ["train", "reproduce", "report", "demo", "migrate", "merge", "posthoc", "sample"])
 def test_every_flag_says_what_it_does(command):
     import argparse
 

@@ -171,6 +171,13 @@ def cmd_merge(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(ns: argparse.Namespace) -> int:
+    from rbwa.sample import sample
+
+    print(sample(ns.run, ns.tokens, ns.prompt, ns.seed, ns.average, ns.dataset, ns.data_dir, ns.temperature))
+    return 0
+
+
 def cmd_migrate(ns: argparse.Namespace) -> int:
     from rbwa.migrate import migrate
 
@@ -267,6 +274,18 @@ def parser() -> argparse.ArgumentParser:
                     help="an exponential moving average of the series with this half-life in steps")
     mg.add_argument("--out", required=True, help="where to write the average (a new path), in the input's format")
     mg.set_defaults(func=cmd_merge)
+
+    sa = sub.add_parser("sample", help="text from a trained GPT run (--model gpt), seeded and deterministic")
+    sa.add_argument("run", help="a run directory of a language model (rbwa train --model gpt)")
+    sa.add_argument("--tokens", type=int, default=500, help="characters to generate (default: 500)")
+    sa.add_argument("--prompt", default="\n", help="text the sample continues (default: a new line)")
+    sa.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    sa.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, > 0 (default: 1.0)")
+    sa.add_argument("--average", action="store_true",
+                    help="sample from the run's average (a side copy, or rbwa never written back), not its weights")
+    sa.add_argument("--dataset", default=None, help="text:PATH of the run's text file (its path is not recorded)")
+    sa.add_argument("--data-dir", default=None, help="where tinyshakespeare/input.txt lies (as for rbwa train)")
+    sa.set_defaults(func=cmd_sample)
 
     m = sub.add_parser("migrate", help="rename the runs of a sweep made before rbwa 0.2 (data named by path)")
     m.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
