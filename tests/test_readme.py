@@ -66,3 +66,28 @@ def test_the_readme_cifar100_command_trains_on_the_shared_folder(tmp_path, monke
                  "--quiet", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["train_size"] == 300
     assert json.loads((out / "config.json").read_text())["dataset"] == "cifar100"
+
+
+def test_the_readme_gpt_commands_train_on_the_shared_text_and_sample_from_it(tmp_path, monkeypatch, capsys,
+                                                                             shared_data):
+    """The README's language-model lines as written, cut to one short epoch of a tiny model by flags after them."""
+    from rbwa.cli import main
+
+    shared_data("tinyshakespeare")
+    text = README.read_text().split("## A language model")[1]
+    train_line, sample_line = (" ".join(line.rstrip("\\").strip() for line in block.splitlines()) for block in
+                               re.search(r"```bash\n(rbwa train .*?)\n(rbwa sample .*?)\n```", text, re.S).groups())
+    monkeypatch.chdir(README.parent)
+    out = tmp_path / "gpt"
+    argv = train_line.split()[1:] + ["--epochs", "1", "--start-epoch", "0", "--context", "8", "--layers", "1",
+                                     "--embedding", "8", "--heads", "1", "--batch-size", "4096",
+                                     "--eval-batch-size", "4096", "--warmup-steps", "2", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert json.loads((out / "summary.json").read_text())["vocab"] == 65
+    capsys.readouterr()
+    sample = sample_line.split()[1:]
+    sample[sample.index("runs/gpt")] = str(out)
+    sample = [w.strip('"') for w in " ".join(sample).replace('"ROMEO:"', "ROMEO:").split()]
+    assert main(sample) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("ROMEO:") and len(printed) == len("ROMEO:") + 300 + 1
