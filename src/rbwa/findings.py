@@ -377,6 +377,11 @@ def _posthoc_series(exp: Experiment, label: str) -> dict[int, tuple[Run, list[di
     return found
 
 
+def _final_acc(runs: list[Run]) -> dict[int, float]:
+    """Seed -> the final test accuracy each finished run recorded (its evaluated weights, BatchNorm as trained)."""
+    return {r.seed: r.metrics[-1]["test_acc"] for r in runs if r.finished and r.metrics}
+
+
 def _difference(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
     return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
 
@@ -417,7 +422,8 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
         return {s: float(final_reestimated(rows)["test_acc"]) for s, (_, rows) in series.items()}
 
     def chosen(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str, name: str,
-               what: str) -> tuple[dict[int, float], str] | None:
+               what: str) -> dict[int, float] | None:
+        """Seed -> the accuracy of the candidate chosen on the other seeds (None if none is), the choices said."""
         accuracy = {s: {r["label"]: r["test_acc"] for r in rows if r["family"] == family}
                     for s, (_, rows) in series.items()}
         order = {r["label"]: r["value"] for _, rows in series.values() for r in rows if r["family"] == family}
@@ -429,11 +435,11 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
             return None
         alone = {s: " = ".join(best_alone(a)) + (" (a tie)" if len(best_alone(a)) > 1 else "")
                  for s, a in accuracy.items()}
-        line = (f"{ds}, {what}: post-hoc {name}, chosen on the other seeds: " + "; ".join(
+        out.append(f"{ds}, {what}: post-hoc {name}, chosen on the other seeds: " + "; ".join(
             f"seed {s}: {c} ({accuracy[s][c]:.2f}%)" for s, c in sorted(picks.items()))
             + "; the best on each seed alone: " + "; ".join(f"seed {s}: {c}" for s, c in sorted(alone.items()))
             + (" (the same on every seed)" if len(set(alone.values())) == 1 else " (it differs between seeds)"))
-        return {s: accuracy[s][c] for s, c in picks.items()}, line
+        return {s: accuracy[s][c] for s, c in picks.items()}
 
     def test(claim: str, what: str, diffs: dict[int, float], key: str, a: list[Run], b: list[Run],
              note: str = "") -> None:
@@ -443,15 +449,13 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
 
     runs_c, runs_k = [r for r, _ in constant.values()], [r for r, _ in cosine.values()]
     for family, name in POSTHOC_FAMILIES.items():
-        found = chosen(constant, family, name, "constant-LR SGD")
-        if found is None:
+        held = chosen(constant, family, name, "constant-LR SGD")
+        if held is None:
             continue
-        held, line = found
-        out.append(line)
         test(f"{ds}: does the best post-hoc {name} of constant-LR SGD, chosen on the other seeds, beat the same run's "
              "final weights (BatchNorm re-estimated)?", f"post-hoc {family} - final weights",
              _difference(held, final(constant)), f"{family} constant - final", runs_c, runs_c)
-        raw = _difference(held, {s: r.metrics[-1]["test_acc"] for s, (r, _) in constant.items()})
+        raw = _difference(held, _final_acc(runs_c))
         if len(raw) >= 2:
             mean, lo, hi = mean_ci(list(raw.values()))
             out.append(f"{ds}: against the same runs' final weights with BatchNorm as trained, the post-hoc {name} "
@@ -465,19 +469,15 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
             group = others["cosine-LR SGD"]
             test(f"{ds}: can an average replace the decay: does the best post-hoc {name} of constant-LR SGD beat "
                  "cosine-LR SGD's final weights (BatchNorm as trained)?", f"post-hoc {family} - cosine-LR SGD",
-                 _difference(held, {r.seed: r.metrics[-1]["test_acc"] for r in group if r.finished and r.metrics}),
-                 f"{family} constant - cosine (alternatives)", runs_c, group)
+                 _difference(held, _final_acc(group)), f"{family} constant - cosine (alternatives)", runs_c, group)
         if "RBWA" in others:
             group = others["RBWA"]
             test(f"{ds}: does the best post-hoc {name} of constant-LR SGD, chosen on the other seeds, beat RBWA?",
-                 f"post-hoc {family} - RBWA",
-                 _difference(held, {r.seed: r.metrics[-1]["test_acc"] for r in group if r.finished and r.metrics}),
-                 f"{family} constant - rbwa", runs_c, group)
-        found = chosen(cosine, family, name, "cosine-LR SGD") if len(cosine) >= 2 else None
-        if found is None:
+                 f"post-hoc {family} - RBWA", _difference(held, _final_acc(group)), f"{family} constant - rbwa",
+                 runs_c, group)
+        held_k = chosen(cosine, family, name, "cosine-LR SGD") if len(cosine) >= 2 else None
+        if held_k is None:
             continue
-        held_k, line = found
-        out.append(line)
         test(f"{ds}: does averaging add on top of the decay: does the best post-hoc {name} of cosine-LR SGD beat its "
              "final weights (BatchNorm re-estimated)?", f"post-hoc {family} of cosine - final weights",
              _difference(held_k, final(cosine)), f"{family} cosine - final", runs_k, runs_k)
