@@ -156,8 +156,8 @@ def test_rbwa_posthoc_on_a_smoke_run_writes_its_table_and_figure(tmp_path, capsy
     assert main(["posthoc", str(run), "--quiet", "--half-lives", "5", "20"]) == 0
     table = (run / "posthoc" / "posthoc.md").read_text()
     final = next(r for r in read_results(run) if r["label"] == "LAWA, last 1 epoch ends")
-    assert (f"is compared with the final weights (the last snapshot alone, BatchNorm re-estimated like every "
-            f"candidate): {final['test_acc']:.2f}% test accuracy. The run itself recorded "
+    assert (f"is compared with the final weights (the last snapshot alone, evaluated like every candidate): "
+            f"{final['test_acc']:.2f}% test accuracy, test loss {final['test_loss']:.4f}. The run itself recorded "
             f"{summary['final_test_acc']:.2f}% for its final live weights (BatchNorm statistics as trained).") in table
     assert "| swa | SWA from epoch 1.5 | 6 |" in table and "| ema | EMA, half-life 20 steps | 6 |" in table
     assert (run / "posthoc" / "posthoc.png").stat().st_size > 0
@@ -180,7 +180,7 @@ def test_an_online_average_is_named_for_what_it_is_not_the_final_weights(tmp_pat
     assert main(["posthoc", str(run), "--quiet", "--half-lives", "5"]) == 0
     table = (run / "posthoc" / "posthoc.md").read_text()
     final = next(r for r in read_results(run) if r["label"] == "LAWA, last 1 epoch ends")
-    assert f"(the last snapshot alone, BatchNorm re-estimated like every candidate): {final['test_acc']:.2f}%" in table
+    assert f"(the last snapshot alone, evaluated like every candidate): {final['test_acc']:.2f}%" in table
     assert f"recorded {summary['final_test_acc']:.2f}% for its online side average (ema)." in table
     assert "own final weights" not in table
 
@@ -215,3 +215,24 @@ def test_a_run_on_an_image_folder_needs_that_folder(tmp_path, capsys):
     assert f"but {run} trained on folder:data" in capsys.readouterr().err
     assert main(["posthoc", str(run), "--quiet", "--dataset", f"folder:{folder}", "--cache-dir",
                  str(tmp_path / "cache")]) == 0
+
+
+def test_posthoc_evaluates_a_language_models_snapshots_with_nothing_to_re_estimate(tmp_path):
+    """A tiny GPT on a small text: every candidate's validation loss, no BatchNorm (bn_images 0), the final weights
+    alone equal to the run's own last evaluation."""
+    from rbwa.config import make_config
+
+    text = tmp_path / "text.txt"
+    text.write_text("to be, or not to be: that is the question.\n" * 60)
+    cfg = make_config(dataset=f"text:{text}", model="gpt", context=16, layers=1, heads=2, embedding=16,
+                      optimizer="adamw", lr=3e-3, batch_size=16, epochs=3, start_epoch=1, eval_batch_size=64,
+                      snapshots_per_epoch=3, out=str(tmp_path / "gpt"))
+    summary = train(cfg, progress=False, log=lambda line: None)
+    assert main(["posthoc", str(tmp_path / "gpt"), "--quiet"]) == 2  # the text file's path is not recorded
+    assert main(["posthoc", str(tmp_path / "gpt"), "--dataset", f"text:{text}", "--quiet", "--half-lives", "3"]) == 0
+    rows = read_results(tmp_path / "gpt")
+    assert {r["bn_images"] for r in rows} == {"0"}
+    final = next(r for r in rows if r["label"] == "LAWA, last 1 epoch ends")
+    assert final["test_loss"] == pytest.approx(summary["final_test_loss"], rel=1e-5)  # nothing re-estimated
+    table = (tmp_path / "gpt" / "posthoc" / "posthoc.md").read_text()
+    assert "nothing re-estimated (the model has no BatchNorm)" in table

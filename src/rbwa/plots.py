@@ -148,13 +148,14 @@ def plot_effective_lr(series: dict[str, tuple[np.ndarray, np.ndarray]], path: Pa
 
 
 def plot_posthoc(rows: list[dict], own: float, path: Path, title: str, own_label: str = "the run's final weights",
-                 sgd: float | None = None) -> Path:
-    """Test accuracy of post-hoc side averages: against SWA's start, LAWA's window and EMA's half-life, with the
-    run's own final accuracy (and constant-LR SGD's, where given) as horizontal lines."""
+                 sgd: float | None = None, metric: str = "test_acc") -> Path:
+    """Test accuracy (or ``metric``: a language model's ``test_loss``) of post-hoc side averages: against SWA's
+    start, LAWA's window and EMA's half-life, with the run's own final value (and constant-LR SGD's, where given)
+    as horizontal lines."""
     panels = (("swa", "SWA: start (epoch)"), ("lawa", "LAWA: window (epoch ends)"), ("ema", "EMA: half-life (steps)"))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for ax, (family, xlabel) in zip(axes, panels, strict=True):
-        points = sorted((r["value"], r["test_acc"]) for r in rows if r["family"] == family)
+        points = sorted((r["value"], r[metric]) for r in rows if r["family"] == family)
         if points:
             ax.plot(*zip(*points, strict=True), "o-", color=COLORS["swa" if family != "ema" else "ema"], ms=3)
         ax.axhline(own, color=COLORS["sgd"], ls="--", label=own_label)
@@ -164,7 +165,7 @@ def plot_posthoc(rows: list[dict], own: float, path: Path, title: str, own_label
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_ylabel("test accuracy (%)" if metric == "test_acc" else "validation loss (nats per token)")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()  # or the x labels fall off the bottom

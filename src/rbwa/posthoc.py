@@ -131,14 +131,12 @@ def load_run(run_dir: Path, dataset: str | None = None, data_dir: str | None = N
     except (OSError, ValueError) as e:
         raise UserError(f"{run_dir} holds no readable {CONFIG}: not a run directory") from e
     refuse(run_dir, saved)
-    if saved.get("model") == "gpt":
-        raise UserError(f"{run_dir} trained a language model, which rbwa posthoc does not evaluate yet; "
-                        f"`rbwa merge {run_dir} --lawa K --out avg.pt` averages its snapshots")
     if not (run_dir / SUMMARY).exists():
         raise UserError(f"{run_dir} has not finished (no {SUMMARY}); post-hoc averaging reads a finished run")
     recorded = str(saved["dataset"])
-    if recorded.startswith("folder:") and not dataset:
-        raise UserError(f"{run_dir} trained on {recorded}; give its folder with --dataset folder:PATH")
+    for kind, what in (("folder", "folder"), ("text", "file")):
+        if recorded.startswith(f"{kind}:") and not dataset:
+            raise UserError(f"{run_dir} trained on {recorded}; give its {what} with --dataset {kind}:PATH")
     cfg = resolve(make_config(**{**saved, "dataset": dataset or recorded, "data_dir": data_dir,
                                  "cache_dir": cache_dir, "out": str(run_dir)}))
     if identify(cfg)["dataset"] != recorded:
@@ -153,33 +151,39 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, data_dir: str 
     from torch.optim.swa_utils import update_bn
     from tqdm import tqdm
 
-    from rbwa.data import stratified_indices
+    from rbwa.data import is_text, stratified_indices
     from rbwa.data.loader import BatchLoader, channel_stats
     from rbwa.models import build_model
-    from rbwa.train import evaluate, prepare_data
+    from rbwa.train import evaluate, prepare_data, prepare_task
 
     run_dir = Path(run_dir)
     cfg = load_run(run_dir, dataset, data_dir, cache_dir)
     steps = snapshots.taken(run_dir)
     per_epoch = json.loads((run_dir / SUMMARY).read_text())["steps_per_epoch"]
     grid = candidates(steps, per_epoch, cfg.start_epoch * per_epoch, **(grid or {}))
-    train, test = prepare_data(cfg)
     series = [snapshots.read(run_dir, s)["params"] for s in steps]
-    mean, std = channel_stats(train.images)
-    bn_split = train if bn_images is None else train.subset(stratified_indices(train.labels, bn_images, 0,
-                                                                               "bn images"))
-    bn_loader = BatchLoader(bn_split.images, bn_split.labels, cfg.eval_batch_size, mean, std, device)
-    test_loader = BatchLoader(test.images, test.labels, cfg.eval_batch_size, mean, std, device)
-    model = build_model(cfg.model, len(train.classes), cfg.width).to(device)
+    if is_text(cfg.dataset):  # a language model has no BatchNorm: nothing to re-estimate
+        task = prepare_task(cfg, torch.device(device))
+        model, test_loader, bn_loader, bn_count = task.model.to(device), task.test, None, 0
+    else:
+        train, test = prepare_data(cfg)
+        mean, std = channel_stats(train.images)
+        bn_split = train if bn_images is None else train.subset(stratified_indices(train.labels, bn_images, 0,
+                                                                                   "bn images"))
+        bn_loader = BatchLoader(bn_split.images, bn_split.labels, cfg.eval_batch_size, mean, std, device)
+        test_loader = BatchLoader(test.images, test.labels, cfg.eval_batch_size, mean, std, device)
+        model, bn_count = build_model(cfg.model, len(train.classes), cfg.width).to(device), len(bn_split.labels)
     rows = []
     for c in tqdm(grid, desc=f"posthoc {run_dir.name}", disable=progress is False):
-        model.load_state_dict(combine(series, c.weights), strict=False)  # the buffers are re-estimated below
-        update_bn(bn_loader, model)
+        # the buffers are re-estimated below; a tied output layer is its embedding, stored once
+        model.load_state_dict(combine(series, c.weights), strict=False)
+        if bn_loader is not None:
+            update_bn(bn_loader, model)
         loss, acc = evaluate(model, test_loader)
         used = np.nonzero(c.weights)[0]
         rows.append({"family": c.family, "value": c.value, "label": c.label, "test_acc": acc, "test_loss": loss,
                      "snapshots": len(used), "first_step": steps[used[0]], "last_step": steps[used[-1]],
-                     "bn_images": len(bn_split.labels)})
+                     "bn_images": bn_count})
     return rows
 
 
@@ -203,27 +207,34 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]], out: Path | None = 
     config = json.loads((Path(run_dir) / CONFIG).read_text())
     last = final_reestimated(rows)
     own = float(last["test_acc"]) if last else summary["final_test_acc"]
-    baseline = ("the final weights (the last snapshot alone, BatchNorm re-estimated like every candidate)" if last
+    own_loss = float(last["test_loss"]) if last else summary["final_test_loss"]
+    baseline = ("the final weights (the last snapshot alone, evaluated like every candidate)" if last
                 else f"{recorded_as(config)} as the run recorded it")
     lines = [f"# Post-hoc side averages of {Path(run_dir).name}", "",
-             f"Every candidate is a weighted mean of the run's snapshots, BatchNorm re-estimated on {bn_text(rows)}, "
-             f"and is compared with {baseline}: {own:.2f}% test accuracy. The run itself recorded "
+             f"Every candidate is a weighted mean of the run's snapshots, {bn_phrase(rows)}, and is compared with "
+             f"{baseline}: {own:.2f}% test accuracy, test loss {own_loss:.4f}. The run itself recorded "
              f"{summary['final_test_acc']:.2f}% for {recorded_as(config)}.", "",
-             "| family | candidate | snapshots | test acc (%) | vs the final weights |", "|---|---|---|---|---|"]
+             "| family | candidate | snapshots | test acc (%) | vs the final weights | test loss | "
+             "vs the final weights |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['family']} | {row['label']} | {row['snapshots']} | {row['test_acc']:.2f} | "
-                     f"{row['test_acc'] - own:+.2f} |")
+                     f"{row['test_acc'] - own:+.2f} | {row['test_loss']:.4f} | {row['test_loss'] - own_loss:+.4f} |")
     lines += ["", "Best of each family (a maximum over this grid on this seed: choose on other seeds before "
               "trusting it):", ""]
     for family in FAMILIES:
         best = max((r for r in rows if r["family"] == family), key=lambda r: r["test_acc"], default=None)
+        lowest = min((r for r in rows if r["family"] == family), key=lambda r: r["test_loss"], default=None)
         if best:
-            lines.append(f"- {family}: {best['label']}, {best['test_acc']:.2f}%")
+            lines.append(f"- {family}: {best['label']}, {best['test_acc']:.2f}%; lowest test loss: "
+                         f"{lowest['label']}, {lowest['test_loss']:.4f}")
     atomic_write_bytes(out / "posthoc.md", ("\n".join(lines) + "\n").encode())
     schedule = config.get("lr_schedule", "constant")
-    plot_posthoc(rows, own, out / "posthoc.png", f"Post-hoc side averages, {Path(run_dir).name}",
-                 own_label=("the final weights, BatchNorm re-estimated" if last else recorded_as(config))
-                 + (f" ({schedule}-LR {config.get('method')})" if config.get("method") == "sgd" else ""))
+    text = config.get("model") == "gpt"  # a language model: its validation loss is the measure
+    plot_posthoc(rows, own_loss if text else own, out / "posthoc.png", f"Post-hoc side averages, {Path(run_dir).name}",
+                 own_label=("the final weights" + ("" if text else ", BatchNorm re-estimated") if last
+                            else recorded_as(config))
+                 + (f" ({schedule}-LR {config.get('method')})" if config.get("method") == "sgd" else ""),
+                 metric="test_loss" if text else "test_acc")
     return out
 
 
@@ -249,6 +260,13 @@ def bn_text(rows: list[dict[str, Any]]) -> str:
     """What the candidates' BatchNorm statistics were re-estimated on, in words."""
     counts = sorted({int(r["bn_images"]) for r in rows})
     return f"{' or '.join(map(str, counts))} training images"
+
+
+def bn_phrase(rows: list[dict[str, Any]]) -> str:
+    """How the candidates were evaluated, in words: BatchNorm re-estimated on so many images, or no BatchNorm."""
+    if all(int(r["bn_images"]) == 0 for r in rows):
+        return "nothing re-estimated (the model has no BatchNorm)"
+    return f"BatchNorm re-estimated on {bn_text(rows)}"
 
 
 def read_results(run_dir: Path) -> list[dict[str, Any]]:
