@@ -59,7 +59,8 @@ def test_training_survives_many_sigkills_bit_identically(tmp_path):
     kills = temporaries = 0
     while True:
         logged = _epochs_logged(run)
-        proc = subprocess.Popen([sys.executable, "-m", "rbwa", "train", *args, "--out", str(run), "--resume"],
+        resume = ["--resume"] if (run / "config.json").exists() else []  # a run to continue, or none yet
+        proc = subprocess.Popen([sys.executable, "-m", "rbwa", "train", *args, "--out", str(run), *resume],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if kills >= 12:  # enough: let it finish
             assert proc.wait(timeout=600) == 0
@@ -211,7 +212,7 @@ def test_file_size_limit_during_a_checkpoint_write_keeps_the_previous_one(tmp_pa
 
     run = tmp_path / "run"
     args = [sys.executable, "-m", "rbwa", "train", *TRAIN, "--out", str(run), "--resume"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args[:-1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # a new run
     while not (run / "checkpoint.pt").exists() and proc.poll() is None:
         time.sleep(0.05)
     proc.kill()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +203,14 @@ def plan(experiment: str, preset: str, seeds: int, out: str | Path, overrides: d
         return runs
     try:
         out.mkdir(parents=True, exist_ok=True)
-        # two sweeps started together each read, merge and rewrite the manifest: one at a time, or one's runs are lost
-        with open(out / f".{experiment}.json.lock", "a") as lock:
+        # two sweeps started together each read, merge and rewrite the manifest: one at a time, or one's runs are
+        # lost. The lock is an flock on the directory itself, so it leaves no file behind and dies with its process
+        lock = os.open(out, os.O_RDONLY)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             atomic_write_json(path, merge_manifest(read_manifest(path), new, path))
+        finally:
+            os.close(lock)
     except OSError as e:
         raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a writable directory") from e
     return runs
