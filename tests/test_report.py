@@ -365,3 +365,33 @@ def test_post_hoc_baselines_come_from_runs_of_the_same_dataset(tmp_path):
     report = write_report(tmp_path).read_text()
     assert "beat the same run's final weights (BatchNorm re-estimated)?" in report
     assert "beat RBWA?" not in report
+
+
+def test_the_lm_experiment_end_to_end_on_a_tiny_text(tmp_path, capsys):
+    """`rbwa reproduce lm` with a tiny GPT on a small text, `rbwa posthoc` on its constant-LR runs, `rbwa report`:
+    the language-model table, claims by validation loss, RBWA no different from its twin, the post-hoc answer."""
+    from rbwa.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("to be, or not to be: that is the question.\n" * 60)
+    out = tmp_path / "lm"
+    flags = ["--preset", "smoke", "--seeds", "2", "--out", str(out), "--dataset", f"text:{text}", "--context", "16",
+             "--layers", "1", "--heads", "2", "--embedding", "16", "--lr", "3e-3", "--eval-batch-size", "64"]
+    assert main(["reproduce", "lm", *flags]) == 0
+    for run in sorted((out / "runs").glob("gpt-*-sgd-adamw-snap4-*")):
+        assert main(["posthoc", str(run), "--dataset", f"text:{text}", "--quiet"]) == 0
+    capsys.readouterr()
+    report = write_report(out).read_text()
+    assert "| model | method | n | final val loss (nats/char) | final val bits/char |" in report
+    assert "| gpt | adamw (wsd) | 2 |" in report
+    assert "Claim 1, a GPT on text: RBWA reaches a lower final validation loss than AdamW: **" in report
+    assert "(AdamW - RBWA = " in report
+    assert ("Does rbwa reach a lower validation loss than adamw (harmonic LR, = rbwa)? **not supported (no "
+            "difference in any seed)**") in report
+    assert "Does schedule-free adamw reach a lower validation loss than adamw?" in report
+    assert "A GPT on text, constant-LR AdamW: post-hoc EMA half-life, chosen on the other seeds: seed 0: " in report
+    assert ("does the best post-hoc SWA start, chosen on the other seeds, reach a lower validation loss than adamw "
+            "(cosine LR)?") in report
+    assert "(final weights - post-hoc swa = " in report and "\nBatchNorm: before" not in report  # a GPT has none
+    assert "Not in this directory" not in report  # an lm directory is not a reproduction of the paper's figures
+    assert (out / "lm-gpt.png").stat().st_size > 10_000

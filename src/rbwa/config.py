@@ -365,6 +365,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 41 s an epoch on 2 cores), 15 epochs instead of 50, averaging from epoch 3 (the paper's 10/50 = 20%);
     # constant LR, no augmentation, the other settings as `cpu`.
     "cpu-full": {"epochs": 15, "batch_size": 64, "start_epoch": 3, "width": 0.125},
+    # The language-model experiment (lm) on 1 CPU core per run: nanoGPT's CPU configuration of Tiny Shakespeare
+    # (a 4-layer, 4-head, 128-wide GPT, context 64, batch 12, AdamW at 1e-3 with weight decay 0.1, 100 warmup steps),
+    # 5 epochs of 1,307 steps (6.5M characters; nanoGPT trains 2,000 steps) with averaging from epoch 1 (20%).
+    "cpu-lm": {"epochs": 5, "start_epoch": 1, "batch_size": 12, "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 100,
+               "context": 64, "layers": 4, "heads": 4, "embedding": 128, "eval_batch_size": 512},
+    # nanoGPT's GPU configuration of Tiny Shakespeare (6 layers, 6 heads, 384 wide, context 256, dropout 0.2), for
+    # the GPU script.
+    "gpu-lm": {"epochs": 5, "start_epoch": 1, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 100,
+               "context": 256, "layers": 6, "heads": 6, "embedding": 384, "dropout": 0.2, "eval_batch_size": 256},
     # Seconds, for tests: tiny models, tiny subsets, 2 epochs.
     "smoke": {"epochs": 2, "batch_size": 32, "start_epoch": 1, "width": 0.0625, "train_subset": 200,
               "test_subset": 100},

@@ -377,13 +377,37 @@ def _posthoc_series(exp: Experiment, label: str) -> dict[int, tuple[Run, list[di
     return found
 
 
-def _final_acc(runs: list[Run]) -> dict[int, float]:
-    """Seed -> the final test accuracy each finished run recorded (its evaluated weights, BatchNorm as trained)."""
-    return {r.seed: r.metrics[-1]["test_acc"] for r in runs if r.finished and r.metrics}
+def _final_acc(runs: list[Run], metric: str = "test_acc") -> dict[int, float]:
+    """Seed -> the final test accuracy (or ``metric``) each finished run recorded (its evaluated weights, BatchNorm
+    as trained)."""
+    return {r.seed: r.metrics[-1][metric] for r in runs if r.finished and r.metrics}
 
 
 def _difference(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
     return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
+
+
+def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str, name: str, where: str,
+                      out: list[Finding | str], metric: str = "test_acc") -> dict[int, float] | None:
+    """Seed -> the ``metric`` of the ``family`` candidate chosen on the other seeds (the highest accuracy, or the
+    lowest loss), or None where none can be chosen; the choices, in a line appended to ``out``."""
+    sign = -1.0 if metric.endswith("loss") else 1.0
+    score = {s: {r["label"]: sign * r[metric] for r in rows if r["family"] == family}
+             for s, (_, rows) in series.items()}
+    order = {r["label"]: r["value"] for _, rows in series.values() for r in rows if r["family"] == family}
+    picks = choose_on_others(score, order) if all(score.values()) else {}
+    if all(score.values()) and not set.intersection(*(set(a) for a in score.values())):
+        out.append(f"{where}: the seeds' posthoc.csv files share no {name} candidate (each seed was evaluated on "
+                   "another grid), so none is chosen; rerun `rbwa posthoc` with the same grid.")
+    if len(picks) < 2:
+        return None
+    alone = {s: " = ".join(best_alone(a)) + (" (a tie)" if len(best_alone(a)) > 1 else "") for s, a in score.items()}
+    shown = (lambda v: f"{sign * v:.2f}%") if sign > 0 else (lambda v: f"validation loss {sign * v:.4f}")
+    out.append(f"{where}: post-hoc {name}, chosen on the other seeds: " + "; ".join(
+        f"seed {s}: {c} ({shown(score[s][c])})" for s, c in sorted(picks.items()))
+        + "; the best on each seed alone: " + "; ".join(f"seed {s}: {c}" for s, c in sorted(alone.items()))
+        + (" (the same on every seed)" if len(set(alone.values())) == 1 else " (it differs between seeds)"))
+    return {s: sign * score[s][c] for s, c in picks.items()}
 
 
 def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Finding | str]:
@@ -423,23 +447,7 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
 
     def chosen(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str, name: str,
                what: str) -> dict[int, float] | None:
-        """Seed -> the accuracy of the candidate chosen on the other seeds (None if none is), the choices said."""
-        accuracy = {s: {r["label"]: r["test_acc"] for r in rows if r["family"] == family}
-                    for s, (_, rows) in series.items()}
-        order = {r["label"]: r["value"] for _, rows in series.values() for r in rows if r["family"] == family}
-        picks = choose_on_others(accuracy, order) if all(accuracy.values()) else {}
-        if all(accuracy.values()) and not set.intersection(*(set(a) for a in accuracy.values())):
-            out.append(f"{ds}, {what}: the seeds' posthoc.csv files share no {name} candidate (each seed was "
-                       "evaluated on another grid), so none is chosen; rerun `rbwa posthoc` with the same grid.")
-        if len(picks) < 2:
-            return None
-        alone = {s: " = ".join(best_alone(a)) + (" (a tie)" if len(best_alone(a)) > 1 else "")
-                 for s, a in accuracy.items()}
-        out.append(f"{ds}, {what}: post-hoc {name}, chosen on the other seeds: " + "; ".join(
-            f"seed {s}: {c} ({accuracy[s][c]:.2f}%)" for s, c in sorted(picks.items()))
-            + "; the best on each seed alone: " + "; ".join(f"seed {s}: {c}" for s, c in sorted(alone.items()))
-            + (" (the same on every seed)" if len(set(alone.values())) == 1 else " (it differs between seeds)"))
-        return {s: accuracy[s][c] for s, c in picks.items()}
+        return choose_candidates(series, family, name, f"{ds}, {what}", out)
 
     def test(claim: str, what: str, diffs: dict[int, float], key: str, a: list[Run], b: list[Run],
              note: str = "") -> None:
@@ -542,8 +550,74 @@ def batch_size_claims(groups: dict[tuple[str, str], list[Run]]) -> list[Finding 
     return out
 
 
+LM_BASE = "adamw"  # the lm experiment's constant-LR AdamW runs, which store the snapshots
+
+
+def lm_claims(exp: Experiment) -> list[Finding | str]:
+    """A GPT on text: the paper's claims by validation loss (claim 1) and training loss (claim 2), RBWA against its
+    twin and the decay schedules, every other method against constant-LR AdamW, and the best post-hoc average of the
+    constant-LR runs' snapshots against their final weights, the schedules and RBWA. Lower loss is better: each
+    difference is signed so that a positive one supports the claim."""
+    groups = exp.groups()
+    out: list[Finding | str] = []
+
+    def paired(a: list[Run], b: list[Run]) -> bool:
+        return bool(_paired(_measure(a, "test_loss"), _measure(b, "test_loss")))
+
+    for setting in dict.fromkeys(s for s, _ in groups):
+        base, rbwa = groups.get((setting, LM_BASE), []), groups.get((setting, "rbwa"), [])
+        if paired(rbwa, base):
+            out.append(compare("Claim 1, a GPT on text: RBWA reaches a lower final validation loss than AdamW",
+                               "AdamW - RBWA", rbwa, base, "test_loss"))
+            out.append(compare("Claim 2, a GPT on text: RBWA's final training loss is lower than AdamW's",
+                               "AdamW - RBWA", rbwa, base, "train_loss"))
+        for (s, label), runs in groups.items():
+            if s != setting or label in (LM_BASE, "rbwa"):
+                continue
+            if label.startswith(f"{LM_BASE} (") and paired(rbwa, runs):
+                out.append(compare(f"Does rbwa reach a lower validation loss than {label}?", f"{label} - rbwa", rbwa,
+                                   runs, "test_loss", show_curve=True))
+            if paired(runs, base):
+                out.append(compare(f"Does {label} reach a lower validation loss than adamw?", f"adamw - {label}",
+                                   runs, base, "test_loss"))
+        out += _lm_posthoc(exp, groups, setting)
+    return out
+
+
+def _lm_posthoc(exp: Experiment, groups: dict[tuple[str, str], list[Run]], setting: str) -> list[Finding | str]:
+    from rbwa.posthoc import final_reestimated
+
+    series = {s: v for s, v in _posthoc_series(exp, LM_BASE).items() if v[0].setting == setting}
+    if len(series) < 2:
+        return []
+    where = "A GPT on text, constant-LR AdamW"
+    out: list[Finding | str] = [
+        f"{where}: every post-hoc candidate is a weighted mean of a run's snapshots, evaluated by its validation loss "
+        "(no BatchNorm: nothing re-estimated) and chosen on the other seeds (a tie: the earliest SWA start, the "
+        "shortest LAWA window or EMA half-life); the final weights are the last snapshot alone."]
+    runs = [r for r, _ in series.values()]
+    final = {s: float(final_reestimated(rows)["test_loss"]) for s, (_, rows) in series.items()}
+    for family, name in POSTHOC_FAMILIES.items():
+        held = choose_candidates(series, family, name, where, out, "test_loss")
+        if held is None:
+            continue
+        for label, theirs, group in [("the same run's final weights", final, runs)] + [
+                (other, _final_acc(groups.get((setting, other), []), "test_loss"), groups.get((setting, other), []))
+                for other in (f"{LM_BASE} (cosine LR)", f"{LM_BASE} (wsd)", "rbwa")]:
+            diffs = _difference(theirs, held)  # positive: the average's validation loss is the lower one
+            if len(diffs) >= 2:
+                what = f"{'final weights' if group is runs else label} - post-hoc {family}"
+                out.append(Finding(f"{where}: does the best post-hoc {name}, chosen on the other seeds, reach a lower "
+                                   f"validation loss than {label}?", what,
+                                   diffs, {}, digits=4, unit="", key=("lm posthoc", setting, family, label),
+                                   machines=machine_differences(runs, group), commits=commit_differences(runs, group)))
+    return out
+
+
 def claims(exp: Experiment, rows: list[dict[str, Any]]) -> list[Finding | str]:
     """The paper's claims that this experiment tests, as findings (and plain lines for claim 3b)."""
+    if exp.name == "lm":
+        return lm_claims(exp)
     groups = exp.groups()
     out: list[Finding | str] = []
 

@@ -61,14 +61,16 @@ def curve_band(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray
     return np.array(epochs), values.mean(axis=1), values.min(axis=1), values.max(axis=1)
 
 
-def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, start_epoch: int | None = None) -> Path:
-    """Two panels (test accuracy; training loss, log scale): mean over seeds, shaded min-max band."""
+def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, start_epoch: int | None = None,
+                metric: str = "test_acc") -> Path:
+    """Two panels (test accuracy, or a language model's validation loss with ``metric="test_loss"``; training loss,
+    log scale): mean over seeds, shaded min-max band."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     n_seeds = sorted({len(runs) for runs in groups.values()})
     styles = line_styles(list(groups))
     for label, runs in groups.items():
         color, linestyle = styles[label]
-        for ax, key in ((acc_ax, "test_acc"), (loss_ax, "train_loss")):
+        for ax, key in ((acc_ax, metric), (loss_ax, "train_loss")):
             epochs, mean, lo, hi = curve_band(runs, key)
             if len(epochs) == 0:
                 continue
@@ -82,14 +84,22 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, sta
         band = "line: mean over the seeds each label names; band: min-max"
     else:
         band = f"line: mean of {n_seeds[0]} seeds; band: min-max" if n_seeds[0] > 1 else "single run"
-    acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
-    if start_epoch is not None:  # zoom on the part where the methods differ
+    if metric == "test_loss":  # a language model: validation loss, zoomed to the epochs after the first
+        acc_ax.set(title="Validation loss", xlabel="epoch", ylabel="cross-entropy (nats per token)")
+        late = [curve_band(runs, metric) for runs in groups.values()]
+        high = max((m[e >= 1].max() for e, m, _, _ in late if (e >= 1).any()), default=None)
+        if high is not None:
+            acc_ax.set_ylim(None, high + 0.1)
+    else:
+        acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
+    if start_epoch is not None and metric == "test_acc":  # zoom on the part where the methods differ
         late = [curve_band(runs, "test_acc") for runs in groups.values()]
         low = min((m[e >= start_epoch].min() for e, m, _, _ in late if (e >= start_epoch).any()), default=None)
         if low is not None:
             acc_ax.set_ylim(max(0.0, low - 5.0), None)
             acc_ax.set_title("Test accuracy (zoomed to the epochs after the start)")
-    acc_ax.set_ylim(top=min(100.0, acc_ax.get_ylim()[1]))  # an accuracy axis stops at 100%
+    if metric == "test_acc":
+        acc_ax.set_ylim(top=min(100.0, acc_ax.get_ylim()[1]))  # an accuracy axis stops at 100%
     loss_ax.set(title="Training loss (mean over the epoch's batches)", xlabel="epoch",
                 ylabel="cross-entropy (log scale)", yscale="log")
     for ax in (acc_ax, loss_ax):

@@ -22,6 +22,7 @@ from rbwa.findings import (
     ORDER,
     Experiment,
     Finding,
+    _measure,
     claims,
     folder_name,
     load_experiments,
@@ -31,7 +32,7 @@ from rbwa.findings import (
 )
 from rbwa.io import atomic_write_bytes
 from rbwa.plots import plot_curves, plot_effective_lr, plot_gain
-from rbwa.stats import category, holm, holm_verdict
+from rbwa.stats import category, holm, holm_verdict, mean_std
 
 ANCHOR_SOURCES = ("Anchors (test accuracy reported elsewhere, on all the data, for scale): (a) a tuned ResNet-18, "
                   "200 epochs, cosine LR, crop+flip; (b) timgaripov/swa, VGG-16, batch 128, augmentation, "
@@ -113,6 +114,21 @@ def _table(exp: Experiment, rows: list[dict[str, Any]]) -> str:
             f"{_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} | "
             f"{_fmt_ci(r['last5_diff_vs_sgd'], r['last5_diff_lo'], r['last5_diff_hi'])} | {_or_dash(r['paper_acc'])} | "
             f"{_or_dash(r['paper_loss'])} | {_or_dash(r['anchor_acc'])} | {', '.join(missing) or '-'} |")
+    return "\n".join(out)
+
+
+def _lm_table(exp: Experiment) -> str:
+    """A language model's table: validation loss (nats and bits per character), training loss, next-character
+    accuracy, each the mean ± std over seeds of the final epoch."""
+    out = [f"| {exp.setting} | method | n | final val loss (nats/char) | final val bits/char | final train loss | "
+           "final next-char acc (%) | not finished |", "|---|---|---|---|---|---|---|---|"]
+    for (setting, label), runs in exp.groups().items():
+        stats = {m: mean_std(list(_measure(runs, m).values())) for m in ("test_loss", "test_bpc", "train_loss",
+                                                                        "test_acc")}
+        missing = sum(r.status != "finished" for r in runs)
+        out.append(f"| {setting} | {label} | {stats['test_loss'][2]} | {_fmt(*stats['test_loss'][:2], 4)} | "
+                   f"{_fmt(*stats['test_bpc'][:2], 4)} | {_fmt(*stats['train_loss'][:2], 4)} | "
+                   f"{_fmt(*stats['test_acc'][:2])} | {missing or '-'} |")
     return "\n".join(out)
 
 
@@ -293,7 +309,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         for setting, groups in by_setting.items():
             cfg = next(r.config for r in exp.runs if r.setting == setting and r.config)
             name = f"{exp.name}-{setting}.png".replace(" ", "_")
-            plot_curves(groups, out / name, f"{exp.title} — {exp.setting} {setting}", start_epoch=cfg["start_epoch"])
+            plot_curves(groups, out / name, f"{exp.title} — {exp.setting} {setting}", start_epoch=cfg["start_epoch"],
+                        metric="test_loss" if exp.name == "lm" else "test_acc")
             md += [f"![{exp.name} {setting}]({name})", ""]
         gains = [r for r in rows if r["method"] == "rbwa" and r["pairs"]] if exp.name == "table1" else []
         if gains:
@@ -302,7 +319,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
                         paper_gain(rows, r["setting"])) for r in gains],
                       out / name, f"RBWA's gain over SGD by {exp.setting}", exp.setting)
             md += [f"![{exp.name} gain]({name})", ""]
-        md += [_table(exp, rows), "", *_bn_note(exp)]
+        md += [_lm_table(exp), ""] if exp.name == "lm" else [_table(exp, rows), "", *_bn_note(exp)]  # a GPT: no BN
         if any(r["anchor_acc"] for r in rows):
             md += [ANCHOR_SOURCES, ""]
         if exp.name.startswith("posthoc"):
@@ -325,7 +342,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
             md[at:at] = ["Verdicts:", "", *map(line, items), ""]
     answers = answers or ["- No verdicts yet: no finished pairs of runs."]
     absent = [name for name in ORDER if name not in {e.name for e in experiments}]
-    if absent:  # say which of the paper's experiments this report cannot answer for
+    if absent and any(e.name in ORDER for e in experiments):  # which of the paper's experiments this cannot answer
         answers.append(f"- Not in this directory, so not answered here: {', '.join(absent)} "
                        f"(run `rbwa reproduce {absent[0]} ...` with the same --out to add it).")
     md[md.index("## Protocol"):md.index("## Protocol")] = ["## Answers", "", *answers, "",
