@@ -65,3 +65,14 @@ def test_paper_gpu_refuses_to_run_without_a_gpu(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks/paper_gpu.py"), str(tmp_path / "out")],
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: no CUDA GPU") and not (tmp_path / "out").exists()
+
+
+def test_the_language_model_benchmark_prints_its_ratios(tmp_path):
+    """Two steps, one round, random tokens (no text in tmp_path): the lines a reader compares, with their ratios."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/lm.py"), "--data-dir", str(tmp_path), "--steps", "2",
+                           "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "GPT 4x4x128, context 64, batch 12, 809,856 parameters, 2 steps x 1 rounds" in lines
+    ratio = next(line for line in lines if line.startswith("rbwa train_epoch / minimal loop: "))
+    assert float(ratio.split(": ")[1]) > 0
