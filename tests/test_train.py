@@ -278,3 +278,20 @@ def test_text_and_images_each_need_their_model(tmp_path):
         train(digits_config(tmp_path, model="gpt"), progress=False)
     with pytest.raises(UserError, match="embedding width 16 must be divisible by the 3 heads"):
         train(text_config(tmp_path, heads=3), progress=False)
+
+
+def test_bfloat16_weights_train_with_float32_averages(tmp_path):
+    """--param-dtype bfloat16 holds the GPT's weights (and AdamW's state) in bf16; RBWA's averages stay float32, so
+    its 1/(k+1) steps do not round away: the run differs from the float32 run only by rounding, and learns."""
+    summary = train(text_config(tmp_path / "bf16", method="rbwa", param_dtype="bfloat16"), progress=False,
+                    log=lambda line: None)
+    ckpt = torch.load(tmp_path / "bf16/run/checkpoint.pt", weights_only=True)
+    assert {v.dtype for v in ckpt["model"].values()} == {torch.bfloat16}
+    averages = [s["rbwa_average"] for s in ckpt["setup"]["optimizer"]["state"].values() if "rbwa_average" in s]
+    assert averages and {a.dtype for a in averages} == {torch.float32}
+    full = train(text_config(tmp_path / "fp32", method="rbwa"), progress=False, log=lambda line: None)
+    assert abs(summary["final_test_loss"] - full["final_test_loss"]) < 0.05
+    metrics = read_jsonl(tmp_path / "bf16/run/metrics.jsonl")
+    assert metrics[-1]["test_loss"] < metrics[0]["test_loss"] - 0.3
+    with pytest.raises(UserError, match="--param-dtype bfloat16 applies to --model gpt"):
+        train(digits_config(tmp_path / "img", param_dtype="bfloat16"), progress=False)

@@ -25,6 +25,7 @@ DEVICES = ("cpu", "cuda")
 AMP = ("none", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 SNAPSHOT_DTYPES = ("float32", "bfloat16")
+PARAM_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainConfig:
     heads: int = 4
     embedding: int = 128  # the model's width
     dropout: float = 0.0
+    param_dtype: str = "float32"  # gpt: the weights' own dtype (bfloat16: held in bf16, not autocast)
     # optimisation: the paper states batch 64, 50 epochs, start epoch 10, and no LR or momentum;
     # lr 0.05 is the common 0.1-per-128 CIFAR recipe scaled linearly to batch 64
     method: str = "sgd"
@@ -100,7 +102,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "model": MODELS, "lr_schedule": LR_SCHEDULES,
                                        "augment": AUGMENTS, "counter": COUNTERS, "implementation": IMPLEMENTATIONS,
                                        "device": DEVICES, "amp": AMP, "compile_mode": COMPILE_MODES,
-                                       "snapshot_dtype": SNAPSHOT_DTYPES, "optimizer": OPTIMIZERS}
+                                       "snapshot_dtype": SNAPSHOT_DTYPES, "optimizer": OPTIMIZERS,
+                                       "param_dtype": PARAM_DTYPES}
 # one line per key, for `rbwa train --help` and `rbwa reproduce --help`
 HELP: dict[str, str] = {
     "dataset": "cifar10, cifar100 (official archives), digits (scikit-learn), folder:PATH "
@@ -120,6 +123,8 @@ HELP: dict[str, str] = {
     "heads": "gpt: attention heads per block",
     "embedding": "gpt: the width of the token embedding and of every block",
     "dropout": "gpt: dropout probability (0: none)",
+    "param_dtype": "gpt: float32, or bfloat16 weights (and optimizer state) held in bf16, not autocast; RBWA's "
+                   "averages stay float32",
     "method": "optimizer family: sgd, rbwa, rbwa-e, rswa, swa, ema, sema (Switch EMA: ema-decay every step, "
               "written back every epoch), lookahead or schedulefree",
     "epochs": "number of epochs to train",
@@ -282,6 +287,11 @@ def validate(cfg: TrainConfig) -> None:
     _choice("compile mode", cfg.compile_mode, COMPILE_MODES)
     _choice("snapshot dtype", cfg.snapshot_dtype, SNAPSHOT_DTYPES)
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _choice("param dtype", cfg.param_dtype, PARAM_DTYPES)
+    if cfg.param_dtype != "float32" and cfg.model != "gpt":
+        raise UserError("--param-dtype bfloat16 applies to --model gpt (use --amp bf16 for the image models)")
+    if cfg.param_dtype != "float32" and cfg.implementation == "lr_scale":
+        raise UserError("implementation lr_scale rounds its steps away on bfloat16 weights; use implementation copy")
     text = cfg.dataset == "shakespeare" or cfg.dataset.startswith("text:")
     if text != (cfg.model == "gpt"):
         raise UserError(f"--model gpt trains on text (shakespeare or text:PATH) and text trains --model gpt; got "

@@ -120,6 +120,7 @@ def prepare_task(cfg: TrainConfig, device: torch.device, rank: int = 0, world: i
         corpus = load_text(cfg.dataset, Path(cfg.data_dir or "."))
         torch.manual_seed(cfg.seed)
         model = GPT(len(corpus.vocab), cfg.context, cfg.layers, cfg.heads, cfg.embedding, cfg.dropout)
+        model = model.to(getattr(torch, cfg.param_dtype))  # initialised in float32, then held in this dtype
         check_memory(cfg, corpus.train, corpus.val, model, device)
         train = TokenLoader(corpus.train, cfg.context, cfg.batch_size, device, shuffle=True, seed=cfg.seed,
                             rank=rank, world=world)
