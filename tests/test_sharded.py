@@ -12,18 +12,22 @@ DRIVER = Path(__file__).with_name("sharded_driver.py")
 MEMBERS = ("rbwa", "rbwa-e", "rswa", "lookahead", "sema", "side average", "lr_scale")
 
 
-def _torchrun(mode: str, out: Path) -> list[dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(DRIVER), mode,
-           str(out)]
+def _torchrun(mode: str, out: Path, processes: int = 2) -> list[dict]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", str(DRIVER),
+           mode, str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads((out / f"{mode}-rank{rank}.json").read_text()) for rank in (0, 1)]
+    found = [json.loads((out / f"{mode}-rank{rank}.json").read_text()) for rank in range(processes)]
+    for rank in range(processes):
+        (out / f"{mode}-rank{rank}.json").unlink()
+    return found
 
 
 @pytest.fixture(scope="module")
 def sharded_runs(tmp_path_factory):
+    """Saved by 2 processes; resumed by 2 new ones, and by 1 (torch.distributed.checkpoint reshards on load)."""
     out = tmp_path_factory.mktemp("sharded")
-    return _torchrun("straight", out), _torchrun("resume", out)
+    return _torchrun("straight", out), _torchrun("resume", out) + _torchrun("resume", out, processes=1)
 
 
 @pytest.mark.parametrize("member", MEMBERS)
@@ -45,8 +49,10 @@ def test_every_member_folds_shards_and_equals_one_unsharded_process(sharded_runs
 @pytest.mark.parametrize("member", MEMBERS)
 def test_a_dcp_checkpoint_resumes_in_new_processes_as_if_uninterrupted(sharded_runs, member):
     """Saved with torch.distributed.checkpoint after 4 steps (get_state_dict), loaded into a fresh model and
-    optimizer in new processes (set_state_dict), 5 more steps: the 9-step run without interruption."""
+    optimizer in new processes (set_state_dict), 5 more steps: the 9-step run without interruption, also when one
+    process resumes what two saved."""
     _, resumed = sharded_runs
+    assert len(resumed) == 3  # 2 processes, then 1
     for rank in resumed:
         found = rank[member]
         assert found["steps"] == 9 and found["param difference"] < 1e-12 and found["average difference"] < 1e-12
