@@ -178,3 +178,44 @@ def test_snapshots_every_n_steps_are_the_weights_then_and_merge_reads_them(tmp_p
     model.load_state_dict(torch.load(tmp_path / "lawa.pt", weights_only=True))
     with pytest.raises(ValueError, match="every_n_steps must be an integer >= 1"):
         SnapshotCallback(str(tmp_path), every_n_steps=0)
+
+
+class Watched(Tiny):
+    """Records the first layer's weight as validation sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def validation_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            self.seen.append(self.net[0].weight.detach().clone())
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(data(), batch_size=8)
+
+
+def test_a_side_average_is_what_validation_sees_and_equals_the_wrapper(tmp_path):
+    """write_back=None: the live weights are plain SGD's, the EMA is the wrapper's side average (float64, the same
+    batches), validation sees the average, training goes on from the live weights, and the averaged state dict loads
+    into a fresh module."""
+    model, callback = Watched(), RBWACallback(start_epoch=START_EPOCH, average="ema", beta=0.5, write_back=None)
+    trainer(3, tmp_path, callbacks=[callback], enable_checkpointing=False, num_sanity_val_steps=0).fit(model)
+    net = make_net()
+    opt = RBWA(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), start_step=START_EPOCH * STEPS_PER_EPOCH,
+               average="ema", beta=0.5, write_back=None)
+    loader = torch.utils.data.DataLoader(data(), batch_size=8, shuffle=False)
+    seen = []
+    for _ in range(3):
+        for x, y in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        seen.append((opt.averages or list(net.parameters()))[0].detach().clone())
+    for p, q in zip(model.net.parameters(), net.parameters()):
+        assert torch.allclose(p, q, atol=1e-12)  # the live weights: the wrapper's live weights, plain SGD
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(model.seen, seen))  # validation saw the average
+    assert not torch.allclose(model.seen[-1], model.net[0].weight)  # and the live weights came back
+    fresh = Tiny()
+    fresh.load_state_dict(callback.averaged_state_dict(model))
+    assert torch.allclose(fresh.net[0].weight, opt.averages[0], atol=1e-12)

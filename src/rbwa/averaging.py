@@ -122,8 +122,9 @@ def fold_reference_(averages: Sequence[Tensor], params: Sequence[Tensor], weight
 
 
 def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iterable[tuple[str, Tensor]],
-               weight: Callable[[int], float]) -> None:
-    """Fold each named parameter into its own average and write the average back (the framework callbacks' fold).
+               weight: Callable[[int], float], write_back: bool = True, dtype: torch.dtype | None = None) -> None:
+    """Fold each named parameter into its own average and write the average back, unless ``write_back`` is False
+    (the framework callbacks' fold; ``dtype``: the averages', as ``average_like`` chooses by default).
 
     Averages and their fold counts are keyed by the parameter's name, so the set of parameters may change between
     folds (a layer unfrozen mid-training): a parameter's first fold takes it as it is, wherever it joins, and
@@ -132,7 +133,7 @@ def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iter
     by_weight: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
     for name, p in params:
         if name not in averages:
-            averages[name] = average_like(p)
+            averages[name] = average_like(p, dtype)
         else:
             if averages[name].device != p.device:
                 averages[name] = averages[name].to(p.device)
@@ -141,7 +142,20 @@ def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iter
             ps.append(p)
         counts[name] = counts.get(name, 0) + 1
     for w, (avgs, ps) in by_weight.items():
-        fold_(avgs, ps, w)
+        fold_(avgs, ps, w, write_back)
+
+
+@contextlib.contextmanager
+def swapped_in(module: torch.nn.Module, averages: dict[str, Tensor]) -> Iterator[None]:
+    """Put the averages (by parameter name) into ``module``'s parameters for the block, the live weights back after,
+    also on an error: how the callbacks let validation see a side average. Parameters without an average stay."""
+    named = [(p, averages[name]) for name, p in module.named_parameters() if name in averages]
+    live = [p.detach().clone() for p, _ in named]
+    fold_([p for p, _ in named], [a for _, a in named], 1.0)
+    try:
+        yield
+    finally:
+        fold_([p for p, _ in named], live, 1.0)
 
 
 SHARDED_CALLBACK = ("RBWACallback folds whole parameters and does not run under {}; wrap the optimizer in "

@@ -15,22 +15,37 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from rbwa.averaging import SHARDED_CALLBACK, check_fold_schedule, check_start, fold_named, fold_weight
+from rbwa.averaging import (
+    SHARDED_CALLBACK,
+    check_fold_schedule,
+    check_start,
+    check_write_back,
+    fold_named,
+    fold_weight,
+    swapped_in,
+)
 from rbwa.snapshots import check_snapshot_args, save_state
 
 
 class RBWACallback(pl.Callback):
-    """Fold the trainable parameters into their average after every optimizer step from ``start_epoch`` on.
+    """Fold the trainable parameters into their average every ``every`` optimizer steps from ``start_epoch`` on, and
+    write the average back every ``write_back`` folds (1: the paper's family; None: never, a side average such as an
+    EMA or SWA, which validation and testing then see: it is swapped in before them and the live weights back after).
 
     Averages are kept by parameter name: a parameter unfrozen later starts its own average when it joins, and a
-    frozen one keeps its average unchanged.
+    frozen one keeps its average unchanged. ``average_dtype`` as for :class:`rbwa.RBWA` (float32 averages of bf16
+    weights by default). ``averaged_state_dict(module)`` is the module's state dict with the averages in place of its
+    parameters: an ordinary checkpoint to load without rbwa.
     """
 
     def __init__(self, start_epoch: int = 0, average: str = "mean", beta: float = 0.9, every: int = 1,
-                 counter: str = "folds") -> None:
+                 counter: str = "folds", write_back: int | None = 1, average_dtype: torch.dtype | None = None) -> None:
         check_start("start_epoch", start_epoch)
         check_fold_schedule(average, beta, every, counter)
+        check_write_back(write_back)
         self.start_epoch, self.average, self.beta, self.every, self.counter = start_epoch, average, beta, every, counter
+        self.write_back, self.average_dtype = write_back, average_dtype
+        self._swap: Any = None  # the averages swapped in for an evaluation, undone at its end
         self.steps_since_start = 0  # optimizer steps taken since averaging began
         self.folds = 0
         self.averages: dict[str, torch.Tensor] = {}  # parameter name -> its average
@@ -55,9 +70,47 @@ class RBWACallback(pl.Callback):
             return
         epochs = trainer.current_epoch - self.start_epoch
         params = [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
+        back = self.write_back is not None and (self.folds + 1) % self.write_back == 0
         fold_named(self.averages, self.counts, params,
-                   lambda folds: fold_weight(self.average, epochs if self.counter == "epochs" else folds, self.beta))
+                   lambda folds: fold_weight(self.average, epochs if self.counter == "epochs" else folds, self.beta),
+                   back, self.average_dtype)
         self.folds += 1
+
+    # ---- evaluation with the average ------------------------------------------------------------------------
+    def _swap_in(self, pl_module: pl.LightningModule) -> None:
+        if self.averages and self._swap is None:
+            self._swap = swapped_in(pl_module, self.averages)
+            self._swap.__enter__()
+
+    def _swap_out(self) -> None:
+        if self._swap is not None:
+            swap, self._swap = self._swap, None
+            swap.__exit__(None, None, None)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap_in(pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap_out()
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap_in(pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap_out()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._swap_out()
+
+    def averaged_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """``module``'s state dict with each averaged parameter's average (in the parameter's dtype) in its place."""
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        canonical = {id(p): name for name, p in module.named_parameters()}  # a tied parameter's first name
+        for name, p in module.named_parameters(remove_duplicate=False):  # every name of it, as state_dict has
+            average = self.averages.get(canonical[id(p)])
+            if average is not None and name in state:
+                state[name] = average.to(p.dtype).clone()
+        return state
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_global_step = trainer.global_step
@@ -67,7 +120,9 @@ class RBWACallback(pl.Callback):
                 "counts": self.counts, "settings": self._settings()}
 
     def _settings(self) -> list[Any]:
-        return [self.start_epoch, self.average, self.beta, self.every, self.counter]
+        settings = [self.start_epoch, self.average, self.beta, self.every, self.counter]
+        # added in 0.3: absent (their defaults) from states saved before
+        return settings + ([self.write_back] if self.write_back != 1 else [])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if list(state_dict["settings"]) != self._settings():
