@@ -40,7 +40,7 @@ def _train(tmp_path, name, callback=None, wrap=False, resume=None, save_steps=10
         use_cpu=True, seed=0, data_seed=0)
     sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     # the plain wrapper: 24 examples, batch 4, 2 accumulated = 3 optimizer steps an epoch; start epoch 1
-    optimizer = RBWA(sgd, start_step=3) if wrap else sgd
+    optimizer = RBWA(sgd, start_step=3, **(wrap if isinstance(wrap, dict) else {})) if wrap else sgd
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Pairs(), optimizers=(optimizer, None),
                                    callbacks=[callback] if callback else [])
     trainer.train(resume_from_checkpoint=resume)
@@ -176,3 +176,24 @@ def test_snapshots_every_n_steps_land_in_output_dir_and_merge_reads_them(tmp_pat
     merged = torch.load(tmp_path / "swa.pt", weights_only=True)
     name = "classifier.weight"
     assert torch.allclose(merged[name], ((middle[name].double() + last[name].double()) / 2).float())
+
+
+def test_a_side_average_leaves_training_alone_equals_the_wrapper_and_is_evaluated_by_hand(tmp_path):
+    """write_back=None: the Trainer's weights are plain SGD's, the callback's EMA is the wrapper's side average on the
+    same batches, `callback.averaged(model)` swaps it in for an evaluation, and its state dict loads into a fresh
+    model."""
+    callback = RBWACallback(start_epoch=1, average="ema", beta=0.5, write_back=None)
+    model, _ = _train(tmp_path, "side", callback)
+    plain, _ = _train(tmp_path, "plain")
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters(), strict=True))
+    model_w, opt_w = _train(tmp_path, "wrapper", wrap=dict(average="ema", beta=0.5, write_back=None))
+    names = [name for name, p in model_w.named_parameters() if p.requires_grad]
+    for name, average in zip(names, opt_w.averages, strict=True):
+        assert torch.allclose(callback.averages[name], average, atol=1e-6), name
+    live = [p.detach().clone() for p in model.parameters()]
+    with callback.averaged(model):
+        assert torch.equal(dict(model.named_parameters())["classifier.weight"], callback.averages["classifier.weight"])
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), live))
+    fresh = _model()
+    fresh.load_state_dict(callback.averaged_state_dict(model))
+    assert torch.equal(fresh.classifier.weight, callback.averages["classifier.weight"])

@@ -145,6 +145,18 @@ def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iter
         fold_(avgs, ps, w, write_back)
 
 
+def averaged_state_dict(module: torch.nn.Module, averages: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``module``'s state dict with each named average (in its parameter's dtype) in place of the parameter, under
+    every name a tied parameter has: an ordinary checkpoint of the averaged model, loadable without rbwa."""
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    canonical = {id(p): name for name, p in module.named_parameters()}  # a tied parameter's first name
+    for name, p in module.named_parameters(remove_duplicate=False):
+        average = averages.get(canonical[id(p)])
+        if average is not None and name in state:
+            state[name] = average.to(p.dtype).clone()
+    return state
+
+
 @contextlib.contextmanager
 def swapped_in(module: torch.nn.Module, averages: dict[str, Tensor]) -> Iterator[None]:
     """Put the averages (by parameter name) into ``module``'s parameters for the block, the live weights back after,

@@ -24,7 +24,16 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from rbwa.averaging import SHARDED_CALLBACK, check_fold_schedule, check_start, fold_named, fold_weight
+from rbwa.averaging import (
+    SHARDED_CALLBACK,
+    averaged_state_dict,
+    check_fold_schedule,
+    check_start,
+    check_write_back,
+    fold_named,
+    fold_weight,
+    swapped_in,
+)
 from rbwa.snapshots import check_snapshot_args, save_state
 
 STATE_FILE = "rbwa_callback.pt"
@@ -66,10 +75,13 @@ class RBWACallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, start_epoch: int = 0, average: str = "mean", beta: float = 0.9, every: int = 1,
-                 counter: str = "folds", steps_per_epoch: int | None = None) -> None:
+                 counter: str = "folds", steps_per_epoch: int | None = None, write_back: int | None = 1,
+                 average_dtype: torch.dtype | None = None) -> None:
         check_start("start_epoch", start_epoch)
         check_fold_schedule(average, beta, every, counter)
+        check_write_back(write_back)
         self.start_epoch, self.average, self.beta, self.every, self.counter = start_epoch, average, beta, every, counter
+        self.write_back, self.average_dtype = write_back, average_dtype
         self.steps_per_epoch = steps_per_epoch
         self.folds = 0
         self.averages: dict[str, torch.Tensor] = {}  # parameter name -> its average
@@ -77,14 +89,27 @@ class RBWACallback(TrainerCallback, ExportableState):
         self.checkpoint_token: str | None = None  # the token of the checkpoint being saved, or last resumed
 
     def _settings(self) -> list[Any]:
-        return [self.start_epoch, self.average, self.beta, self.every, self.counter]
+        settings = [self.start_epoch, self.average, self.beta, self.every, self.counter]
+        # added in 0.3: absent (their defaults) from states saved before
+        return settings + ([self.write_back] if self.write_back != 1 else [])
+
+    def averaged_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """``model``'s state dict with each averaged parameter's average in its place (``save_pretrained``-able via
+        ``model.load_state_dict`` on a copy, or ``torch.save``)."""
+        return averaged_state_dict(model, self.averages)
+
+    def averaged(self, model: torch.nn.Module) -> Any:
+        """A context in which ``model`` holds the averages, the live weights back after (the Trainer has no hook
+        before an evaluation): ``with callback.averaged(trainer.model): trainer.evaluate()``."""
+        return swapped_in(model, self.averages)
 
     def state(self) -> dict[str, Any]:
         """What the Trainer stores in ``trainer_state.json`` as it saves a checkpoint (``ExportableState``): the
         arguments, and a new token that ``on_save``, called right after, writes into this checkpoint's state file."""
         self.checkpoint_token = uuid.uuid4().hex  # os.urandom: no random generator of training is touched
         return {"args": {"start_epoch": self.start_epoch, "average": self.average, "beta": self.beta,
-                         "every": self.every, "counter": self.counter, "steps_per_epoch": self.steps_per_epoch},
+                         "every": self.every, "counter": self.counter, "steps_per_epoch": self.steps_per_epoch,
+                         "write_back": self.write_back},
                 "attributes": {"checkpoint_token": self.checkpoint_token}}
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -130,8 +155,10 @@ class RBWACallback(TrainerCallback, ExportableState):
             return
         epochs = (step - start) // self.steps_per_epoch
         params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        back = self.write_back is not None and (self.folds + 1) % self.write_back == 0
         fold_named(self.averages, self.counts, params,
-                   lambda folds: fold_weight(self.average, epochs if self.counter == "epochs" else folds, self.beta))
+                   lambda folds: fold_weight(self.average, epochs if self.counter == "epochs" else folds, self.beta),
+                   back, self.average_dtype)
         self.folds += 1
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:

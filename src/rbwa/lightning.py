@@ -17,6 +17,7 @@ import torch
 
 from rbwa.averaging import (
     SHARDED_CALLBACK,
+    averaged_state_dict,
     check_fold_schedule,
     check_start,
     check_write_back,
@@ -104,13 +105,11 @@ class RBWACallback(pl.Callback):
 
     def averaged_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         """``module``'s state dict with each averaged parameter's average (in the parameter's dtype) in its place."""
-        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        canonical = {id(p): name for name, p in module.named_parameters()}  # a tied parameter's first name
-        for name, p in module.named_parameters(remove_duplicate=False):  # every name of it, as state_dict has
-            average = self.averages.get(canonical[id(p)])
-            if average is not None and name in state:
-                state[name] = average.to(p.dtype).clone()
-        return state
+        return averaged_state_dict(module, self.averages)
+
+    def averaged(self, module: torch.nn.Module) -> Any:
+        """A context in which ``module`` holds the averages (the live weights back after), for evaluating by hand."""
+        return swapped_in(module, self.averages)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_global_step = trainer.global_step
