@@ -13,7 +13,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import fully_shard
 
-from rbwa.averaging import RBWA, local, lookahead, rswa, sema
+from rbwa.averaging import RBWA, fold_named, fold_weight, local, lookahead, rswa, sema, swapped_in
 from rbwa.models.gpt import GPT
 
 STEPS, SAVE_AT, BATCH = 9, 4, 8
@@ -71,6 +71,37 @@ def build(member):
     return model, MEMBERS[member](torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-3))
 
 
+def callback_fold_matches_the_wrapper(rank: int, world: int) -> dict:
+    """The framework callbacks' fold (fold_named, by parameter name) and evaluation swap (swapped_in) on the sharded
+    GPT in a plain FSDP2 loop: the averages and the forward with them equal one unsharded RBWA process's."""
+    reference = make_model()
+    ref_opt = RBWA(torch.optim.SGD(reference.parameters(), lr=0.2, momentum=0.9), start_step=2, write_back=None)
+    train(reference, ref_opt, range(STEPS))
+    model = sharded(make_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    averages: dict = {}
+    counts: dict = {}
+    for t in range(STEPS):
+        x, y = batch(t)
+        share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+        opt.zero_grad()
+        loss_of(model, x[share], y[share]).backward()
+        opt.step()
+        if t >= 2:  # RBWA's mean, 1/(k+1), never written back (a side average)
+            fold_named(averages, counts, model.named_parameters(), lambda k: fold_weight("mean", k), write_back=False)
+    names = [name for name, _ in model.named_parameters()]
+    probe = batch(99)[0]
+    with torch.no_grad():
+        model(probe)  # leaves the root unsharded
+        with swapped_in(model, averages), ref_opt.averaged(reference):
+            forward = (model(probe) - reference(probe)).abs().max().item()
+        after = (model(probe) - reference(probe)).abs().max().item()
+    return {"average difference": max((full(averages[n]) - a).abs().max().item()
+                                      for n, a in zip(names, ref_opt.averages, strict=True)),
+            "averages sharded": all(type(a).__name__ == "DTensor" for a in averages.values()),
+            "forward with the average": forward, "forward after": after}
+
+
 def main() -> None:
     mode, out = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
@@ -123,6 +154,8 @@ def main() -> None:
             "steps": opt.steps, "folds": opt.folds, "swapped difference": swapped, "restored": restored,
             "forward with the average": forward_avg, "forward after": forward_live, "saved inside": saved_live,
         }
+    if mode == "straight":
+        found["callback fold"] = callback_fold_matches_the_wrapper(rank, world)
     with open(os.path.join(out, f"{mode}-rank{rank}.json"), "w") as f:
         json.dump(found, f)
     dist.destroy_process_group()

@@ -69,3 +69,14 @@ def test_evaluating_with_the_average_swaps_shards_and_restores_them(sharded_runs
         assert found["swapped difference"] < 1e-12 and found["restored"]
         assert found["forward with the average"] < 1e-12 and found["forward after"] < 1e-12
         assert found["saved inside"] == 0.0
+
+
+def test_the_callbacks_fold_and_swap_run_on_fsdp2_shards(sharded_runs):
+    """What the Lightning and HF callbacks do at each step (fold_named) and around an evaluation (swapped_in), in a
+    plain FSDP2 loop: the averages stay sharded and equal one unsharded process's, and a forward inside the swap is
+    the average's own. (The frameworks' own FSDP2 strategies are not run here: the callbacks still refuse them.)"""
+    straight, _ = sharded_runs
+    for rank in straight:
+        found = rank["callback fold"]
+        assert found["averages sharded"] and found["average difference"] < 1e-12
+        assert found["forward with the average"] < 1e-12 and found["forward after"] < 1e-12

@@ -161,12 +161,14 @@ def averaged_state_dict(module: torch.nn.Module, averages: dict[str, Tensor]) ->
 def swapped_in(module: torch.nn.Module, averages: dict[str, Tensor]) -> Iterator[None]:
     """Put the averages (by parameter name) into ``module``'s parameters for the block, the live weights back after,
     also on an error: how the callbacks let validation see a side average. Parameters without an average stay."""
+    reshard(module)  # FSDP2: no unsharded copy of the live weights may outlive the swap (see RBWA.averaged)
     named = [(p, averages[name]) for name, p in module.named_parameters() if name in averages]
     live = [p.detach().clone() for p, _ in named]
     fold_([p for p, _ in named], [a for _, a in named], 1.0)
     try:
         yield
     finally:
+        reshard(module)
         fold_([p for p, _ in named], live, 1.0)
 
 
