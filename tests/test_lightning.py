@@ -156,9 +156,30 @@ def test_a_sharding_strategy_is_refused_in_one_line():
 
     from lightning.pytorch.strategies import FSDPStrategy
 
-    with pytest.raises(ValueError, match="RBWACallback folds whole parameters and does not run under Lightning's "
-                                         "FSDPStrategy; wrap the optimizer in rbwa.RBWA instead"):
+    with pytest.raises(ValueError, match="RBWACallback does not run under Lightning's FSDPStrategy; wrap the "
+                                         "optimizer in rbwa.RBWA instead.*or train with FSDP2 \\(ModelParallel"):
         RBWACallback().setup(SimpleNamespace(strategy=FSDPStrategy()), Tiny(), "fit")
+
+
+def test_under_lightnings_fsdp2_strategy_the_callback_folds_shards_as_the_wrapper_does(tmp_path):
+    """ModelParallelStrategy on 2 gloo processes (CPU), rbwa's GPT sharded in configure_model (the root owns the
+    embeddings and the tied head): RBWA and an EMA side average by the callback end exactly where the RBWA wrapper
+    under the same strategy does (float64, the same batches), its averages DTensor shards."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    driver = Path(__file__).with_name("lightning_fsdp_driver.py")
+    done = subprocess.run([sys.executable, str(driver), str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads((tmp_path / "found.json").read_text())
+    for member in ("rbwa", "side ema"):
+        assert found[member]["steps"] == 12 and found[member]["folds"] == 8  # 4 steps an epoch, epochs 1 and 2
+        assert found[member]["averages sharded"]
+        assert found[member]["live difference"] == 0.0 and found[member]["average difference"] == 0.0
 
 
 def test_snapshots_every_n_steps_are_the_weights_then_and_merge_reads_them(tmp_path):

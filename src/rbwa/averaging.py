@@ -172,8 +172,8 @@ def swapped_in(module: torch.nn.Module, averages: dict[str, Tensor]) -> Iterator
         fold_([p for p, _ in named], live, 1.0)
 
 
-SHARDED_CALLBACK = ("RBWACallback folds whole parameters and does not run under {}; wrap the optimizer in "
-                    "rbwa.RBWA instead, which folds FSDP2 shards in place (README: sharded training)")
+SHARDED_CALLBACK = ("RBWACallback does not run under {}; wrap the optimizer in rbwa.RBWA instead, which folds FSDP2 "
+                    "shards in place (README: sharded training)")
 
 
 def check_start(name: str, value: int) -> None:

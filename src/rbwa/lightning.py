@@ -54,10 +54,11 @@ class RBWACallback(pl.Callback):
         self._last_global_step: int | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Refuse a sharding strategy (FSDP, FSDP2's ModelParallelStrategy, DeepSpeed) before training starts."""
+        """Refuse FSDP1 and DeepSpeed before training starts; FSDP2 (ModelParallelStrategy) folds its shards."""
         name = type(trainer.strategy).__name__
-        if name in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy"):
-            raise ValueError(SHARDED_CALLBACK.format(f"Lightning's {name}"))
+        if name in ("FSDPStrategy", "DeepSpeedStrategy"):  # FSDP2's ModelParallelStrategy runs (tested)
+            raise ValueError(SHARDED_CALLBACK.format(f"Lightning's {name}") + "; or train with FSDP2 "
+                             "(ModelParallelStrategy), whose shards the callback folds")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
