@@ -39,14 +39,21 @@ class LM(pl.LightningModule):
         return sgd if self.wrapped is None else RBWA(sgd, start_step=START_EPOCH * STEPS_PER_EPOCH, **self.wrapped)
 
 
-def fit(model: LM, callbacks: list, root: str) -> pl.Trainer:
+def fit(model: LM, callbacks: list, root: str, epochs: int = 3, save: bool = False,
+        resume: str | None = None) -> pl.Trainer:
     data = torch.utils.data.TensorDataset(torch.randint(0, 6, (32, 5), generator=torch.Generator().manual_seed(0)))
-    trainer = pl.Trainer(accelerator="cpu", devices=2, max_epochs=3, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=root,
+    if save:  # Lightning's distributed checkpoint (a folder of shards), the last one kept
+        callbacks = [*callbacks, pl.callbacks.ModelCheckpoint(dirpath=f"{root}/ckpt", save_last=True)]
+    trainer = pl.Trainer(accelerator="cpu", devices=2, max_epochs=epochs, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=save, default_root_dir=root,
                          strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
                                                         process_group_backend="gloo"), callbacks=callbacks)
-    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4), ckpt_path=resume)
     return trainer
+
+
+def difference(a: dict, b: dict) -> float:
+    return max((a[n].full_tensor() - b[n].full_tensor()).abs().max().item() for n in a)
 
 
 def main() -> None:
@@ -68,6 +75,17 @@ def main() -> None:
         found[name] = {"live difference": live, "average difference": average, "folds": callback.folds,
                        "averages sharded": all(type(a).__name__ == "DTensor" for a in callback.averages.values()),
                        "steps": trainer.global_step}
+    # saved after 2 epochs, resumed to 3 in new Trainers: the side EMA ends where the uninterrupted run's does
+    settings = {"start_epoch": START_EPOCH, "average": "ema", "beta": 0.5, "write_back": None}
+    straight_callback, resumed_callback = RBWACallback(**settings), RBWACallback(**settings)
+    straight, resumed = LM(), LM()
+    fit(straight, [straight_callback], out)
+    fit(LM(), [RBWACallback(**settings)], out, epochs=2, save=True)
+    trainer = fit(resumed, [resumed_callback], out, resume=f"{out}/ckpt/last.ckpt")
+    found["resumed"] = {"live difference": difference(dict(straight.named_parameters()),
+                                                      dict(resumed.named_parameters())),
+                        "average difference": difference(straight_callback.averages, resumed_callback.averages),
+                        "folds": resumed_callback.folds}
     if trainer.global_rank == 0:
         with open(f"{out}/found.json", "w") as f:
             json.dump(found, f)

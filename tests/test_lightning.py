@@ -164,7 +164,8 @@ def test_a_sharding_strategy_is_refused_in_one_line():
 def test_under_lightnings_fsdp2_strategy_the_callback_folds_shards_as_the_wrapper_does(tmp_path):
     """ModelParallelStrategy on 2 gloo processes (CPU), rbwa's GPT sharded in configure_model (the root owns the
     embeddings and the tied head): RBWA and an EMA side average by the callback end exactly where the RBWA wrapper
-    under the same strategy does (float64, the same batches), its averages DTensor shards."""
+    under the same strategy does (float64, the same batches), its averages DTensor shards; and a run resumed from
+    Lightning's distributed checkpoint ends where the uninterrupted one does."""
     import json
     import os
     import subprocess
@@ -180,6 +181,8 @@ def test_under_lightnings_fsdp2_strategy_the_callback_folds_shards_as_the_wrappe
         assert found[member]["steps"] == 12 and found[member]["folds"] == 8  # 4 steps an epoch, epochs 1 and 2
         assert found[member]["averages sharded"]
         assert found[member]["live difference"] == 0.0 and found[member]["average difference"] == 0.0
+    # saved in Lightning's distributed checkpoint after 2 epochs, resumed by a new Trainer: as if uninterrupted
+    assert found["resumed"] == {"live difference": 0.0, "average difference": 0.0, "folds": 8}
 
 
 def test_snapshots_every_n_steps_are_the_weights_then_and_merge_reads_them(tmp_path):

@@ -145,6 +145,27 @@ def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iter
         fold_(avgs, ps, w, write_back)
 
 
+def gathered(averages: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each average whole, for a checkpoint of plain tensors: a DTensor's shards are gathered (a collective: every
+    process calls this together, as frameworks call a callback's state_dict), anything else as it is."""
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in averages.items()}
+
+
+def placed_like(averages: dict[str, Tensor], module: torch.nn.Module) -> None:
+    """Averages restored whole from a checkpoint (``gathered``), cut back into the placement of their FSDP2
+    parameters, each process keeping its own shard of its own full copy (no communication); others stay."""
+    for name, p in module.named_parameters():
+        average = averages.get(name)
+        if average is not None and hasattr(p, "placements") and not hasattr(average, "placements"):
+            from torch.distributed.tensor import distribute_tensor
+
+            try:
+                averages[name] = distribute_tensor(average.to(p.device), p.device_mesh, p.placements,
+                                                   src_data_rank=None)
+            except TypeError:  # torch < 2.6: scattered from the first process, which holds the same copy
+                averages[name] = distribute_tensor(average.to(p.device), p.device_mesh, p.placements)
+
+
 def averaged_state_dict(module: torch.nn.Module, averages: dict[str, Tensor]) -> dict[str, Tensor]:
     """``module``'s state dict with each named average (in its parameter's dtype) in place of the parameter, under
     every name a tied parameter has: an ordinary checkpoint of the averaged model, loadable without rbwa."""

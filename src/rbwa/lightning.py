@@ -23,6 +23,8 @@ from rbwa.averaging import (
     check_write_back,
     fold_named,
     fold_weight,
+    gathered,
+    placed_like,
     swapped_in,
 )
 from rbwa.snapshots import check_snapshot_args, save_state
@@ -71,6 +73,7 @@ class RBWACallback(pl.Callback):
         if t % self.every:
             return
         epochs = trainer.current_epoch - self.start_epoch
+        placed_like(self.averages, pl_module)  # averages resumed whole under FSDP2: back into shards
         params = [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
         back = self.write_back is not None and (self.folds + 1) % self.write_back == 0
         fold_named(self.averages, self.counts, params,
@@ -80,6 +83,7 @@ class RBWACallback(pl.Callback):
 
     # ---- evaluation with the average ------------------------------------------------------------------------
     def _swap_in(self, pl_module: pl.LightningModule) -> None:
+        placed_like(self.averages, pl_module)
         if self.averages and self._swap is None:
             self._swap = swapped_in(pl_module, self.averages)
             self._swap.__enter__()
@@ -116,7 +120,9 @@ class RBWACallback(pl.Callback):
         self._last_global_step = trainer.global_step
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps_since_start": self.steps_since_start, "folds": self.folds, "averages": self.averages,
+        """The state Lightning checkpoints; FSDP2 shards gathered whole (Lightning writes a callback's state from the
+        first process alone), cut back into shards when training resumes."""
+        return {"steps_since_start": self.steps_since_start, "folds": self.folds, "averages": gathered(self.averages),
                 "counts": self.counts, "settings": self._settings()}
 
     def _settings(self) -> list[Any]:
