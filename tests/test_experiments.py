@@ -9,7 +9,8 @@ from rbwa.experiments import EXPERIMENTS, expand, reproduce
 
 @pytest.mark.parametrize(("experiment", "points"), [("fig3", 4), ("fig5", 4), ("table1", 10), ("variants", 8),
                                                     ("controls", 7), ("alternatives", 6),
-                                                    ("writeback", 5), ("posthoc", 2), ("posthoc-cifar100", 2)])
+                                                    ("writeback", 5), ("posthoc", 2), ("posthoc-cifar100", 2),
+                                                    ("lm", 8)])
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-full", "paper"])
 def test_grid_expansion(tmp_path, experiment, points, preset):
     runs = expand(experiment, preset, seeds=3, out=tmp_path)
@@ -48,8 +49,12 @@ def test_grid_contents(tmp_path):
     # a user's --dataset (an image folder of CIFAR-10, as here) replaces the grid's
     (named,) = [r for r in expand("posthoc", "cpu-full", 1, tmp_path, {"dataset": "digits"}) if "cosine" not in r.name]
     assert named.config.dataset == "digits"
+    lm = {r.label: r.config for r in expand("lm", "cpu-lm", 1, tmp_path)}
+    assert {(c.model, c.dataset, c.optimizer, c.train_subset) for c in lm.values()} == {("gpt", "shakespeare", "adamw",
+                                                                                         None)}
+    assert (lm["adamw"].snapshots_per_epoch, lm["adamw (wsd)"].lr_schedule, lm["rbwa"].start_epoch) == (4, "wsd", 1)
     assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback",
-                                "posthoc", "posthoc-cifar100"}
+                                "posthoc", "posthoc-cifar100", "lm"}
 
 
 def test_runs_go_seed_by_seed_within_a_setting(tmp_path):
