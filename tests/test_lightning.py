@@ -42,10 +42,11 @@ def trainer(epochs, tmp_path, **kw):
                       enable_model_summary=False, default_root_dir=tmp_path, **kw)
 
 
-def reference(epochs):
+def reference(epochs, **settings):
     """The same training with the plain-PyTorch wrapper."""
     net = make_net()
-    opt = RBWA(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), start_step=START_EPOCH * STEPS_PER_EPOCH)
+    opt = RBWA(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), start_step=START_EPOCH * STEPS_PER_EPOCH,
+               **settings)
     loader = torch.utils.data.DataLoader(data(), batch_size=8, shuffle=False)
     for _ in range(epochs):
         for x, y in loader:
@@ -62,6 +63,30 @@ def test_callback_matches_the_wrapper(tmp_path):
     assert callback.folds == opt.folds == 2 * STEPS_PER_EPOCH
     for a, b in zip(model.net.parameters(), net.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+# the family's members as callback settings, each the wrapper's own (every=2 folds every other step, as Lookahead's
+# k = 2; write_back=STEPS_PER_EPOCH switches an EMA into the weights once an epoch, as Switch EMA)
+MEMBERS = {"rbwa-e": {"average": "ema", "beta": 0.9},
+           "lookahead's fold (every 2, alpha 0.5)": {"average": "ema", "beta": 0.5, "every": 2},
+           "switch ema": {"average": "ema", "beta": 0.8, "write_back": STEPS_PER_EPOCH},
+           "ema side average": {"average": "ema", "beta": 0.8, "write_back": None},
+           "epoch counter": {"counter": "epochs"}}
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_every_member_of_the_family_matches_the_wrapper(tmp_path, member):
+    settings = MEMBERS[member]
+    model, callback = Tiny(), RBWACallback(start_epoch=START_EPOCH, **settings)
+    trainer(3, tmp_path, callbacks=[callback], enable_checkpointing=False).fit(model)
+    wrapper_settings = {**settings, "steps_per_epoch": STEPS_PER_EPOCH} if "counter" in settings else settings
+    net, opt = reference(3, **wrapper_settings)
+    assert callback.folds == opt.folds > 0
+    for a, b in zip(model.net.parameters(), net.parameters(), strict=True):  # the live weights
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    names = [name for name, _ in model.named_parameters()]
+    for name, average in zip(names, opt.averages, strict=True):  # and the averages
+        torch.testing.assert_close(callback.averages[name], average, rtol=0, atol=1e-12)
 
 
 def test_callback_resumes_from_a_lightning_checkpoint(tmp_path):
