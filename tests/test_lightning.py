@@ -268,3 +268,19 @@ def test_a_side_average_is_what_validation_sees_and_equals_the_wrapper(tmp_path)
     fresh = Tiny()
     fresh.load_state_dict(callback.averaged_state_dict(model))
     assert torch.allclose(fresh.net[0].weight, opt.averages[0], atol=1e-12)
+
+
+def test_named_recipes_are_the_members_settings():
+    """Each recipe is the callback with the settings the member test above checks against the wrapper."""
+    def settings(cb):
+        return (cb.start_epoch, cb.average, cb.beta, cb.every, cb.write_back)
+
+    assert settings(RBWACallback.ema(beta=0.8, start_epoch=1)) == (1, "ema", 0.8, 1, None)
+    assert settings(RBWACallback.lookahead(k=2, alpha=0.5, start_epoch=1)) == (1, "ema", 0.5, 2, 1)
+    assert settings(RBWACallback.switch_ema(STEPS_PER_EPOCH, beta=0.8)) == (0, "ema", 0.8, 1, STEPS_PER_EPOCH)
+    assert settings(RBWACallback.rbwa_e(start_epoch=2)) == (2, "ema", 0.9, 1, 1)
+    assert settings(RBWACallback.swa(STEPS_PER_EPOCH, 1)) == (1, "mean", 0.9, STEPS_PER_EPOCH, None)
+    assert settings(RBWACallback.rbwa(3)) == (3, "mean", 0.9, 1, 1)
+    from rbwa.hf import RBWACallback as HFCallback
+
+    assert settings(HFCallback.ema(beta=0.99)) == (0, "ema", 0.99, 1, None)

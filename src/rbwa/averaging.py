@@ -193,6 +193,43 @@ def swapped_in(module: torch.nn.Module, averages: dict[str, Tensor]) -> Iterator
         fold_([p for p, _ in named], live, 1.0)
 
 
+class Recipes:
+    """The family's members by name, for the framework callbacks (``RBWACallback.ema(beta=0.999)``); each is the
+    callback with the settings that make it that member, as the wrapper's recipes are."""
+
+    @classmethod
+    def rbwa(cls, start_epoch: int = 0, **kwargs: Any) -> Any:
+        """RBWA: an equal-weight mean after every step, written back."""
+        return cls(start_epoch=start_epoch, average="mean", **kwargs)
+
+    @classmethod
+    def rbwa_e(cls, start_epoch: int = 0, beta: float = 0.9, **kwargs: Any) -> Any:
+        """RBWA-E: an EMA after every step, written back."""
+        return cls(start_epoch=start_epoch, average="ema", beta=beta, **kwargs)
+
+    @classmethod
+    def lookahead(cls, k: int = 5, alpha: float = 0.5, start_epoch: int = 0, **kwargs: Any) -> Any:
+        """Lookahead's rule: slow <- slow + alpha (fast - slow) every ``k`` steps, the slow weights taken at the
+        start."""
+        return cls(start_epoch=start_epoch, average="ema", beta=1.0 - alpha, every=k, **kwargs)
+
+    @classmethod
+    def switch_ema(cls, steps_per_epoch: int, beta: float = 0.999, start_epoch: int = 0, **kwargs: Any) -> Any:
+        """Switch EMA: an EMA every step, written back once an epoch (``steps_per_epoch`` optimizer steps)."""
+        return cls(start_epoch=start_epoch, average="ema", beta=beta, write_back=steps_per_epoch, **kwargs)
+
+    @classmethod
+    def ema(cls, beta: float = 0.999, start_epoch: int = 0, **kwargs: Any) -> Any:
+        """An EMA side average: never written back; what evaluation sees."""
+        return cls(start_epoch=start_epoch, average="ema", beta=beta, write_back=None, **kwargs)
+
+    @classmethod
+    def swa(cls, steps_per_epoch: int, start_epoch: int = 0, **kwargs: Any) -> Any:
+        """An SWA side average: the equal-weight mean of the weights at every epoch's first step from the start,
+        never written back."""
+        return cls(start_epoch=start_epoch, average="mean", every=steps_per_epoch, write_back=None, **kwargs)
+
+
 SHARDED_CALLBACK = ("RBWACallback does not run under {}; wrap the optimizer in rbwa.RBWA instead, which folds FSDP2 "
                     "shards in place (README: sharded training)")
 

@@ -26,6 +26,7 @@ from transformers.trainer_callback import ExportableState
 
 from rbwa.averaging import (
     SHARDED_CALLBACK,
+    Recipes,
     averaged_state_dict,
     check_fold_schedule,
     check_start,
@@ -64,7 +65,7 @@ def recorded_token(state: TrainerState) -> str | None:
     return (stored or {}).get("attributes", {}).get("checkpoint_token") if isinstance(stored, dict) else None
 
 
-class RBWACallback(TrainerCallback, ExportableState):
+class RBWACallback(TrainerCallback, ExportableState, Recipes):
     """Fold the trainable parameters into their average after every optimizer step from ``start_epoch`` on.
 
     Averages are kept by parameter name: a parameter unfrozen later starts its own average when it joins, and a

@@ -17,6 +17,7 @@ import torch
 
 from rbwa.averaging import (
     SHARDED_CALLBACK,
+    Recipes,
     averaged_state_dict,
     check_fold_schedule,
     check_start,
@@ -30,7 +31,7 @@ from rbwa.averaging import (
 from rbwa.snapshots import check_snapshot_args, save_state
 
 
-class RBWACallback(pl.Callback):
+class RBWACallback(pl.Callback, Recipes):
     """Fold the trainable parameters into their average every ``every`` optimizer steps from ``start_epoch`` on, and
     write the average back every ``write_back`` folds (1: the paper's family; None: never, a side average such as an
     EMA or SWA, which validation and testing then see: it is swapped in before them and the live weights back after).
