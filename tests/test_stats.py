@@ -56,7 +56,10 @@ def test_paired_p_by_hand():
     # differences 1, 2, 3: t = 2 / (1 / sqrt 3) = 3.4641 with 2 degrees of freedom; the t(2) CDF has the
     # closed form 1/2 + t / (2 sqrt(t^2 + 2)), so p = 1 - t / sqrt(t^2 + 2) = 1 - 3.4641 / sqrt(14)
     assert paired_p([1.0, 2.0, 3.0]) == pytest.approx(1 - math.sqrt(12) / math.sqrt(14))
-    assert paired_p([0.0, 0.0]) == 1.0 and paired_p([2.0, 2.0]) == 0.0 and math.isnan(paired_p([1.0]))
+    assert paired_p([0.0, 0.0]) == 1.0 and math.isnan(paired_p([1.0]))
+    # every difference the same and not 0 (two seeds each 80 test images better): no spread, so no test and no
+    # interval (a t-test would claim p = 0)
+    assert math.isnan(paired_p([0.8, 0.8])) and math.isnan(mean_ci([0.8, 0.8])[1])
 
 
 def test_holm_by_hand():
@@ -88,7 +91,8 @@ def test_every_verdict_is_reached_from_numbers_and_none_is_typed_elsewhere():
 
     nan = float("nan")
     reached = {verdict(0.1, 2.0), verdict(-2.0, -0.1), verdict(0.0, 0.0, same=True), verdict(-0.5, 0.6, 1.38),
-               verdict(-0.5, 2.0), verdict(nan, nan), holm_verdict(1.0, 0.2), holm_verdict(1.0, nan),
+               verdict(-0.5, 2.0), verdict(nan, nan), verdict(nan, nan, n=2), holm_verdict(1.0, 0.2),
+               holm_verdict(1.0, nan), holm_verdict(0.8, nan, n=2),
                holm_verdict(1.0, 0.01), holm_verdict(-1.0, 0.01), holm_verdict(0.0, 1.0, same=True)}
     expected = {v.format(claimed=1.38) for v in stats.VERDICTS}
     assert reached == expected

@@ -216,8 +216,8 @@ class Finding:
         return mean, lo, hi, len(values)
 
     def verdict(self, which: str = "final") -> str:
-        _, lo, hi, _ = self.stats(which)
-        return verdict(lo, hi, self.claimed if which == "final" else None, self.same)
+        _, lo, hi, n = self.stats(which)
+        return verdict(lo, hi, self.claimed if which == "final" else None, self.same, n)
 
     @property
     def p(self) -> float:

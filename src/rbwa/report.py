@@ -69,7 +69,7 @@ def render(f: Finding, p_adjusted: float, tests: int) -> str:
     seeds = "1 seed" if n == 1 else f"{n} seeds"
     line = (f"{head} ({f.what} = {_fmt_ci(mean, lo, hi, f.digits)}{f.unit}, n = {seeds}{f.note}); {second}; "
             f"after Holm's correction over the {tests} final-epoch tests of this report: p = {p}, "
-            f"**{holm_verdict(mean, p_adjusted, f.same)}**")
+            f"**{holm_verdict(mean, p_adjusted, f.same, n=n)}**")
     if f.curve and (f.show_curve or f.same):
         line += (f"; largest difference at any epoch of any seed: {max(abs(d) for d in f.curve):.{f.digits}g}"
                  f"{f.unit} (tolerance {f.tolerance:.{f.digits}g}{f.unit})")

@@ -26,9 +26,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and its 95% t confidence interval (NaN bounds for fewer than 2 values)."""
+    """Mean and its 95% t confidence interval (NaN bounds for fewer than 2 values, or for values all equal and not 0:
+    no spread to estimate an interval from; all 0 is the interval [0, 0])."""
     mean, std, n = mean_std(values)
-    if n < 2:
+    if n < 2 or (std == 0 and mean != 0):
         return mean, NAN, NAN
     half = t975(n - 1) * std / math.sqrt(n)
     return mean, mean - half, mean + half
@@ -48,8 +49,8 @@ def paired_p(differences: Sequence[float]) -> float:
     mean, std, n = mean_std(differences)
     if n < 2:
         return NAN
-    if std == 0:
-        return 1.0 if mean == 0 else 0.0
+    if std == 0:  # every difference the same: none at all is no evidence (1); another, no test (the t is undefined)
+        return 1.0 if mean == 0 else NAN
     return float(2 * t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
 
 
@@ -66,8 +67,8 @@ def contrast(arms: Sequence[tuple[float, Sequence[float]]]) -> tuple[float, floa
     estimate = sum(c * mean for c, mean, _, _ in parts)
     terms = [c * c * std * std / n for c, _, std, n in parts]
     variance = sum(terms)
-    if variance == 0:
-        return estimate, estimate, estimate, (1.0 if estimate == 0 else 0.0)
+    if variance == 0:  # no spread in any group: no interval and no test, unless the sum is 0 (no evidence)
+        return (estimate, estimate, estimate, 1.0) if estimate == 0 else (estimate, NAN, NAN, NAN)
     df = variance ** 2 / sum(term ** 2 / (n - 1) for term, (_, _, _, n) in zip(terms, parts))
     half = t975(df) * math.sqrt(variance)
     return estimate, estimate - half, estimate + half, float(2 * t.sf(abs(estimate) / math.sqrt(variance), df))
@@ -102,34 +103,38 @@ NO_DIFFERENCE = "not supported (no difference in any seed)"
 BELOW_PAPER = "not supported (the paper's difference of {claimed:+.3g} lies above our 95% CI)"
 INCONCLUSIVE = "inconclusive at this scale"
 TOO_FEW = "inconclusive at this scale (fewer than 2 seeds)"
+NO_SPREAD = "inconclusive at this scale (every seed's difference is the same: no spread to estimate an interval from)"
 INCONCLUSIVE_HOLM = "inconclusive after correction"
 TOO_FEW_HOLM = "inconclusive (fewer than 2 seeds)"
-VERDICTS = (SUPPORTED, OPPOSITE, NO_DIFFERENCE, BELOW_PAPER, INCONCLUSIVE, TOO_FEW, INCONCLUSIVE_HOLM, TOO_FEW_HOLM)
+NO_SPREAD_HOLM = "inconclusive (no spread between seeds: not tested)"
+VERDICTS = (SUPPORTED, OPPOSITE, NO_DIFFERENCE, BELOW_PAPER, INCONCLUSIVE, TOO_FEW, NO_SPREAD, INCONCLUSIVE_HOLM,
+            TOO_FEW_HOLM, NO_SPREAD_HOLM)
 
 
-def holm_verdict(mean: float, p_adjusted: float, same: bool = False, alpha: float = 0.05) -> str:
-    """A claim that the difference is positive, judged from its Holm-adjusted two-sided p-value."""
+def holm_verdict(mean: float, p_adjusted: float, same: bool = False, alpha: float = 0.05, n: int = 0) -> str:
+    """A claim that the difference is positive, judged from its Holm-adjusted two-sided p-value (none: fewer than 2
+    seeds, or ``n`` >= 2 seeds whose differences are all equal)."""
     if same:
         return NO_DIFFERENCE
     if math.isnan(p_adjusted):
-        return TOO_FEW_HOLM
+        return NO_SPREAD_HOLM if n >= 2 else TOO_FEW_HOLM
     if p_adjusted < alpha:
         return SUPPORTED if mean > 0 else OPPOSITE
     return INCONCLUSIVE_HOLM
 
 
-def verdict(lo: float, hi: float, claimed: float | None = None, same: bool = False) -> str:
+def verdict(lo: float, hi: float, claimed: float | None = None, same: bool = False, n: int = 0) -> str:
     """A claim that the difference is positive, judged from its 95% CI.
 
     not supported (no difference): ``same``, i.e. the two curves agree within the stated tolerance at
     every epoch of every seed (``within``). supported: the CI lies above 0. not supported: it lies below
-    0, or lies below the paper's own gain (``claimed``) while including 0. Otherwise, or with fewer than 2
-    seeds: inconclusive.
+    0, or lies below the paper's own gain (``claimed``) while including 0. Otherwise, with fewer than 2 seeds, or
+    with ``n`` >= 2 seeds whose differences are all equal (no interval): inconclusive.
     """
     if same:
         return NO_DIFFERENCE
     if math.isnan(lo) or math.isnan(hi):
-        return TOO_FEW
+        return NO_SPREAD if n >= 2 else TOO_FEW
     if lo > 0:
         return SUPPORTED
     if hi < 0:
