@@ -396,4 +396,6 @@ def test_the_lm_experiment_end_to_end_on_a_tiny_text(tmp_path, capsys):
             "(cosine LR)?") in report
     assert "(final weights - post-hoc swa = " in report and "\nBatchNorm: before" not in report  # a GPT has none
     assert "Not in this directory" not in report  # an lm directory is not a reproduction of the paper's figures
+    assert "- A GPT of 1 layers, 2 heads and width 16" in report and "The paper has no language model" in report
+    assert "Differences from the paper's protocol" not in report
     assert (out / "lm-gpt.png").stat().st_size > 10_000

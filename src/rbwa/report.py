@@ -178,6 +178,25 @@ def _protocol(experiments: list[Experiment]) -> list[str]:
     cpus = [r.summary.get("versions", {}).get("cpu") or "not recorded" for r in runs]  # older runs recorded none
     cpu = f", CPU {_spread(cpus)}" if set(cpus) != {"not recorded"} else ""
     seconds = [r.summary.get("mean_epoch_seconds") for r in runs if r.summary.get("mean_epoch_seconds")]
+    machine_lines = [
+        f"- Machine: {v('platform')} ({v('machine')}){cpu}, torch threads per run {v('torch_threads')}, device "
+        f"{_spread([r.summary.get('device') for r in runs])}; torch {v('torch')}, numpy {v('numpy')}, "
+        f"Python {v('python')}, rbwa {v('rbwa')}; git {', '.join(commits)}.",
+        f"- Mean epoch time over {len(seconds)} runs: {sum(seconds) / max(1, len(seconds)):.1f} s."]
+    if all(r.config.get("model") == "gpt" for r in runs):  # a language model: the paper has no such experiment
+        return [
+            f"- Data: `{cfg['dataset']}`, characters, the first 90% to train and the last 10% to validate, in "
+            f"windows of {cfg['context']} characters.",
+            f"- A GPT of {cfg['layers']} layers, {cfg['heads']} heads and width {cfg['embedding']} (dropout "
+            f"{cfg['dropout']}, weights in {cfg.get('param_dtype', 'float32')}); {cfg['epochs']} epochs; averaging "
+            f"from epoch {cfg['start_epoch']}; {cfg['optimizer']} lr {cfg['lr']}, betas ({cfg['adam_beta1']}, "
+            f"{cfg['adam_beta2']}), weight decay {cfg['weight_decay']} on weight matrices, {cfg['warmup_steps']} "
+            f"warmup steps, LR schedule {cfg['lr_schedule']} unless the method label says otherwise; batch size "
+            f"{cfg['batch_size']} windows.",
+            *machine_lines, "",
+            "The paper has no language model: this puts its claims to one (claim 1 by the validation loss, claim 2 "
+            "by the training loss).",
+        ]
     return [
         f"- Data: `{cfg['dataset']}`; training subset {cfg['train_subset'] or 'all'} images "
         f"(class-balanced, subset seed {cfg['subset_seed']}), test subset {cfg['test_subset'] or 'all'}; "
@@ -186,11 +205,7 @@ def _protocol(experiments: list[Experiment]) -> list[str]:
         f"SGD lr {cfg['lr']}, momentum {cfg['momentum']}, weight decay {cfg['weight_decay']}, "
         f"LR schedule {cfg['lr_schedule']} unless the method label says otherwise; batch size {cfg['batch_size']} "
         "unless the table varies it.",
-        f"- Machine: {v('platform')} ({v('machine')}){cpu}, torch threads per run {v('torch_threads')}, device "
-        f"{_spread([r.summary.get('device') for r in runs])}; torch {v('torch')}, numpy {v('numpy')}, "
-        f"Python {v('python')}, rbwa {v('rbwa')}; git {', '.join(commits)}.",
-        f"- Mean epoch time over {len(seconds)} runs: {sum(seconds) / max(1, len(seconds)):.1f} s.",
-        "", "Differences from the paper's protocol (PAPER.md):", "", *_differences(cfg),
+        *machine_lines, "", "Differences from the paper's protocol (PAPER.md):", "", *_differences(cfg),
     ]
 
 
