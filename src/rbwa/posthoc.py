@@ -245,7 +245,7 @@ def recorded_as(config: dict[str, Any]) -> str:
         return f"its online side average ({method}{', never written back' if method.startswith('rbwa') else ''})"
     if method == "schedulefree":
         return "schedule-free's evaluation weights (its averaged sequence)"
-    return "its final live weights (BatchNorm statistics as trained)"
+    return "its final live weights" + ("" if config.get("model") == "gpt" else " (BatchNorm statistics as trained)")
 
 
 def final_reestimated(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
