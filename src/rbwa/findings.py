@@ -377,7 +377,7 @@ def _posthoc_series(exp: Experiment, label: str) -> dict[int, tuple[Run, list[di
     return found
 
 
-def _final_acc(runs: list[Run], metric: str = "test_acc") -> dict[int, float]:
+def _final_metric(runs: list[Run], metric: str = "test_acc") -> dict[int, float]:
     """Seed -> the final test accuracy (or ``metric``) each finished run recorded (its evaluated weights, BatchNorm
     as trained)."""
     return {r.seed: r.metrics[-1][metric] for r in runs if r.finished and r.metrics}
@@ -463,7 +463,7 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
         test(f"{ds}: does the best post-hoc {name} of constant-LR SGD, chosen on the other seeds, beat the same run's "
              "final weights (BatchNorm re-estimated)?", f"post-hoc {family} - final weights",
              _difference(held, final(constant)), f"{family} constant - final", runs_c, runs_c)
-        raw = _difference(held, _final_acc(runs_c))
+        raw = _difference(held, _final_metric(runs_c))
         if len(raw) >= 2:
             mean, lo, hi = mean_ci(list(raw.values()))
             out.append(f"{ds}: against the same runs' final weights with BatchNorm as trained, the post-hoc {name} "
@@ -479,11 +479,11 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
             group = others["cosine-LR SGD"]
             test(f"{ds}: can an average replace the decay: does the best post-hoc {name} of constant-LR SGD beat "
                  "cosine-LR SGD's final weights (BatchNorm as trained)?", f"post-hoc {family} - cosine-LR SGD",
-                 _difference(held, _final_acc(group)), f"{family} constant - cosine (alternatives)", runs_c, group)
+                 _difference(held, _final_metric(group)), f"{family} constant - cosine (alternatives)", runs_c, group)
         if "RBWA" in others:
             group = others["RBWA"]
             test(f"{ds}: does the best post-hoc {name} of constant-LR SGD, chosen on the other seeds, beat RBWA?",
-                 f"post-hoc {family} - RBWA", _difference(held, _final_acc(group)), f"{family} constant - rbwa",
+                 f"post-hoc {family} - RBWA", _difference(held, _final_metric(group)), f"{family} constant - rbwa",
                  runs_c, group)
         held_k = chosen(cosine, family, name, "cosine-LR SGD") if len(cosine) >= 2 else None
         if held_k is None:
@@ -602,7 +602,7 @@ def _lm_posthoc(exp: Experiment, groups: dict[tuple[str, str], list[Run]], setti
         if held is None:
             continue
         for label, theirs, group in [("the same run's final weights", final, runs)] + [
-                (other, _final_acc(groups.get((setting, other), []), "test_loss"), groups.get((setting, other), []))
+                (other, _final_metric(groups.get((setting, other), []), "test_loss"), groups.get((setting, other), []))
                 for other in (f"{LM_BASE} (cosine LR)", f"{LM_BASE} (wsd)", "rbwa")]:
             diffs = _difference(theirs, held)  # positive: the average's validation loss is the lower one
             if len(diffs) >= 2:

@@ -23,9 +23,9 @@ def _corpus(saved: dict[str, Any], dataset: str | None, data_dir: str | None):
     if recorded.startswith("text:") and not dataset:
         raise UserError(f"the run trained on {recorded}; give that file with --dataset text:PATH")
     name = dataset or recorded
-    if dataset and dataset_identity(dataset, default_dir("RBWA_CACHE")) != recorded:
-        raise UserError(f"--dataset {dataset} is {dataset_identity(dataset, default_dir('RBWA_CACHE'))}, but the run "
-                        f"trained on {recorded}")
+    given = dataset_identity(dataset, default_dir("RBWA_CACHE")) if dataset else recorded
+    if given != recorded:
+        raise UserError(f"--dataset {dataset} is {given}, but the run trained on {recorded}")
     return load_text(name, Path(data_dir or default_dir("RBWA_DATA")))
 
 
