@@ -102,6 +102,73 @@ def callback_fold_matches_the_wrapper(rank: int, world: int) -> dict:
             "forward with the average": forward, "forward after": after}
 
 
+def hf_callback_hooks(rank: int, world: int, out: str) -> dict:
+    """rbwa.hf.RBWACallback's own hooks on the sharded GPT in a plain FSDP2 loop (Accelerate runs FSDP on GPUs only):
+    every recipe, 3 steps an epoch from epoch 1, saved after 4 steps by on_save (the averages gathered whole) and
+    resumed by a new callback (cut back into shards), against one unsharded RBWA process on the same batches."""
+    import transformers
+
+    from rbwa.hf import STATE_FILE, RBWACallback
+
+    recipes = {
+        "rbwa": (lambda: RBWACallback.rbwa(1), {}),
+        "rbwa-e": (lambda: RBWACallback.rbwa_e(1, beta=0.8), {"average": "ema", "beta": 0.8}),
+        "lookahead": (lambda: RBWACallback.lookahead(k=2, alpha=0.5, start_epoch=1),
+                      {"average": "ema", "beta": 0.5, "every": 2}),
+        "switch ema": (lambda: RBWACallback.switch_ema(3, beta=0.8, start_epoch=1),
+                       {"average": "ema", "beta": 0.8, "write_back": 3}),
+        "ema": (lambda: RBWACallback.ema(beta=0.8, start_epoch=1), {"average": "ema", "beta": 0.8, "write_back": None}),
+        "swa": (lambda: RBWACallback.swa(3, start_epoch=1), {"every": 3, "write_back": None}),
+    }
+    control, found = transformers.TrainerControl(), {}
+    for member, (recipe, settings) in recipes.items():
+        args = transformers.TrainingArguments(output_dir=os.path.join(out, "hf", member), num_train_epochs=3,
+                                              use_cpu=True, report_to=[], fsdp=True, fsdp_config={"version": 2})
+        reference = make_model()
+        ref_opt = RBWA(torch.optim.SGD(reference.parameters(), lr=0.2, momentum=0.9), start_step=3, **settings)
+        train(reference, ref_opt, range(STEPS))
+        model = sharded(make_model())
+        opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+        callback, state = recipe(), transformers.TrainerState(max_steps=STEPS, is_world_process_zero=rank == 0)
+        callback.on_train_begin(args, state, control, model=model)
+        for t in range(STEPS):
+            if t == SAVE_AT:  # the Trainer's save: the first process's trainer_state.json records the callback's
+                # token (the file every process reads on resume), then every process calls on_save
+                shared = [{"RBWACallback": callback.state()} if rank == 0 else None]
+                if rank == 0:
+                    os.makedirs(os.path.join(args.output_dir, f"checkpoint-{t}"))
+                dist.broadcast_object_list(shared)
+                state.stateful_callbacks = shared[0]
+                callback.on_save(args, state, control)
+                dist.barrier()
+                saved = torch.load(os.path.join(args.output_dir, f"checkpoint-{t}", STATE_FILE), weights_only=True)
+                callback = recipe()  # a new process's callback, resuming from that checkpoint
+                state = transformers.TrainerState(max_steps=STEPS, global_step=t, is_world_process_zero=rank == 0,
+                                                  stateful_callbacks=state.stateful_callbacks)
+                callback.on_train_begin(args, state, control, model=model)
+            train(model, opt, [t], rank, world)
+            state.global_step = t + 1
+            callback.on_step_end(args, state, control, model=model)
+        names = [name for name, _ in model.named_parameters()]
+        probe = batch(99)[0]
+        with torch.no_grad():
+            model(probe)  # leaves the root unsharded
+            with callback.averaged(model), ref_opt.averaged(reference):
+                forward = (model(probe) - reference(probe)).abs().max().item()
+            after = (model(probe) - reference(probe)).abs().max().item()
+        found[member] = {
+            "saved whole": all(type(a) is torch.Tensor and a.shape == full(dict(model.named_parameters())[n]).shape
+                               for n, a in saved["averages"].items()) and len(saved["averages"]) == len(names),
+            "averages sharded": all(type(a).__name__ == "DTensor" for a in callback.averages.values()),
+            "folds": [callback.folds, ref_opt.folds],
+            "param difference": max((full(p) - r).abs().max().item()
+                                    for p, r in zip(model.parameters(), reference.parameters())),
+            "average difference": max((full(callback.averages[n]) - a).abs().max().item()
+                                      for n, a in zip(names, ref_opt.averages, strict=True)),
+            "forward with the average": forward, "forward after": after}
+    return found
+
+
 def main() -> None:
     mode, out = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
@@ -156,6 +223,7 @@ def main() -> None:
         }
     if mode == "straight":
         found["callback fold"] = callback_fold_matches_the_wrapper(rank, world)
+        found["hf callback"] = hf_callback_hooks(rank, world, out)
     with open(os.path.join(out, f"{mode}-rank{rank}.json"), "w") as f:
         json.dump(found, f)
     dist.destroy_process_group()

@@ -86,3 +86,25 @@ def test_the_training_split_is_on_the_gpu_once(tmp_path, monkeypatch):
                       out=str(tmp_path / "run"))
     t.train(cfg, progress=False, log=lambda line: None)
     assert len(seen) == 3 and seen[0] == seen[1] != seen[2]  # train and BatchNorm loaders: one copy; test: its own
+
+
+def test_the_hf_callback_folds_shards_under_the_trainers_fsdp2_and_resumes(tmp_path):
+    """The Trainer with Accelerate's FSDP2 (on every GPU, at most 2): the side EMA's averages are DTensor shards, its
+    checkpoint holds them whole, and a run resumed after epoch 2 ends with the uninterrupted run's averages."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    driver = Path(__file__).with_name("hf_fsdp_cuda_driver.py")
+    processes = min(2, torch.cuda.device_count())
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={processes}", str(driver), str(tmp_path)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads((tmp_path / "found.json").read_text())
+    assert found["sharded"] and found["saved whole"] and found["folds"][0] == found["folds"][1] > 0
+    assert found["resumed difference"] < 1e-6

@@ -58,6 +58,35 @@ def test_callback_equals_the_wrapper_and_folds_per_optimizer_step(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), with_callback.parameters()))
 
 
+# every member as the callback's named recipe, against the wrapper with the same settings on the same batches (3
+# optimizer steps an epoch, averaging from epoch 1): RBWA-E, Lookahead's fold, Switch EMA (written back once an epoch),
+# an EMA and an SWA side average, and RBWA counting epochs
+RECIPES = {"rbwa-e": (lambda: RBWACallback.rbwa_e(start_epoch=1, beta=0.8), {"average": "ema", "beta": 0.8}),
+           "lookahead": (lambda: RBWACallback.lookahead(k=2, alpha=0.5, start_epoch=1),
+                         {"average": "ema", "beta": 0.5, "every": 2}),
+           "switch ema": (lambda: RBWACallback.switch_ema(3, beta=0.8, start_epoch=1),
+                          {"average": "ema", "beta": 0.8, "write_back": 3}),
+           "ema": (lambda: RBWACallback.ema(beta=0.8, start_epoch=1),
+                   {"average": "ema", "beta": 0.8, "write_back": None}),
+           "swa": (lambda: RBWACallback.swa(3, start_epoch=1), {"every": 3, "write_back": None}),
+           "rbwa, epoch counter": (lambda: RBWACallback.rbwa(1, counter="epochs"),
+                                   {"counter": "epochs", "steps_per_epoch": 3})}
+
+
+@pytest.mark.parametrize("member", RECIPES)
+def test_every_member_of_the_family_equals_the_wrapper(tmp_path, member):
+    recipe, settings = RECIPES[member]
+    callback = recipe()
+    with_callback, _ = _train(tmp_path, "callback", callback)
+    with_wrapper, opt = _train(tmp_path, "wrapper", wrap=settings)
+    assert callback.folds == opt.folds > 0
+    for a, b in zip(with_callback.parameters(), with_wrapper.parameters(), strict=True):  # the live weights
+        assert torch.equal(a, b)
+    names = [name for name, p in with_wrapper.named_parameters() if p.requires_grad]
+    for name, average in zip(names, opt.averages, strict=True):  # and the averages
+        assert torch.equal(callback.averages[name], average), name
+
+
 def test_resuming_from_a_checkpoint_continues_identically(tmp_path):
     straight, _ = _train(tmp_path, "straight", RBWACallback(start_epoch=1))
     _train(tmp_path, "resumed", RBWACallback(start_epoch=1), save_steps=5)
@@ -155,9 +184,20 @@ def test_under_ddp_every_process_holds_the_same_weights_after_every_fold(callbac
     assert rank0["digests"] == rank1["digests"] and len(set(rank0["digests"])) == 12
 
 
-def test_fsdp_is_refused_in_one_line(tmp_path):
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), fsdp=True, use_cpu=True, report_to=[])
-    with pytest.raises(ValueError, match="does not run under the Trainer's FSDP or DeepSpeed; wrap the optimizer"):
+def test_fsdp1_and_deepspeed_are_refused_in_one_line_and_fsdp2_is_not(tmp_path):
+    def begin(**kwargs):
+        args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], num_train_epochs=3,
+                                              **kwargs)
+        state = transformers.TrainerState(max_steps=9)
+        RBWACallback().on_train_begin(args, state, transformers.TrainerControl())
+
+    begin(fsdp=True, fsdp_config={"version": 2})  # folds the shards (tests/test_sharded.py)
+    with pytest.raises(ValueError, match="does not run under the Trainer's FSDP1; wrap the optimizer .* or train "
+                                         "with FSDP2"):
+        begin(fsdp=True, fsdp_config={"version": 1})
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    args.deepspeed = "ds_config.json"  # set after construction: a real one needs the deepspeed package
+    with pytest.raises(ValueError, match="does not run under the Trainer's DeepSpeed"):
         RBWACallback().on_train_begin(args, transformers.TrainerState(), transformers.TrainerControl())
 
 

@@ -80,3 +80,17 @@ def test_the_callbacks_fold_and_swap_run_on_fsdp2_shards(sharded_runs):
         found = rank["callback fold"]
         assert found["averages sharded"] and found["average difference"] < 1e-12
         assert found["forward with the average"] < 1e-12 and found["forward after"] < 1e-12
+
+
+@pytest.mark.parametrize("member", ("rbwa", "rbwa-e", "lookahead", "switch ema", "ema", "swa"))
+def test_the_hf_callbacks_hooks_fold_shards_save_them_whole_and_resume_them(sharded_runs, member):
+    """rbwa.hf.RBWACallback (each named recipe) in a plain FSDP2 loop (Accelerate runs FSDP on GPUs only): its
+    averages are DTensor shards, on_save writes them whole, a new callback resumes them into shards, and after 9 steps
+    the live weights, the averages and the forward with the averages swapped in are one unsharded RBWA process's."""
+    straight, _ = sharded_runs
+    for rank in straight:
+        found = rank["hf callback"][member]
+        assert found["saved whole"] and found["averages sharded"]
+        assert found["folds"][0] == found["folds"][1] > 0
+        assert found["param difference"] < 1e-12 and found["average difference"] < 1e-12
+        assert found["forward with the average"] < 1e-12 and found["forward after"] < 1e-12

@@ -11,6 +11,12 @@ saved beside every Trainer checkpoint (``checkpoint-N/rbwa_callback.pt``) with a
 state (``trainer_state.json``, through ``ExportableState``) records too, so a resumed run loads only the file that
 belongs to the checkpoint it resumes: never one of another run or another step. Resuming after averaging began from
 a checkpoint whose file cannot be found, or does not match, is refused in one line.
+
+Under the Trainer's FSDP2 (Accelerate's, ``fsdp_config={"version": 2}``) each process folds its own shards in place,
+as :class:`rbwa.RBWA` does; ``on_save`` gathers the averages whole into the state file (every process takes part)
+and a resumed run cuts them back into its shards, so a run may resume at another process count. FSDP1 and DeepSpeed
+are refused in one line. Accelerate runs FSDP on GPUs only: the hooks are tested on 2 CPU processes in a plain
+FSDP2 loop, the Trainer run by a ``cuda`` test.
 """
 
 from __future__ import annotations
@@ -33,11 +39,27 @@ from rbwa.averaging import (
     check_write_back,
     fold_named,
     fold_weight,
+    gathered,
+    placed_like,
     swapped_in,
 )
 from rbwa.snapshots import check_snapshot_args, save_state
 
 STATE_FILE = "rbwa_callback.pt"
+
+
+def refused_sharding(args: TrainingArguments) -> str | None:
+    """The Trainer's sharding this callback cannot fold (DeepSpeed, FSDP1), named; None for none or FSDP2."""
+    if getattr(args, "deepspeed", None):
+        return "the Trainer's DeepSpeed"
+    if not getattr(args, "fsdp", None):
+        return None
+    import transformers
+
+    config = getattr(args, "fsdp_config", None) or {}
+    default = 2 if int(transformers.__version__.split(".")[0]) >= 5 else 1  # transformers 5 made FSDP2 the default
+    version = int(config.get("version", config.get("fsdp_version", default)))
+    return None if version == 2 else f"the Trainer's FSDP{version}"
 
 
 def resumed_checkpoint() -> str | None:
@@ -115,8 +137,10 @@ class RBWACallback(TrainerCallback, ExportableState, Recipes):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
-        if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
-            raise ValueError(SHARDED_CALLBACK.format("the Trainer's FSDP or DeepSpeed"))
+        refused = refused_sharding(args)
+        if refused:
+            raise ValueError(SHARDED_CALLBACK.format(refused) + '; or train with FSDP2 (fsdp_config={"version": 2}), '
+                             "whose shards the callback folds")
         if self.steps_per_epoch is None:
             epochs = args.num_train_epochs
             if args.max_steps > 0 or epochs != int(epochs) or state.max_steps % int(epochs):
@@ -155,6 +179,7 @@ class RBWACallback(TrainerCallback, ExportableState, Recipes):
         if step < start or (step - start) % self.every:
             return
         epochs = (step - start) // self.steps_per_epoch
+        placed_like(self.averages, model)  # averages resumed whole under FSDP2: back into this process's shards
         params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         back = self.write_back is not None and (self.folds + 1) % self.write_back == 0
         fold_named(self.averages, self.counts, params,
@@ -165,8 +190,9 @@ class RBWACallback(TrainerCallback, ExportableState, Recipes):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         writer = state.is_local_process_zero if args.save_on_each_node else state.is_world_process_zero
+        saved = {**self.state_dict(), "averages": gathered(self.averages)}  # under FSDP2 every process gathers
         if writer and os.path.isdir(folder):
-            torch.save({**self.state_dict(), "global_step": state.global_step, "token": self.checkpoint_token},
+            torch.save({**saved, "global_step": state.global_step, "token": self.checkpoint_token},
                        os.path.join(folder, STATE_FILE))
 
     def state_dict(self) -> dict[str, Any]:
