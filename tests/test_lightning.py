@@ -71,6 +71,7 @@ MEMBERS = {"rbwa-e": {"average": "ema", "beta": 0.9},
            "lookahead's fold (every 2, alpha 0.5)": {"average": "ema", "beta": 0.5, "every": 2},
            "switch ema": {"average": "ema", "beta": 0.8, "write_back": STEPS_PER_EPOCH},
            "ema side average": {"average": "ema", "beta": 0.8, "write_back": None},
+           "swa side average": {"every": STEPS_PER_EPOCH, "write_back": None},
            "epoch counter": {"counter": "epochs"}}
 
 

@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -98,3 +99,39 @@ def test_the_readme_gpt_commands_train_on_the_shared_text_and_sample_from_it(tmp
     assert main(sample) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("ROMEO:") and len(printed) == len("ROMEO:") + 300 + 1
+
+
+def _example(heading: str) -> str:
+    return re.search(r"```python\n(.*?)```", README.read_text().split(heading)[1], re.S).group(1)
+
+
+def test_the_lightning_example_runs_and_its_export_loads_without_rbwa(tmp_path, monkeypatch):
+    """The README's Lightning example as written: validation saw the EMA, and ema.pt is that EMA."""
+    pytest.importorskip("lightning")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {"__name__": "readme_lightning"}
+    exec(compile(_example("### In Lightning"), "README.md", "exec"), scope)
+    callback, trainer = scope["callback"], scope["trainer"]
+    assert callback.folds == 2 * 8  # epochs 2 and 3 of 8 steps
+    fresh = scope["Net"]()
+    fresh.load_state_dict(torch.load(tmp_path / "ema.pt", weights_only=True))
+    assert torch.equal(fresh.net.weight, callback.averages["net.weight"])
+    assert not torch.equal(fresh.net.weight, trainer.lightning_module.net.weight)  # the live weights trained on
+    with torch.no_grad():  # the last validation's loss is the EMA's (8 batches of 32: the mean of their losses)
+        losses = [torch.nn.functional.cross_entropy(fresh.net(x), y) for x, y in scope["loader"]]
+    torch.testing.assert_close(trainer.callback_metrics["val_loss"], torch.stack(losses).mean())
+
+
+def test_the_hf_example_runs_and_its_saved_model_is_the_ema(tmp_path, monkeypatch):
+    """The README's Hugging Face example as written: the folder saved in the swap is the EMA, loadable by
+    from_pretrained, and the Trainer's model holds its live weights again after the block."""
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {"__name__": "readme_hf"}
+    exec(compile(_example("### In the Hugging Face Trainer"), "README.md", "exec"), scope)
+    callback, trainer = scope["callback"], scope["trainer"]
+    assert callback.folds == 2 * 4  # epochs 2 and 3 of 4 steps
+    loaded = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "ema")
+    name = "classifier.weight"
+    assert torch.equal(dict(loaded.named_parameters())[name], callback.averages[name])
+    assert not torch.equal(dict(trainer.model.named_parameters())[name], callback.averages[name])
