@@ -188,6 +188,9 @@ def main() -> None:
             train(part_model, part_opt, range(SAVE_AT), rank, world)
             model_sd, optim_sd = get_state_dict(part_model, part_opt)
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(out, member))
+            whole = {k: full(v) for k, v in model_sd.items()}  # every process gathers; the first one writes
+            if rank == 0:
+                torch.save(whole, os.path.join(out, f"{member}-whole.pt"))
         else:  # resume: new processes load the checkpoint into a fresh model and optimizer, then go on
             model_sd, optim_sd = get_state_dict(model, opt)
             state = {"model": model_sd, "optim": optim_sd}

@@ -53,7 +53,7 @@ def test_what_merge_refuses_in_one_line_before_writing(tmp_path):
         merge([tmp_path / "empty"], tmp_path / "d.pt", lawa=1)
     (tmp_path / "dcp").mkdir()
     (tmp_path / "dcp" / ".metadata").write_bytes(b"")
-    with pytest.raises(UserError, match="torch.distributed.checkpoint folder"):
+    with pytest.raises(UserError, match="dcp: its torch.distributed.checkpoint metadata is not readable"):
         merge([tmp_path / "dcp"], tmp_path / "e.pt", lawa=1)
     assert not any((tmp_path / name).exists() for name in ("a.pt", "b.pt", "c.pt", "d.pt", "e.pt"))
 
@@ -139,3 +139,46 @@ def test_rbwa_snapshots_merge_into_a_state_dict_the_model_loads(tmp_path, tiny_r
     merge([tmp_path / "run"], tmp_path / "avg.pt", lawa=2)
     model.load_state_dict(torch.load(tmp_path / "avg.pt", weights_only=True))
     assert all(torch.equal(p, torch.full_like(p, 12.5)) for p in model.parameters())
+
+
+def test_distributed_checkpoints_merge_into_one_that_dcp_load_reads(tmp_path):
+    """torch.distributed.checkpoint folders as get_state_dict leaves them ({"model", "optim"}) and as Lightning's
+    ModelParallelStrategy does ({"state_dict", "optimizer_0"} with meta.pt): weights by hand, the optimizer state
+    dropped, and the merged folder loads into a fresh GPT with dcp.load in one process."""
+    import torch.distributed.checkpoint as dcp
+
+    from rbwa.models.gpt import GPT
+
+    def gpt(fill: float) -> GPT:
+        torch.manual_seed(0)
+        model = GPT(vocab=6, context=4, layers=1, heads=2, width=8)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(fill)
+        return model
+
+    for key in ("model", "state_dict"):
+        folder = tmp_path / key
+        for step in (100, 200, 300):
+            model = gpt(step)
+            state = {key: model.state_dict(), ("optim" if key == "model" else "optimizer_0"): {"lr": 0.1}}
+            dcp.save(state, checkpoint_id=str(folder / f"step-{step}"), no_dist=True)
+            if key == "state_dict":
+                torch.save({"global_step": step // 10, "loops": {"fit": 1}, "hyper_parameters": {"width": 8}},
+                           folder / f"step-{step}" / "meta.pt")
+        swa_from = 20 if key == "state_dict" else 200  # Lightning's step comes from meta.pt, not the folder's name
+        merge([folder], tmp_path / f"{key}-swa", swa_from=swa_from)
+        fresh = gpt(0)
+        loaded = {key: fresh.state_dict()}
+        dcp.load(loaded, checkpoint_id=str(tmp_path / f"{key}-swa"), no_dist=True)
+        fresh.load_state_dict(loaded[key])
+        assert all(torch.equal(p, torch.full_like(p, 250.0)) for p in fresh.parameters())
+        assert torch.equal(fresh.head.weight, fresh.tokens.weight)  # tied in the model, one tensor in the file
+        if key == "state_dict":
+            meta = torch.load(tmp_path / "state_dict-swa" / "meta.pt", weights_only=True)
+            assert meta == {"global_step": 30, "hyper_parameters": {"width": 8}}
+        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+        with pytest.raises(CheckpointException, match="Missing key in checkpoint state_dict: optim"):  # none written
+            dcp.load({"optim" if key == "model" else "optimizer_0": {"lr": torch.tensor(0.0)}},
+                     checkpoint_id=str(tmp_path / f"{key}-swa"), no_dist=True)

@@ -266,7 +266,8 @@ def parser() -> argparse.ArgumentParser:
                                       "their own format")
     mg.add_argument("checkpoints", nargs="+",
                     help="checkpoint files or folders, or one directory holding them (an HF output_dir, a folder of "
-                         "Lightning .ckpt or torch.save files, a run's snapshots)")
+                         "Lightning .ckpt or torch.save files, of torch.distributed.checkpoint folders, a run's "
+                         "snapshots)")
     mg.add_argument("--swa-from", type=int, default=None, metavar="STEP",
                     help="the uniform mean of every checkpoint from this step on")
     mg.add_argument("--lawa", type=int, default=None, metavar="K", help="the uniform mean of the last K checkpoints")

@@ -9,14 +9,19 @@ Formats, each found by what it holds:
 * ``lightning``: Lightning ``.ckpt`` files (``state_dict``, ``global_step``); written as a ``.ckpt`` of the last
   one with the merged ``state_dict`` and no optimizer state, for ``load_from_checkpoint``;
 * ``torch``: plain ``torch.save`` state dicts (``.pt``, ``.pth``, ``.bin``), stepped by the number in their names;
-* ``rbwa``: ``rbwa train`` snapshots (``RUN/snapshots/`` or the run directory); written as a plain state dict.
+* ``rbwa``: ``rbwa train`` snapshots (``RUN/snapshots/`` or the run directory); written as a plain state dict;
+* ``dcp``: ``torch.distributed.checkpoint`` folders (a ``.metadata`` file beside the shards), saved sharded by any
+  number of processes (FSDP2's DTensors), read whole in one process; the weights are what the checkpoint holds under
+  ``model`` (``get_state_dict`` as torchtitan and rbwa's README save it) or ``state_dict`` (Lightning's
+  ``ModelParallelStrategy``, whose ``meta.pt`` gives the step), or its top-level tensors; written as a
+  ``torch.distributed.checkpoint`` folder of the merged weights under the same key, without optimizer state, for
+  ``dcp.load({"model": model.state_dict()}, checkpoint_id=...)`` at any process count.
 
 The weights of each average come from :mod:`rbwa.posthoc` (one home for SWA, LAWA and EMA). Floating-point tensors
 are averaged (in float64, written in their own dtype); others (step counters, ``num_batches_tracked``, token ids)
 are the last checkpoint's. BatchNorm running statistics are averaged like any float tensor, which is not what the
 averaged weights would gather: re-estimate them with ``torch.optim.swa_utils.update_bn`` on your data (the Python
-API, :func:`candidates`, returns state dicts for that). Distributed checkpoints (DCP folders) are not read: save a
-consolidated state dict first.
+API, :func:`candidates`, returns state dicts for that).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,9 @@ from rbwa.posthoc import ema_weights, lawa_weights, swa_weights
 PLAIN_SUFFIXES = (".pt", ".pth", ".bin")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HF_SKIP = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin", "rng_state")
+DCP_WEIGHTS = ("model", "state_dict")  # where a distributed checkpoint keeps the model's weights, if under a key
+LIGHTNING_META = "meta.pt"  # beside a Lightning distributed checkpoint's shards: everything but the tensors
+LIGHTNING_DROP = ("optimizer_states", "lr_schedulers", "loops", "callbacks")  # trainer state a merge does not keep
 
 
 @dataclass
@@ -59,15 +68,16 @@ def find(paths: list[Path]) -> tuple[str, list[Checkpoint]]:
         raise UserError(f"no such checkpoint: {', '.join(missing)}")
     if len(paths) == 1 and paths[0].is_dir() and not _is_hf_checkpoint(paths[0]):
         folder = paths[0]
-        if (folder / ".metadata").exists():
-            _kind(folder)  # a torch.distributed.checkpoint folder: refused, with what to do instead
         if (folder / "snapshots").is_dir():
             folder = folder / "snapshots"
-        inside = sorted([p for p in folder.iterdir() if p.is_dir() and _is_hf_checkpoint(p)]
+        inside = sorted([p for p in folder.iterdir() if p.is_dir() and (_is_hf_checkpoint(p) or _is_dcp(p))]
                         or [p for p in folder.iterdir() if p.is_file() and p.suffix in (".ckpt", *PLAIN_SUFFIXES)
                             and not p.name.startswith(".")])
+        if _is_dcp(folder):  # one distributed checkpoint, not a folder of them
+            inside = [folder]
         if not inside:
-            raise UserError(f"{paths[0]} holds no checkpoints (checkpoint-N/ folders, .ckpt, .pt, .pth or .bin files)")
+            raise UserError(f"{paths[0]} holds no checkpoints (checkpoint-N/ folders, torch.distributed.checkpoint "
+                            "folders, .ckpt, .pt, .pth or .bin files)")
         paths = inside
     kinds = {_kind(p) for p in paths}
     if len(kinds) > 1:
@@ -87,13 +97,16 @@ def _is_hf_checkpoint(path: Path) -> bool:
                               or (path / "model.safetensors.index.json").exists())
 
 
+def _is_dcp(path: Path) -> bool:
+    return path.is_dir() and (path / ".metadata").is_file()
+
+
 def _kind(path: Path) -> str:
     if path.is_dir():
         if _is_hf_checkpoint(path):
             return "hf"
-        if (path / ".metadata").exists():
-            raise UserError(f"{path} is a torch.distributed.checkpoint folder, which rbwa merge does not read; "
-                            "save a consolidated state dict (get_model_state_dict with full_state_dict=True) first")
+        if _is_dcp(path):
+            return "dcp"
         raise UserError(f"{path} is a folder without model weights (model.safetensors or pytorch_model.bin)")
     if path.suffix == ".ckpt":
         return "lightning"
@@ -103,10 +116,42 @@ def _kind(path: Path) -> str:
 
 
 def _step(kind: str, path: Path) -> int | None:
-    if kind == "lightning":
-        step = _load_torch(path).get("global_step")
+    if kind == "lightning" or (kind == "dcp" and (path / LIGHTNING_META).is_file()):
+        step = _load_torch(path if kind == "lightning" else path / LIGHTNING_META).get("global_step")
         return int(step) if step is not None else _number(path)
     return _number(path)
+
+
+def _dcp_key(path: Path) -> str | None:
+    """The key under which a distributed checkpoint holds the model's weights (None: at its top level), read from
+    its metadata alone."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        names = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception as e:
+        raise UserError(f"{path}: its torch.distributed.checkpoint metadata is not readable "
+                        f"({type(e).__name__})") from e
+    return next((key for key in DCP_WEIGHTS if any(n.startswith(key + ".") for n in names)), None)
+
+
+def _read_dcp(path: Path) -> dict[str, Any]:
+    """A distributed checkpoint whole, its shards joined, in this process (no process group): what it holds
+    under its weights' key, or its top-level tensors."""
+    try:
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    except ImportError as e:  # torch < 2.3
+        raise UserError("reading torch.distributed.checkpoint folders needs torch >= 2.3") from e
+    key = _dcp_key(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = Path(tmp) / "whole.pt"
+        try:
+            dcp_to_torch_save(path, whole)
+            found = torch.load(whole, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"{path} is not a readable torch.distributed.checkpoint ({type(e).__name__}: "
+                            f"{str(e)[:120]})") from e
+    return found[key] if key else found
 
 
 def _load_torch(path: Path) -> dict[str, Any]:
@@ -134,7 +179,7 @@ def read_weights(kind: str, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
         if (path / "model.safetensors").exists():
             return load_file(path / "model.safetensors")
         return _load_torch(path / "pytorch_model.bin")
-    found = _load_torch(path)
+    found = _read_dcp(path) if kind == "dcp" else _load_torch(path)
     if kind == "lightning":
         if "state_dict" not in found:
             raise UserError(f"{path} has no state_dict: not a Lightning checkpoint")
@@ -256,9 +301,17 @@ def merge(paths: list[str | Path], out: str | Path, swa_from: int | None = None,
         save_file({k: v.contiguous() for k, v in merged.items()}, out / "model.safetensors", metadata={"format": "pt"})
     elif kind == "lightning":
         saved = _load_torch(last)
-        keep = {k: v for k, v in saved.items() if k not in ("optimizer_states", "lr_schedulers", "loops", "callbacks")}
+        keep = {k: v for k, v in saved.items() if k not in LIGHTNING_DROP}
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save({**keep, "state_dict": merged}, out)
+    elif kind == "dcp":
+        import torch.distributed.checkpoint as dcp
+
+        key = _dcp_key(last)
+        dcp.save({key: merged} if key else merged, checkpoint_id=str(out), no_dist=True)
+        if (last / LIGHTNING_META).is_file():  # Lightning's: its step and hyperparameters, not the trainer's state
+            meta = _load_torch(last / LIGHTNING_META)
+            torch.save({k: v for k, v in meta.items() if k not in LIGHTNING_DROP}, out / LIGHTNING_META)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(merged, out)
