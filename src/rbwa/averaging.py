@@ -145,25 +145,44 @@ def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iter
         fold_(avgs, ps, w, write_back)
 
 
+def whole(state: Any) -> Any:
+    """``state`` (a tensor, or nested dicts, lists, tuples) with every DTensor in it gathered whole, anything else as
+    it is: a collective, which every process calls on the same structure (as frameworks call a callback's
+    state_dict)."""
+    if hasattr(state, "full_tensor"):
+        return state.full_tensor()
+    if isinstance(state, dict):
+        return {k: whole(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(whole(v) for v in state)
+    return state
+
+
 def gathered(averages: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Each average whole, for a checkpoint of plain tensors: a DTensor's shards are gathered (a collective: every
-    process calls this together, as frameworks call a callback's state_dict), anything else as it is."""
-    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in averages.items()}
+    """Each average whole (``whole``), for a checkpoint of plain tensors."""
+    return whole(averages)
+
+
+def place(tensor: Tensor, like: Tensor) -> Tensor:
+    """``tensor``, whole (every process holds the same copy), cut into the FSDP2 placement of ``like``, each process
+    keeping its own shard (no communication), in its own dtype; as it is where ``like`` is no DTensor or ``tensor``
+    already is one."""
+    if not hasattr(like, "placements") or hasattr(tensor, "placements"):
+        return tensor
+    from torch.distributed.tensor import distribute_tensor
+
+    try:
+        return distribute_tensor(tensor.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+    except TypeError:  # torch < 2.6: scattered from the first process, which holds the same copy
+        return distribute_tensor(tensor.to(like.device), like.device_mesh, like.placements)
 
 
 def placed_like(averages: dict[str, Tensor], module: torch.nn.Module) -> None:
     """Averages restored whole from a checkpoint (``gathered``), cut back into the placement of their FSDP2
-    parameters, each process keeping its own shard of its own full copy (no communication); others stay."""
+    parameters (``place``); others stay."""
     for name, p in module.named_parameters():
-        average = averages.get(name)
-        if average is not None and hasattr(p, "placements") and not hasattr(average, "placements"):
-            from torch.distributed.tensor import distribute_tensor
-
-            try:
-                averages[name] = distribute_tensor(average.to(p.device), p.device_mesh, p.placements,
-                                                   src_data_rank=None)
-            except TypeError:  # torch < 2.6: scattered from the first process, which holds the same copy
-                averages[name] = distribute_tensor(average.to(p.device), p.device_mesh, p.placements)
+        if name in averages:
+            averages[name] = place(averages[name], p)
 
 
 def averaged_state_dict(module: torch.nn.Module, averages: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ DEVICES = ("cpu", "cuda")
 AMP = ("none", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 SNAPSHOT_DTYPES = ("float32", "bfloat16")
-PARAM_DTYPES = ("float32", "bfloat16")
+PARAM_DTYPES = ("float32", "bfloat16", "float64")
 
 
 @dataclass
@@ -85,6 +85,7 @@ class TrainConfig:
     compile: bool = False
     compile_mode: str = "default"  # torch.compile's mode; reduce-overhead captures CUDA graphs
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch of all processes
+    fsdp: bool = False  # gpt under torchrun: each block and the root sharded by FSDP2's fully_shard (not DDP)
     eval_batch_size: int = 500
     # snapshots of the live weights for `rbwa posthoc` (none by default): every this many steps, or this many
     # times an epoch at equal spacing (the last at the epoch's end)
@@ -124,7 +125,7 @@ HELP: dict[str, str] = {
     "embedding": "gpt: the width of the token embedding and of every block",
     "dropout": "gpt: dropout probability (0: none)",
     "param_dtype": "gpt: float32, or bfloat16 weights (and optimizer state) held in bf16, not autocast; RBWA's "
-                   "averages stay float32",
+                   "averages stay float32 (float64: an exact reference for tests)",
     "method": "optimizer family: sgd, rbwa, rbwa-e, rswa, swa, ema, sema (Switch EMA: ema-decay every step, "
               "written back every epoch), lookahead or schedulefree",
     "epochs": "number of epochs to train",
@@ -160,6 +161,8 @@ HELP: dict[str, str] = {
     "compile_mode": "torch.compile's mode with --compile; reduce-overhead (CUDA graphs) was 2.6x-3.3x faster than "
                     "eager on an H200 at batch 64, default gave nothing (benchmarks/RESULTS.md)",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch of all processes",
+    "fsdp": "gpt under torchrun: shard each block and the root (embeddings, tied head) with FSDP2's fully_shard "
+            "instead of DDP; checkpoints stay whole, so any process count resumes them (1 process: unsharded)",
     "eval_batch_size": "images per evaluation batch (no effect on results)",
     "snapshot_every": "store the live weights and BatchNorm buffers every this many steps, for `rbwa posthoc`",
     "snapshots_per_epoch": "store them this many times an epoch, equally spaced, the last at the epoch's end",
@@ -289,9 +292,15 @@ def validate(cfg: TrainConfig) -> None:
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("param dtype", cfg.param_dtype, PARAM_DTYPES)
     if cfg.param_dtype != "float32" and cfg.model != "gpt":
-        raise UserError("--param-dtype bfloat16 applies to --model gpt (use --amp bf16 for the image models)")
-    if cfg.param_dtype != "float32" and cfg.implementation == "lr_scale":
+        raise UserError(f"--param-dtype {cfg.param_dtype} applies to --model gpt (use --amp bf16 for the image "
+                        "models)")
+    if cfg.param_dtype == "bfloat16" and cfg.implementation == "lr_scale":
         raise UserError("implementation lr_scale rounds its steps away on bfloat16 weights; use implementation copy")
+    if cfg.fsdp and cfg.model != "gpt":
+        raise UserError("--fsdp shards --model gpt (its blocks and root); the image models train under DDP")
+    if cfg.fsdp and cfg.method in ("swa", "ema", "schedulefree"):
+        raise UserError(f"--fsdp does not run --method {cfg.method} (its side copy or x point is not sharded); for a "
+                        "side EMA use --method rbwa-e --write-back 0 (rbwa: a side mean), which folds the shards")
     text = cfg.dataset == "shakespeare" or cfg.dataset.startswith("text:")
     if text != (cfg.model == "gpt"):
         raise UserError(f"--model gpt trains on text (shakespeare or text:PATH) and text trains --model gpt; got "

@@ -8,8 +8,9 @@ different settings and are evaluated on the live weights. SWA and EMA are side c
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +127,18 @@ class Setup:
             update_bn(bn_batches, copy)
             return copy
         return model
+
+    @contextlib.contextmanager
+    def evaluated(self, model: nn.Module, bn_batches: Iterable) -> Iterator[nn.Module]:
+        """The network to evaluate in the block (``eval_model``); an RBWA average on a model without BatchNorm is
+        swapped into it for the block instead of copied (nothing to re-estimate; FSDP2 shards are not copied)."""
+        average = isinstance(self.optimizer, RBWA) and self.optimizer.averages is not None
+        if self.reestimate_bn and average and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                      for m in model.modules()):
+            with self.optimizer.averaged(model):
+                yield model
+        else:
+            yield self.eval_model(model, bn_batches)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(),

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rbwa.averaging import whole
 from rbwa.io import atomic_torch_save
 
 FOLDER = "snapshots"
@@ -45,13 +46,16 @@ def path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / FOLDER / f"{step:08d}.pt"
 
 
-def write(run_dir: Path, step: int, steps_per_epoch: int, model: nn.Module, dtype: str = "float32") -> None:
-    """Store ``model``'s parameters (in ``dtype``) and buffers after ``step`` steps, atomically."""
+def write(run_dir: Path, step: int, steps_per_epoch: int, model: nn.Module, dtype: str = "float32",
+          save: bool = True) -> None:
+    """Store ``model``'s parameters (in ``dtype``) and buffers after ``step`` steps, atomically. FSDP2 shards are
+    gathered whole, a collective: every process calls this, and only the one with ``save`` writes."""
     cast = getattr(torch, dtype)
-    params = {name: p.detach().to("cpu", cast, copy=True) for name, p in model.named_parameters()}
-    buffers = {name: b.detach().to("cpu", copy=True) for name, b in model.named_buffers()}
-    atomic_torch_save({"step": step, "epoch": step / steps_per_epoch, "params": params, "buffers": buffers},
-                      path(run_dir, step))
+    params = {name: whole(p.detach()).to("cpu", cast, copy=True) for name, p in model.named_parameters()}
+    buffers = {name: whole(b.detach()).to("cpu", copy=True) for name, b in model.named_buffers()}
+    if save:
+        atomic_torch_save({"step": step, "epoch": step / steps_per_epoch, "params": params, "buffers": buffers},
+                          path(run_dir, step))
 
 
 def taken(run_dir: Path) -> list[int]:

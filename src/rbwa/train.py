@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rbwa import __version__, snapshots
+from rbwa import __version__, fsdp, snapshots
 from rbwa.config import TrainConfig, differing_keys, identify, resolve, validate
 from rbwa.data import Split, is_text, load_dataset, stratified_indices
 from rbwa.data.loader import BatchLoader, TokenLoader, channel_stats
@@ -143,6 +143,11 @@ def prepare_task(cfg: TrainConfig, device: torch.device, rank: int = 0, world: i
     return Task(model, train, bn, test, len(train_split), len(test_split))
 
 
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the loss: bf16 ones (autocast, bf16 weights) in float32; float64 ones (an exact reference) kept."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader | TokenLoader, amp: bool = False) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) of ``model`` over ``loader`` (per image, or per predicted token),
@@ -156,7 +161,7 @@ def evaluate(model: nn.Module, loader: BatchLoader | TokenLoader, amp: bool = Fa
         with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x)
         out, y = flat(out, y)
-        loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
+        loss_sum += nn.functional.cross_entropy(at_least_float32(out), y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
         count += len(y)
     model.train(was_training)
@@ -309,7 +314,7 @@ def train_epoch(model: nn.Module, forward: nn.Module, setup: Setup, batches: Ite
     for i, (x, y) in enumerate(batches):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits, y = flat(forward(x), y)
-            loss = nn.functional.cross_entropy(logits.float(), y)
+            loss = nn.functional.cross_entropy(at_least_float32(logits), y)
         # under DDP the gradients are averaged over processes: an uneven share of the last batch is weighted
         weighted = loss if loss_weights is None or loss_weights[i] == 1.0 else loss * loss_weights[i]
         setup.optimizer.zero_grad(set_to_none=True)
@@ -357,9 +362,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    setup = build(cfg, model, steps)
+    sharded = cfg.fsdp and world > 1  # FSDP2 on 1 process would be the unsharded model
+    if sharded:
+        fsdp.shard(model)
+    setup = build(cfg, model, steps)  # after sharding: the optimizer and the averages hold the shards
     forward: nn.Module = model
-    if world > 1:
+    if world > 1 and not sharded:
         ids = [device.index] if device.type == "cuda" else None
         forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
@@ -377,6 +385,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     metrics: list[dict[str, Any]] = []
     first_epoch = 1
     if ckpt is not None:
+        if sharded:  # saved whole, at any process count: each process keeps its own shards of it
+            ckpt["model"] = fsdp.placed_model_state(ckpt["model"], model)
+            ckpt["setup"]["optimizer"] = fsdp.placed_optimizer_state(ckpt["setup"]["optimizer"], setup.optimizer)
         model.load_state_dict(ckpt["model"])
         setup.load_state_dict(ckpt["setup"])
         train_loader.generator.set_state(ckpt["loader_rng"])
@@ -399,11 +410,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
 
     def finish_epoch(record: dict[str, Any], epoch: int) -> None:
         metrics.append(record)
+        if not (main or sharded):
+            return
+        # under FSDP2 every process gathers its shards: the checkpoint is whole, the file a 1-process run writes
+        model_state, setup_state = fsdp.whole(model.state_dict()), fsdp.whole(setup.state_dict())
         if not main:
             return
         try:
-            atomic_torch_save({"format": "rbwa-checkpoint-1", "epoch": epoch, "model": model.state_dict(),
-                               "setup": setup.state_dict(), "loader_rng": train_loader.generator.get_state(),
+            atomic_torch_save({"format": "rbwa-checkpoint-1", "epoch": epoch, "model": model_state,
+                               "setup": setup_state, "loader_rng": train_loader.generator.get_state(),
                                "torch_rng": torch.get_rng_state(), "metrics": metrics, "versions": provenance,
                                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                                "config": identity},
@@ -422,12 +437,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     snapshot_at = set(snapshots.snapshot_steps(steps, cfg.epochs, cfg.snapshot_every, cfg.snapshots_per_epoch))
 
     def take_snapshot(taken: int) -> None:
-        if main and taken in snapshot_at:
-            snapshots.write(out, taken, steps, model, cfg.snapshot_dtype)
+        if (main or sharded) and taken in snapshot_at:  # under FSDP2 every process gathers, the first one writes
+            snapshots.write(out, taken, steps, model, cfg.snapshot_dtype, save=main)
 
     if not metrics:  # epoch 0: the initial weights, before any training
         t0 = time.perf_counter()
-        test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
+        with setup.evaluated(model, bn_loader) as net:
+            test_loss, test_acc = evaluate(net, test_loader, amp)
         finish_epoch({"epoch": 0, "train_loss": None, "train_acc": None, "test_loss": test_loss,
                       "test_acc": test_acc, "lr": cfg.lr, "seconds": time.perf_counter() - t0,
                       **task.bits(test_loss)}, 0)
@@ -449,7 +465,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
                 atomic_write_json(out / SUMMARY, {"status": "diverged", "epoch": epoch, "versions": provenance})
             raise Diverged(f"training loss became {train_loss} in epoch {epoch}; the last good checkpoint is kept "
                            f"in {out / CHECKPOINT}; start a new run in another --out with a lower --lr")
-        test_loss, test_acc = evaluate(setup.eval_model(model, bn_loader), test_loader, amp)
+        with setup.evaluated(model, bn_loader) as net:
+            test_loss, test_acc = evaluate(net, test_loader, amp)
         finish_epoch({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                       "test_loss": test_loss, "test_acc": test_acc, "lr": float(lr),
                       "seconds": time.perf_counter() - t0, **task.bits(test_loss)}, epoch)
