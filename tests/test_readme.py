@@ -101,6 +101,32 @@ def test_the_readme_gpt_commands_train_on_the_shared_text_and_sample_from_it(tmp
     assert printed.startswith("ROMEO:") and len(printed) == len("ROMEO:") + 300 + 1
 
 
+def test_the_readme_fsdp_command_trains_sharded_under_torchrun(tmp_path, shared_data):
+    """The README's `--fsdp` line as written, under torchrun with 2 processes, cut to one short epoch of a tiny
+    model by flags after it: it trains and writes a whole checkpoint that 1 process reads."""
+    import os
+    import subprocess
+    import sys
+
+    shared_data("tinyshakespeare")
+    text = README.read_text().split("## A language model")[1]
+    block = re.search(r"```bash\n(torchrun .*?)\n```", text, re.S).group(1)
+    line = " ".join(part.rstrip("\\").strip() for part in block.splitlines()).split()
+    assert line[:3] == ["torchrun", "--nproc-per-node", "2"] and "--fsdp" in line
+    out = tmp_path / "gpt-fsdp"
+    argv = line[3:] + ["--epochs", "1", "--start-epoch", "0", "--context", "8", "--layers", "1", "--embedding", "8",
+                       "--heads", "1", "--batch-size", "4096", "--eval-batch-size", "4096", "--out", str(out),
+                       "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           *argv], cwd=README.parent, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["status"] == "finished"
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert all(type(t) is torch.Tensor for t in checkpoint["model"].values())  # gathered whole
+
+
 def _example(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", README.read_text().split(heading)[1], re.S).group(1)
 
