@@ -1,5 +1,6 @@
-"""One prepared GPU check (issue 14): throughput of the paper preset, RBWA's step overhead, GPU sharing, an
-end-to-end run and the CUDA tests. Everything it measures goes into OUT/results.json (and logs beside it).
+"""One prepared GPU check (issue 14): throughput of the paper preset, RBWA's step overhead, GPU sharing, the
+language model's tokens/s (the gpu-lm preset's GPT), an end-to-end run and the CUDA tests. Everything it measures
+goes into OUT/results.json (and logs beside it).
 
     python benchmarks/gpu.py OUT                # on a CUDA machine: about 3 minutes on one H200, measured
     python benchmarks/gpu.py OUT --dry-run      # every stage for a few steps on the CPU (tests run this)
@@ -72,6 +73,33 @@ def throughput(method: str, variant: str, steps: int, device: torch.device, widt
         step()
     sync(device)
     return steps * batch / (time.perf_counter() - t0)
+
+
+def lm_throughput(method: str, param_dtype: str, steps: int, device: torch.device, dry_run: bool) -> float:
+    """Tokens per second of ``steps`` training steps (after 3 warm-up steps) of the GPT of the ``gpu-lm`` preset
+    (``cpu-lm``'s in a dry run), AdamW, weights held in ``param_dtype``, through the trainer's own step
+    (``rbwa.train.train_epoch``, ``rbwa.methods.build``), on random tokens already on the device."""
+    from rbwa.config import PRESETS, make_config
+    from rbwa.methods import build
+    from rbwa.models.gpt import GPT
+    from rbwa.train import train_epoch
+
+    preset = {k: v for k, v in PRESETS["cpu-lm" if dry_run else "gpu-lm"].items()}
+    cfg = make_config(dataset="shakespeare", model="gpt", optimizer="adamw", method=method, param_dtype=param_dtype,
+                      **{**preset, "dropout": 0.0, "start_epoch": 0})
+    torch.manual_seed(0)
+    model = GPT(65, cfg.context, cfg.layers, cfg.heads, cfg.embedding).to(device, getattr(torch, param_dtype))
+    setup = build(cfg, model, steps + 3)
+    g = torch.Generator(device=device).manual_seed(0)
+    batches = [(torch.randint(0, 65, (cfg.batch_size, cfg.context), device=device, generator=g),
+                torch.randint(0, 65, (cfg.batch_size, cfg.context), device=device, generator=g))
+               for _ in range(steps + 3)]
+    train_epoch(model, model, setup, batches[:3], 0, amp=False)
+    sync(device)
+    t0 = time.perf_counter()
+    train_epoch(model, model, setup, batches[3:], 3, amp=False)
+    sync(device)
+    return steps * cfg.batch_size * cfg.context / (time.perf_counter() - t0)
 
 
 def step_overhead(steps: int, device: torch.device, width: float) -> dict[str, float]:
@@ -174,6 +202,15 @@ def main() -> int:
                                        if isinstance(v, float) and isinstance(base, float)}
     results["optimizer step"] = step_overhead(max(args.steps // 4, 2), device, args.width)
     save()
+    lm = results["language model (tokens/s, the gpu-lm GPT, AdamW)"] = {}
+    for method in ("sgd", "rbwa"):
+        for dtype in ("float32", "bfloat16"):
+            try:
+                lm[f"{method}, weights in {dtype}"] = lm_throughput(method, dtype, max(args.steps // 8, 2), device,
+                                                                      args.dry_run)
+            except Exception as e:  # an out-of-memory or a kernel error must not lose the other stages
+                lm[f"{method}, weights in {dtype}"] = f"failed: {type(e).__name__}: {e}"[:300]
+            save()
     one = concurrent(1, max(args.steps // 2, 2), args)
     four = concurrent(4, max(args.steps // 2, 2), args)
     results["sharing one device (images/s)"] = {"1 process": one, "4 processes": four, "ratio": four / one}

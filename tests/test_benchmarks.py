@@ -20,6 +20,9 @@ def test_gpu_check_dry_run_runs_every_stage_on_the_cpu(tmp_path):
         assert rows["ratio to eager fp32"]["eager fp32"] == 1.0 and len(rows["ratio to eager fp32"]) == 4
     assert set(results["optimizer step"]["seconds per step"]) == {"sgd", "rbwa copy", "rbwa lr_scale"}
     assert results["sharing one device (images/s)"]["4 processes"] > 0
+    lm = results["language model (tokens/s, the gpu-lm GPT, AdamW)"]
+    assert set(lm) == {f"{m}, weights in {d}" for m in ("sgd", "rbwa") for d in ("float32", "bfloat16")}
+    assert all(isinstance(v, float) and v > 0 for v in lm.values()), lm
     run = results["rbwa train, 2 epochs"]
     assert run["exit status"] == 0 and run["summary"]["status"] == "finished" and run["summary"]["epochs"] == 2
 
