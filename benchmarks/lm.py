@@ -1,13 +1,15 @@
 """The language model's cost, side by side in one process: tokens per second of rbwa's training step against a
 minimal hand-written loop on the same model and batches, and the fold's cost on the GPT.
 
-    python benchmarks/lm.py [--data-dir ../shared/data] [--steps 20] [--rounds 5]
+    python benchmarks/lm.py [--data-dir ../shared/data] [--steps 20] [--rounds 5] [--batch B] [--context T]
 
 The model is the `cpu-lm` preset's GPT (4 layers, 4 heads, 128 wide, context 64, batch 12, AdamW); without the
 Tiny Shakespeare file (DATA_DIR/tinyshakespeare/input.txt) random tokens of its 65-character vocabulary stand in.
 rbwa's step is `rbwa.train.train_epoch` with the `rbwa.methods.build` setup of `--method sgd --optimizer adamw`
 (the LR scheduler, the loss accounting on the device); the minimal loop is forward, cross-entropy, backward and
 AdamW's step. Printed: each one's median seconds for `--steps` steps, tokens per second, and the ratio.
+The fold costs the same per step whatever the batch, while the step's other work grows with batch x context:
+`--batch 1 --context 16` shows the fold where it is largest.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=None, help="windows a step (default: the preset's, 12)")
+    parser.add_argument("--context", type=int, default=None, help="tokens a window (default: the preset's, 64)")
     ns = parser.parse_args()
+    sizes = {k: v for k, v in (("batch_size", ns.batch), ("context", ns.context)) if v is not None}
     cfg = make_config(dataset="shakespeare", model="gpt", optimizer="adamw", method="sgd",
-                      **{k: v for k, v in PRESETS["cpu-lm"].items()})
+                      **{**PRESETS["cpu-lm"], **sizes})
     train, vocab = tokens(ns.data_dir)
     loader = TokenLoader(train, cfg.context, cfg.batch_size, shuffle=True, seed=0)
     batches = [b for _, b in zip(range(ns.steps), loader, strict=False)]
