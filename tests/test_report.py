@@ -195,7 +195,17 @@ def test_mechanism_figure_from_the_fold_rule(tmp_path):
     report = write_report(tmp_path).read_text()
     # one epoch after the start the fold weight is 1/(782+1) here and 1/(79+1) at the cpu preset's 5,000 images
     assert "the step is lr/783 = 6.4e-05 at 782 batches an epoch and lr/80 = 0.00063 at 79" in report
+    assert "RBWA is its base optimizer (SGD) with" in report
     assert (tmp_path / "effective-lr.png").stat().st_size > 10_000 and "](effective-lr.png)" in report
+    # a language model's sweep: no image preset to compare with, and its base optimizer named
+    for config in (tmp_path / "runs").glob("*/config.json"):
+        from rbwa.config import TrainConfig
+
+        config.write_text(json.dumps({**TrainConfig().to_dict(), **json.loads(config.read_text()), "model": "gpt",
+                                      "optimizer": "adamw"}))
+    report = write_report(tmp_path).read_text()
+    assert "the step is lr/783 = 6.4e-05 at its 782 batches an epoch; the epoch counter's" in report
+    assert "RBWA is its base optimizer (AdamW) with" in report and "at 79" not in report
 
 
 @pytest.mark.parametrize("folder", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "results").iterdir()

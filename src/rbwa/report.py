@@ -253,31 +253,39 @@ def _multipliers(spe: int, cfg: dict[str, Any], counter: str) -> np.ndarray:
 
 
 def mechanism(experiments: list[Experiment], out: Path) -> list[str]:
-    """A figure of RBWA's effective learning rate at this sweep's batches per epoch and at the other preset's."""
+    """A figure of RBWA's effective learning rate at this sweep's batches per epoch and, for images, at the other
+    preset's (the cpu preset's 5,000 images, or all 50,000)."""
     run = next((r for e in experiments for r in e.runs if r.finished and r.config and r.summary.get("steps_per_epoch")
                 and r.config.get("method") == "rbwa" and r.config.get("counter", "folds") == "folds"), None)
     if run is None:
         return []
     cfg, spe = run.config, run.summary["steps_per_epoch"]
+    text = cfg.get("model") == "gpt"  # no other preset of the same text to compare with
     subset = PRESETS["cpu"]["train_subset"]
     small = -(-subset // cfg["batch_size"])  # the cpu preset's epoch: 5,000 images
     other = small if spe != small else -(-50_000 // cfg["batch_size"])
+    shown = [(f"RBWA (Eq. 2), {spe} batches an epoch (this sweep)", spe, "folds")]
+    if not text:
+        shown.append((f"RBWA (Eq. 2), {other} batches an epoch", other, "folds"))
+    shown.append((f"RBWA, epoch counter, {spe} batches an epoch", spe, "epochs"))
     series = {}
-    for label, n, counter in ((f"RBWA (Eq. 2), {spe} batches an epoch (this sweep)", spe, "folds"),
-                              (f"RBWA (Eq. 2), {other} batches an epoch", other, "folds"),
-                              (f"RBWA, epoch counter, {spe} batches an epoch", spe, "epochs")):
+    for label, n, counter in shown:
         lr = cfg["lr"] * _multipliers(n, cfg, counter)
         series[label] = (np.arange(len(lr)) / n, lr)
-    series["SGD, constant learning rate"] = (np.array([0.0, cfg["epochs"]]), np.array([cfg["lr"]] * 2))
+    base = {"sgd": "SGD", "adamw": "AdamW"}[cfg.get("optimizer", "sgd")]
+    series[f"{base}, constant learning rate"] = (np.array([0.0, cfg["epochs"]]), np.array([cfg["lr"]] * 2))
     plot_effective_lr(series, out / "effective-lr.png", "What RBWA does to the step size", cfg["start_epoch"])
     after = {n: cfg["lr"] / (n + 1) for n in (spe, other)}  # the step that ends the first averaging epoch
+    at = (f"lr/{spe + 1} = {after[spe]:.2g} at its {spe} batches an epoch" if text else
+          f"lr/{spe + 1} = {after[spe]:.2g} at {spe} batches an epoch and lr/{other + 1} = {after[other]:.2g} at "
+          f"{other}")
     return ["## Why: RBWA's effective learning rate", "",
             "![effective learning rate](effective-lr.png)", "",
             f"Drawn from the wrapper's own fold rule (`RBWA.lr_multipliers`) with this sweep's lr {cfg['lr']}, "
             f"{cfg['epochs']} epochs and start epoch {cfg['start_epoch']}. Because each step starts from the "
-            "average, RBWA is its base optimizer with the learning rate times the fold weight 1/(k+1). The counter "
-            f"counts batches, so one epoch after the start the step is lr/{spe + 1} = {after[spe]:.2g} at {spe} "
-            f"batches an epoch and lr/{other + 1} = {after[other]:.2g} at {other}; the epoch counter's is lr/2.", ""]
+            f"average, RBWA is its base optimizer ({base}) with the learning rate times the fold weight 1/(k+1). The "
+            f"counter counts batches, so one epoch after the start the step is {at}; the epoch counter's is lr/2.",
+            ""]
 
 
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Path:
