@@ -182,3 +182,38 @@ def test_distributed_checkpoints_merge_into_one_that_dcp_load_reads(tmp_path):
         with pytest.raises(CheckpointException, match="Missing key in checkpoint state_dict: optim"):  # none written
             dcp.load({"optim" if key == "model" else "optimizer_0": {"lr": torch.tensor(0.0)}},
                      checkpoint_id=str(tmp_path / f"{key}-swa"), no_dist=True)
+
+
+def test_batchnorm_statistics_are_re_estimated_on_the_data_given_by_hand(tmp_path):
+    """Two state dicts of Linear + BatchNorm merged (their running statistics averaged like any tensor), then
+    re-estimated on two equal batches: the running mean is the mean, over both batches, of what the merged Linear
+    gives, and the running variance the mean of the two batches' unbiased variances (update_bn's cumulative
+    average); the model passed in is untouched."""
+    from rbwa.merge import reestimate_bn
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).double()
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for step in (1, 2):
+        model = net()
+        with torch.no_grad():
+            model[0].weight.mul_(step)
+            model[1].running_mean.fill_(10.0 * step)
+        torch.save(model.state_dict(), folder / f"step-{step}.pt")
+    merged = candidates([folder], lawa=[2])["LAWA, last 2 checkpoints"]
+    assert torch.equal(merged["1.running_mean"], torch.full((3,), 15.0, dtype=torch.float64))
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 4, generator=g, dtype=torch.float64), torch.zeros(8)) for _ in range(2)]
+    model = net()
+    state = reestimate_bn(model, merged, batches)
+    linear = torch.nn.Linear(4, 3).double()
+    linear.load_state_dict({"weight": merged["0.weight"], "bias": merged["0.bias"]})
+    with torch.no_grad():
+        outs = [linear(x) for x, _ in batches]
+    torch.testing.assert_close(state["1.running_mean"], torch.cat(outs).mean(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(state["1.running_var"], (outs[0].var(0) + outs[1].var(0)) / 2, rtol=0, atol=1e-12)
+    assert torch.equal(state["0.weight"], merged["0.weight"])
+    assert torch.equal(model[1].running_mean, torch.zeros(3, dtype=torch.float64))  # the model given: untouched

@@ -20,8 +20,8 @@ Formats, each found by what it holds:
 The weights of each average come from :mod:`rbwa.posthoc` (one home for SWA, LAWA and EMA). Floating-point tensors
 are averaged (in float64, written in their own dtype); others (step counters, ``num_batches_tracked``, token ids)
 are the last checkpoint's. BatchNorm running statistics are averaged like any float tensor, which is not what the
-averaged weights would gather: re-estimate them with ``torch.optim.swa_utils.update_bn`` on your data (the Python
-API, :func:`candidates`, returns state dicts for that).
+averaged weights would gather: :func:`reestimate_bn` re-estimates them on data you give (``update_bn``), for a
+state dict from :func:`candidates` or a merged file.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +277,20 @@ def candidates(paths: list[str | Path], swa_from: list[int] = (), lawa: list[int
         label, w = weights_of(steps, **kw)
         out[label] = combine(series, w)
     return out
+
+
+def reestimate_bn(model: torch.nn.Module, state: dict[str, torch.Tensor], batches: Iterable,
+                  device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """``state`` (an average, from :func:`candidates` or a merged file) with its BatchNorm running statistics
+    re-estimated on ``batches`` (inputs, or tuples whose first item is the input), as the averaged weights would
+    gather them: ``torch.optim.swa_utils.update_bn`` on a copy of ``model`` holding ``state``; ``model`` is left
+    as it is."""
+    from torch.optim.swa_utils import update_bn
+
+    net = deepcopy(model)
+    net.load_state_dict(state)
+    update_bn(batches, net, device)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
 def merge(paths: list[str | Path], out: str | Path, swa_from: int | None = None, lawa: int | None = None,
