@@ -22,7 +22,19 @@ COMMON = {"model": "gpt", "context": 8, "layers": 2, "heads": 2, "embedding": 8,
           "start_epoch": 1, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.1, "warmup_steps": 4,
           "param_dtype": "float64", "eval_batch_size": 16, "fsdp": True}
 
-DRIVER = textwrap.dedent("""
+# the third evaluation (after epoch 2's training) fails, on every process: epoch 1's checkpoint stays
+STOPPING = textwrap.dedent("""
+    def stopping(evaluate):
+        calls = []
+        def stopped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return evaluate(*args, **kwargs)
+        return stopped
+""")
+
+DRIVER = STOPPING + textwrap.dedent("""
     import json, os, sys
     import rbwa.train as t
     from rbwa.config import make_config
@@ -33,14 +45,8 @@ DRIVER = textwrap.dedent("""
         kinds.append(sorted({type(p).__name__ for group in setup.optimizer.param_groups for p in group["params"]}))
         return setup
     t.build = build
-    if stop:  # the third evaluation (after epoch 2's training) fails on every process: epoch 1's checkpoint stays
-        real, calls = t.evaluate, []
-        def evaluate(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 3:
-                raise KeyboardInterrupt
-            return real(*args, **kwargs)
-        t.evaluate = evaluate
+    if stop:
+        t.evaluate = stopping(t.evaluate)
     for settings, out in runs:
         try:
             t.train(make_config(**settings, out=out), resume=not stop and sys.argv[2] == "resume", progress=False,
@@ -88,16 +94,10 @@ def text(tmp_path_factory):
 def _stopped_after_epoch_1(settings, out, monkeypatch):
     import rbwa.train as t
 
-    real, calls = t.evaluate, []
-
-    def evaluate(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
+    scope: dict = {}
+    exec(STOPPING, scope)
     with monkeypatch.context() as m:
-        m.setattr(t, "evaluate", evaluate)
+        m.setattr(t, "evaluate", scope["stopping"](t.evaluate))
         with pytest.raises(KeyboardInterrupt):
             train(make_config(**settings, out=str(out)), progress=False, log=lambda line: None)
 
