@@ -271,6 +271,26 @@ def test_a_side_average_is_what_validation_sees_and_equals_the_wrapper(tmp_path)
     assert torch.allclose(fresh.net[0].weight, opt.averages[0], atol=1e-12)
 
 
+class SavesInValidation(Watched):
+    """Saves a checkpoint from its own hook at the end of every validation epoch, while the average is swapped in."""
+
+    def on_validation_epoch_end(self):
+        self.trainer.save_checkpoint(self.saved_to)
+
+
+def test_a_checkpoint_saved_while_validation_sees_the_average_stores_the_live_weights(tmp_path):
+    """The module saves a Lightning checkpoint during validation (the EMA swapped in): it holds the live weights, so
+    resuming from it goes on training them; validation still saw the EMA."""
+    model, callback = SavesInValidation(), RBWACallback.ema(beta=0.5, start_epoch=START_EPOCH)
+    model.saved_to = tmp_path / "in-validation.ckpt"
+    trainer(3, tmp_path, callbacks=[callback], enable_checkpointing=False, num_sanity_val_steps=0).fit(model)
+    saved = torch.load(model.saved_to, weights_only=False)["state_dict"]
+    live = model.state_dict()  # after fit: the live weights, the last validation's checkpoint taken just before
+    assert set(saved) == set(live) and all(torch.equal(saved[k], live[k]) for k in live)
+    assert not torch.equal(saved["net.0.weight"], callback.averages["net.0.weight"])
+    assert torch.equal(model.seen[-1], callback.averages["net.0.weight"])  # what validation saw
+
+
 def test_named_recipes_are_the_members_settings():
     """Each recipe is the callback with the settings the member test above checks against the wrapper."""
     def settings(cb):

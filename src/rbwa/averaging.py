@@ -198,18 +198,38 @@ def averaged_state_dict(module: torch.nn.Module, averages: dict[str, Tensor]) ->
 
 
 @contextlib.contextmanager
-def swapped_in(module: torch.nn.Module, averages: dict[str, Tensor]) -> Iterator[None]:
-    """Put the averages (by parameter name) into ``module``'s parameters for the block, the live weights back after,
-    also on an error: how the callbacks let validation see a side average. Parameters without an average stay."""
-    reshard(module)  # FSDP2: no unsharded copy of the live weights may outlive the swap (see RBWA.averaged)
-    named = [(p, averages[name]) for name, p in module.named_parameters() if name in averages]
-    live = [p.detach().clone() for p, _ in named]
-    fold_([p for p, _ in named], [a for _, a in named], 1.0)
+def swapped(module: torch.nn.Module, params: list[Tensor], averages: list[Tensor],
+            report_live: bool = False) -> Iterator[None]:
+    """Put each average into its parameter for the block, the live weights back after, also on an error. Under
+    FSDP2 each process swaps its own shards, resharding first and after: no unsharded copy of the live weights may
+    outlive the swap, nor one of the averages outlive the block. With ``report_live``, ``module.state_dict()`` inside
+    the block reports the live weights, under every name a tied parameter has, so that a checkpoint written there
+    stores them, never the averages in their place."""
+    reshard(module)
+    live = {id(p): p.detach().clone() for p in params}
+
+    def report(mod: torch.nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+        for name, p in mod.named_parameters(remove_duplicate=False):
+            if id(p) in live and prefix + name in state:
+                state[prefix + name] = live[id(p)]
+
+    hook = module.register_state_dict_post_hook(report) if report_live else None
+    fold_(params, averages, 1.0)  # params <- averages, rounded to the parameters' dtype
     try:
         yield
     finally:
+        if hook is not None:
+            hook.remove()
         reshard(module)
-        fold_([p for p, _ in named], live, 1.0)
+        fold_(params, [live[id(p)] for p in params], 1.0)
+
+
+def swapped_in(module: torch.nn.Module, averages: dict[str, Tensor],
+               report_live: bool = False) -> contextlib.AbstractContextManager[None]:
+    """``swapped`` with averages by parameter name (the callbacks'); parameters without an average stay."""
+    reshard(module)  # first: an unsharded FSDP2 module lists its unsharded copies, which resharding frees
+    named = [(p, averages[name]) for name, p in module.named_parameters() if name in averages]
+    return swapped(module, [p for p, _ in named], [a for _, a in named], report_live)
 
 
 class Recipes:
@@ -533,33 +553,19 @@ class RBWA(Optimizer):
         if self.averages is None:
             yield module
             return
-        params = self._params()
-        reshard(module)  # an unsharded FSDP2 module (the root, after a forward) would go on computing with its copy
-        live = {id(p): p.detach().clone() for p in params}
         buffers = [b.detach().clone() for b in module.buffers()] if bn_batches is not None else None
+        with swapped(module, self._params(), self.averages, report_live=True):
+            try:
+                if bn_batches is not None:
+                    from torch.optim.swa_utils import update_bn
 
-        def report_live(mod: torch.nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
-            # every name of a tied parameter (an output layer tied to the embedding) reports the live weights
-            for name, p in mod.named_parameters(remove_duplicate=False):
-                if id(p) in live and prefix + name in state:
-                    state[prefix + name] = live[id(p)]
-
-        hook = module.register_state_dict_post_hook(report_live)
-        fold_(params, self.averages, 1.0)  # params <- averages, rounded to the parameters' dtype
-        try:
-            if bn_batches is not None:
-                from torch.optim.swa_utils import update_bn
-
-                update_bn(bn_batches, module)
-            yield module
-        finally:
-            hook.remove()
-            reshard(module)  # drop the unsharded copies of the average that a forward inside the block left behind
-            fold_(params, [live[id(p)] for p in params], 1.0)
-            if buffers is not None:
-                with torch.no_grad():
-                    for b, saved_b in zip(module.buffers(), buffers, strict=True):
-                        b.copy_(saved_b)
+                    update_bn(bn_batches, module)
+                yield module
+            finally:
+                if buffers is not None:
+                    with torch.no_grad():
+                        for b, saved_b in zip(module.buffers(), buffers, strict=True):
+                            b.copy_(saved_b)
 
     def _settings(self) -> dict[str, Any]:
         return {

@@ -86,7 +86,8 @@ class RBWACallback(pl.Callback, Recipes):
     def _swap_in(self, pl_module: pl.LightningModule) -> None:
         placed_like(self.averages, pl_module)
         if self.averages and self._swap is None:
-            self._swap = swapped_in(pl_module, self.averages)
+            self._swap = swapped_in(pl_module, self.averages, report_live=True)  # a checkpoint saved meanwhile
+            # (by a callback, or the module's own hook) stores the live weights
             self._swap.__enter__()
 
     def _swap_out(self) -> None:
