@@ -79,6 +79,12 @@ def with_yaml(text):
     return make
 
 
+def with_dcp_metadata(tmp: Path) -> list[str]:
+    (tmp / "dcp").mkdir()
+    (tmp / "dcp" / ".metadata").write_bytes(b"not a pickle")
+    return ["merge", str(tmp / "dcp"), "--lawa", "1", "--out", str(tmp / "merged")]
+
+
 def plain(*argv):
     return lambda tmp: list(argv)
 
@@ -150,6 +156,12 @@ CASES = {
                                   "snapshots per epoch must be at most the 2 steps of an epoch, got 3"),
     "unknown snapshot dtype": (plain("train", "--snapshot-dtype", "float16"), "unknown snapshot dtype 'float16'"),
     "report of nothing": (plain("report", "{tmp}/nothing"), "is not a directory"),
+    "fsdp with an image model": (plain("train", "--fsdp"), "--fsdp shards --model gpt"),
+    "fsdp with a side copy": (plain("train", "--fsdp", "--model", "gpt", "--dataset", "shakespeare", "--augment",
+                                    "none", "--method", "ema"),
+                              "--fsdp does not run --method ema .* use --method rbwa-e --write-back 0"),
+    "unreadable distributed checkpoint": (with_dcp_metadata, "dcp: its torch.distributed.checkpoint metadata is not "
+                                                            "readable"),
 }
 
 

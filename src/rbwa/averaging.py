@@ -158,11 +158,6 @@ def whole(state: Any) -> Any:
     return state
 
 
-def gathered(averages: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Each average whole (``whole``), for a checkpoint of plain tensors."""
-    return whole(averages)
-
-
 def place(tensor: Tensor, like: Tensor) -> Tensor:
     """``tensor``, whole (every process holds the same copy), cut into the FSDP2 placement of ``like``, each process
     keeping its own shard (no communication), in its own dtype; as it is where ``like`` is no DTensor or ``tensor``
@@ -178,7 +173,7 @@ def place(tensor: Tensor, like: Tensor) -> Tensor:
 
 
 def placed_like(averages: dict[str, Tensor], module: torch.nn.Module) -> None:
-    """Averages restored whole from a checkpoint (``gathered``), cut back into the placement of their FSDP2
+    """Averages restored whole from a checkpoint (``whole``), cut back into the placement of their FSDP2
     parameters (``place``); others stay."""
     for name, p in module.named_parameters():
         if name in averages:

@@ -27,6 +27,7 @@ import uuid
 from typing import Any
 
 import torch
+import transformers
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
@@ -39,9 +40,9 @@ from rbwa.averaging import (
     check_write_back,
     fold_named,
     fold_weight,
-    gathered,
     placed_like,
     swapped_in,
+    whole,
 )
 from rbwa.snapshots import check_snapshot_args, save_state
 
@@ -54,8 +55,6 @@ def refused_sharding(args: TrainingArguments) -> str | None:
         return "the Trainer's DeepSpeed"
     if not getattr(args, "fsdp", None):
         return None
-    import transformers
-
     config = getattr(args, "fsdp_config", None) or {}
     default = 2 if int(transformers.__version__.split(".")[0]) >= 5 else 1  # transformers 5 made FSDP2 the default
     version = int(config.get("version", config.get("fsdp_version", default)))
@@ -190,7 +189,7 @@ class RBWACallback(TrainerCallback, ExportableState, Recipes):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         writer = state.is_local_process_zero if args.save_on_each_node else state.is_world_process_zero
-        saved = {**self.state_dict(), "averages": gathered(self.averages)}  # under FSDP2 every process gathers
+        saved = {**self.state_dict(), "averages": whole(self.averages)}  # under FSDP2 every process gathers
         if writer and os.path.isdir(folder):
             torch.save({**saved, "global_step": state.global_step, "token": self.checkpoint_token},
                        os.path.join(folder, STATE_FILE))

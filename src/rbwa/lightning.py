@@ -24,9 +24,9 @@ from rbwa.averaging import (
     check_write_back,
     fold_named,
     fold_weight,
-    gathered,
     placed_like,
     swapped_in,
+    whole,
 )
 from rbwa.snapshots import check_snapshot_args, save_state
 
@@ -124,7 +124,7 @@ class RBWACallback(pl.Callback, Recipes):
     def state_dict(self) -> dict[str, Any]:
         """The state Lightning checkpoints; FSDP2 shards gathered whole (Lightning writes a callback's state from the
         first process alone), cut back into shards when training resumes."""
-        return {"steps_since_start": self.steps_since_start, "folds": self.folds, "averages": gathered(self.averages),
+        return {"steps_since_start": self.steps_since_start, "folds": self.folds, "averages": whole(self.averages),
                 "counts": self.counts, "settings": self._settings()}
 
     def _settings(self) -> list[Any]:

@@ -107,6 +107,11 @@ class Setup:
         if self.schedule_free:
             self.optimizer.train()
 
+    @property
+    def evaluates_average(self) -> bool:
+        """Whether evaluation sees RBWA's average rather than the live weights (not written back at every fold)."""
+        return self.reestimate_bn and isinstance(self.optimizer, RBWA) and self.optimizer.averages is not None
+
     @torch.no_grad()
     def eval_model(self, model: nn.Module, bn_batches: Iterable) -> nn.Module:
         """The network to evaluate: the side copy or the schedule-free x point, with BatchNorm re-estimated."""
@@ -118,7 +123,7 @@ class Setup:
         if self.schedule_free:
             self.optimizer.eval()
             update_bn(bn_batches, model)
-        if self.reestimate_bn and isinstance(self.optimizer, RBWA) and self.optimizer.averages is not None:
+        if self.evaluates_average:
             # an average never written back, or between two write-backs, is not the live weights: evaluate the
             # average itself, on a copy (the live model's statistics keep tracking training)
             copy = deepcopy(model)
@@ -132,9 +137,8 @@ class Setup:
     def evaluated(self, model: nn.Module, bn_batches: Iterable) -> Iterator[nn.Module]:
         """The network to evaluate in the block (``eval_model``); an RBWA average on a model without BatchNorm is
         swapped into it for the block instead of copied (nothing to re-estimate; FSDP2 shards are not copied)."""
-        average = isinstance(self.optimizer, RBWA) and self.optimizer.averages is not None
-        if self.reestimate_bn and average and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                      for m in model.modules()):
+        if self.evaluates_average and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                              for m in model.modules()):
             with self.optimizer.averaged(model):
                 yield model
         else:
