@@ -387,15 +387,31 @@ def _difference(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
     return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
 
 
+def _scores(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str,
+            metric: str) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
+    """(seed -> candidate -> score, higher is better; seed -> the candidate chosen on the other seeds)."""
+    sign = -1.0 if metric.endswith("loss") else 1.0
+    score = {s: {r["label"]: sign * r[metric] for r in rows if r["family"] == family}
+             for s, (_, rows) in series.items()}
+    order = {r["label"]: r["value"] for _, rows in series.values() for r in rows if r["family"] == family}
+    return score, choose_on_others(score, order) if all(score.values()) else {}
+
+
+def picks_text(picks: dict[int, str]) -> str:
+    """'A (seeds 0, 2), B (seed 1)': each chosen candidate with the seeds that chose it, the most chosen first. Pure."""
+    by: dict[str, list[int]] = {}
+    for seed, choice in sorted(picks.items()):
+        by.setdefault(choice, []).append(seed)
+    return ", ".join(f"{c} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})"
+                     for c, s in sorted(by.items(), key=lambda item: (-len(item[1]), item[1])))
+
+
 def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str, name: str, where: str,
                       out: list[Finding | str], metric: str = "test_acc") -> dict[int, float] | None:
     """Seed -> the ``metric`` of the ``family`` candidate chosen on the other seeds (the highest accuracy, or the
     lowest loss), or None where none can be chosen; the choices, in a line appended to ``out``."""
     sign = -1.0 if metric.endswith("loss") else 1.0
-    score = {s: {r["label"]: sign * r[metric] for r in rows if r["family"] == family}
-             for s, (_, rows) in series.items()}
-    order = {r["label"]: r["value"] for _, rows in series.values() for r in rows if r["family"] == family}
-    picks = choose_on_others(score, order) if all(score.values()) else {}
+    score, picks = _scores(series, family, metric)
     if all(score.values()) and not set.intersection(*(set(a) for a in score.values())):
         out.append(f"{where}: the seeds' posthoc.csv files share no {name} candidate (each seed was evaluated on "
                    "another grid), so none is chosen; rerun `rbwa posthoc` with the same grid.")
@@ -494,6 +510,37 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
         test(f"{ds}: does the best post-hoc {name} of cosine-LR SGD beat constant-LR SGD's?",
              f"post-hoc {family}: cosine - constant", _difference(held_k, held), f"{family} cosine - constant",
              runs_k, runs_c)
+    return out + across_datasets(exp, experiments)
+
+
+def across_datasets(exp: Experiment, experiments: list[Experiment]) -> list[str]:
+    """How stable the SWA start, LAWA window and EMA half-life chosen on the other seeds are across seeds and
+    datasets: a line per family, in the last post-hoc experiment's section, once two datasets have choices."""
+    from rbwa.experiments import POSTHOC_LABELS
+
+    posthoc = [e for e in experiments if e.name.startswith("posthoc")]
+    if not posthoc or posthoc[-1] is not exp:
+        return []
+    out = []
+    for family, name in POSTHOC_FAMILIES.items():
+        parts, datasets = [], 0
+        for schedule, label in (("Constant-LR SGD", POSTHOC_LABELS["constant"]),
+                                ("Cosine-LR SGD", POSTHOC_LABELS["cosine"])):
+            found = {}
+            for e in posthoc:
+                series = _posthoc_series(e, label)
+                picks = _scores(series, family, "test_acc")[1] if len(series) >= 2 else {}
+                if len(picks) >= 2:
+                    found[dataset_name(next(iter(series.values()))[0].config)] = picks
+            if found:
+                distinct = {c for picks in found.values() for c in picks.values()}
+                seeds = sum(len(picks) for picks in found.values())
+                parts.append(f"{schedule}, " + "; ".join(f"on {ds}: {picks_text(p)}" for ds, p in sorted(found.items()))
+                             + (f" (one choice on all {seeds} seeds)" if len(distinct) == 1
+                                else f" ({len(distinct)} different choices on {seeds} seeds)"))
+                datasets = max(datasets, len(found))
+        if datasets >= 2:
+            out.append(f"Across datasets, the post-hoc {name} chosen on the other seeds. " + ". ".join(parts) + ".")
     return out
 
 
