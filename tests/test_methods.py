@@ -141,14 +141,14 @@ def test_write_back_methods_evaluate_with_batchnorm_re_estimated(tiny_resnet):
             setup.optimizer.step()
             setup.after_step(model, step)
         live = {k: v.clone() for k, v in model.state_dict().items()}
-        evaluated = setup.eval_model(model, [x for x, _ in batches])
-        assert evaluated is not model  # a copy: the live BatchNorm statistics keep tracking training
-        assert all(torch.equal(v, model.state_dict()[k]) for k, v in live.items())
-        # every member is evaluated on its average, never on the live weights between two write-backs
         averages = setup.optimizer.averages
-        assert all(torch.equal(p, a) for p, a in zip(evaluated.parameters(), averages, strict=True))
         assert not all(torch.equal(p, a) for p, a in zip(model.parameters(), averages, strict=True))
-        assert int(evaluated.stem[1].num_batches_tracked) == 4  # update_bn: one pass over the 4 batches
+        with setup.evaluated(model, [x for x, _ in batches]) as evaluated:
+            # every member is evaluated on its average, never on the live weights between two write-backs
+            assert all(torch.equal(p, a) for p, a in zip(evaluated.parameters(), averages, strict=True))
+            assert int(evaluated.stem[1].num_batches_tracked) == 4  # update_bn: one pass over the 4 batches
+        # after the block the live weights and BatchNorm statistics are back, bit for bit: they keep training
+        assert evaluated is model and all(torch.equal(v, model.state_dict()[k]) for k, v in live.items())
     plain = build(make_config(method="rbwa-e"), tiny_resnet(), steps_per_epoch=4)
     assert not plain.reestimate_bn
 

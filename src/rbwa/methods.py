@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Iterator
-from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,23 +122,15 @@ class Setup:
         if self.schedule_free:
             self.optimizer.eval()
             update_bn(bn_batches, model)
-        if self.evaluates_average:
-            # an average never written back, or between two write-backs, is not the live weights: evaluate the
-            # average itself, on a copy (the live model's statistics keep tracking training)
-            copy = deepcopy(model)
-            for p, avg in zip(copy.parameters(), self.optimizer.averages, strict=True):
-                p.copy_(avg)
-            update_bn(bn_batches, copy)
-            return copy
         return model
 
     @contextlib.contextmanager
     def evaluated(self, model: nn.Module, bn_batches: Iterable) -> Iterator[nn.Module]:
-        """The network to evaluate in the block (``eval_model``); an RBWA average on a model without BatchNorm is
-        swapped into it for the block instead of copied (nothing to re-estimate; FSDP2 shards are not copied)."""
-        if self.evaluates_average and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                              for m in model.modules()):
-            with self.optimizer.averaged(model):
+        """The network to evaluate in the block (``eval_model``). An RBWA average never written back, or between two
+        write-backs, is not the live weights: it is swapped into the model for the block, BatchNorm re-estimated on
+        it, and the live weights and statistics put back after (no copy: FSDP2's shards cannot be deep-copied)."""
+        if self.evaluates_average:
+            with self.optimizer.averaged(model, bn_batches):
                 yield model
         else:
             yield self.eval_model(model, bn_batches)
