@@ -438,7 +438,7 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
     constant = _posthoc_series(exp, POSTHOC_LABELS["constant"])
     cosine = _posthoc_series(exp, POSTHOC_LABELS["cosine"])
     if len(constant) < 2:
-        return []
+        return across_datasets(exp, experiments)
     first = next(iter(constant.values()))[0]
     data, setting = first.config["dataset"], first.setting
     ds = dataset_name(first.config)
