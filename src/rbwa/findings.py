@@ -521,17 +521,20 @@ def across_datasets(exp: Experiment, experiments: list[Experiment]) -> list[str]
     posthoc = [e for e in experiments if e.name.startswith("posthoc")]
     if not posthoc or posthoc[-1] is not exp:
         return []
+    schedules = {"Constant-LR SGD": POSTHOC_LABELS["constant"], "Cosine-LR SGD": POSTHOC_LABELS["cosine"]}
+    # schedule -> (dataset, its series) of every post-hoc experiment with at least 2 seeds: each posthoc.csv read once
+    by_schedule = {schedule: [(dataset_name(next(iter(series.values()))[0].config), series)
+                              for series in (_posthoc_series(e, label) for e in posthoc) if len(series) >= 2]
+                   for schedule, label in schedules.items()}
     out = []
     for family, name in POSTHOC_FAMILIES.items():
         parts, datasets = [], 0
-        for schedule, label in (("Constant-LR SGD", POSTHOC_LABELS["constant"]),
-                                ("Cosine-LR SGD", POSTHOC_LABELS["cosine"])):
+        for schedule, found_series in by_schedule.items():
             found = {}
-            for e in posthoc:
-                series = _posthoc_series(e, label)
-                picks = _scores(series, family, "test_acc")[1] if len(series) >= 2 else {}
+            for ds, series in found_series:
+                picks = _scores(series, family, "test_acc")[1]
                 if len(picks) >= 2:
-                    found[dataset_name(next(iter(series.values()))[0].config)] = picks
+                    found[ds] = picks
             if found:
                 distinct = {c for picks in found.values() for c in picks.values()}
                 seeds = sum(len(picks) for picks in found.values())
