@@ -31,7 +31,8 @@ def _models(dataset: str) -> list[tuple[str, str, dict[str, Any]]]:
             for model in ("resnet18", "vgg16") for label, o in METHOD_ROWS]
 
 
-POSTHOC_LABELS = {"constant": "sgd (snapshots)", "cosine": "sgd (cosine LR, snapshots)"}  # by LR schedule
+POSTHOC_LABELS = {"constant": "sgd (snapshots)", "cosine": "sgd (cosine LR, snapshots)",
+                  "wsd": "sgd (wsd, snapshots)"}  # by LR schedule (wsd: its last 20% decayed linearly to 0)
 
 
 def _snapshot_runs(dataset: str) -> list[tuple[str, str, dict[str, Any]]]:
