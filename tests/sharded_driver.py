@@ -13,7 +13,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import fully_shard
 
-from rbwa.averaging import RBWA, fold_named, fold_weight, local, lookahead, rswa, sema, swapped_in
+from rbwa.averaging import RBWA, lookahead, rswa, sema
+from rbwa.averaging.dtensor import local
+from rbwa.averaging.named import NamedAverages
 from rbwa.models.gpt import GPT
 
 STEPS, SAVE_AT, BATCH = 9, 4, 8
@@ -72,28 +74,27 @@ def build(member):
 
 
 def callback_fold_matches_the_wrapper(rank: int, world: int) -> dict:
-    """The framework callbacks' fold (fold_named, by parameter name) and evaluation swap (swapped_in) on the sharded
-    GPT in a plain FSDP2 loop: the averages and the forward with them equal one unsharded RBWA process's."""
+    """The callbacks' and the trainer's named averages (NamedAverages: the fold and the evaluation swap) on the
+    sharded GPT in a plain FSDP2 loop: the averages and the forward with them equal one unsharded RBWA process's."""
     reference = make_model()
     ref_opt = RBWA(torch.optim.SGD(reference.parameters(), lr=0.2, momentum=0.9), start_step=2, write_back=None)
     train(reference, ref_opt, range(STEPS))
     model = sharded(make_model())
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    averages: dict = {}
-    counts: dict = {}
+    named = NamedAverages("mean", write_back=None)
     for t in range(STEPS):
         x, y = batch(t)
         share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
         opt.zero_grad()
         loss_of(model, x[share], y[share]).backward()
         opt.step()
-        if t >= 2:  # RBWA's mean, 1/(k+1), never written back (a side average)
-            fold_named(averages, counts, model.named_parameters(), lambda k: fold_weight("mean", k), write_back=False)
+        named.after_step(model, t - 2)  # RBWA's mean, 1/(k+1), from step 2, never written back (a side average)
+    averages = named.averages
     names = [name for name, _ in model.named_parameters()]
     probe = batch(99)[0]
     with torch.no_grad():
         model(probe)  # leaves the root unsharded
-        with swapped_in(model, averages), ref_opt.averaged(reference):
+        with named.swapped(model), ref_opt.averaged(reference):
             forward = (model(probe) - reference(probe)).abs().max().item()
         after = (model(probe) - reference(probe)).abs().max().item()
     return {"average difference": max((full(averages[n]) - a).abs().max().item()

@@ -351,7 +351,7 @@ def test_write_back_arguments_and_old_states():
 
 
 def test_fold_named_keys_averages_by_name_and_starts_a_joining_parameter_at_its_first_fold():
-    from rbwa.averaging import fold_named
+    from rbwa.averaging.fold import fold_named
 
     a, b = torch.tensor([0.0, 4.0]), torch.tensor([10.0])
     averages, counts = {}, {}

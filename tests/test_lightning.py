@@ -214,20 +214,33 @@ def test_under_lightnings_fsdp2_strategy_the_callback_folds_shards_as_the_wrappe
 def test_snapshots_every_n_steps_are_the_weights_then_and_merge_reads_them(tmp_path):
     """Snapshots at steps 2, 4, ..., 8 of 2 epochs (4 steps each); the last is the final weights, in bfloat16; rbwa
     merge averages the series into a state dict the module loads."""
+    from rbwa import snapshots
     from rbwa.lightning import SnapshotCallback
     from rbwa.merge import merge
 
     model = Tiny()
     trainer(2, tmp_path, callbacks=[SnapshotCallback(str(tmp_path / "snaps"), every_n_steps=2, dtype="bfloat16")],
             enable_checkpointing=False).fit(model)
-    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == [f"step-{s}.pt" for s in (2, 4, 6, 8)]
-    last = torch.load(tmp_path / "snaps" / "step-8.pt", weights_only=True)
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == [f"{s:08d}.pt" for s in (2, 4, 6, 8)]
+    saved = torch.load(tmp_path / "snaps" / "00000008.pt", weights_only=True)
+    last = snapshots.state_dict(saved)
+    assert saved["step"] == 8 and set(last) == set(model.state_dict())  # rbwa's one snapshot format, every name
     assert last["net.0.weight"].dtype == torch.bfloat16 and last["net.1.num_batches_tracked"].item() == 8
     assert torch.equal(last["net.0.weight"], model.net[0].weight.detach().bfloat16())
     merge([tmp_path / "snaps"], tmp_path / "lawa.pt", lawa=2)
     model.load_state_dict(torch.load(tmp_path / "lawa.pt", weights_only=True))
     with pytest.raises(ValueError, match="every_n_steps must be an integer >= 1"):
         SnapshotCallback(str(tmp_path), every_n_steps=0)
+
+
+def test_snapshots_with_gradient_accumulation_start_at_the_first_optimizer_step(tmp_path):
+    """Defect 8: with accumulate_grad_batches=2 the first batch takes no optimizer step; no step-0 snapshot of the
+    untrained weights is written. 4 batches an epoch, 2 epochs: optimizer steps 1..4, snapshots every 2."""
+    from rbwa.lightning import SnapshotCallback
+
+    trainer(2, tmp_path, callbacks=[SnapshotCallback(str(tmp_path / "snaps"), every_n_steps=2)],
+            enable_checkpointing=False, accumulate_grad_batches=2).fit(Tiny())
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["00000002.pt", "00000004.pt"]
 
 
 class Watched(Tiny):

@@ -72,8 +72,8 @@ def test_evaluating_with_the_average_swaps_shards_and_restores_them(sharded_runs
 
 
 def test_the_callbacks_fold_and_swap_run_on_fsdp2_shards(sharded_runs):
-    """What the Lightning and HF callbacks do at each step (fold_named) and around an evaluation (swapped_in), in a
-    plain FSDP2 loop: the averages stay sharded and equal one unsharded process's, and a forward inside the swap is
+    """What the Lightning and HF callbacks do at each step (NamedAverages.after_step) and around an evaluation
+    (NamedAverages.swapped), in a plain FSDP2 loop: the averages stay sharded and equal one unsharded process's, and a forward inside the swap is
     the average's own. (The frameworks' own FSDP2 strategies are not run here: the callbacks still refuse them.)"""
     straight = sharded_runs[0]
     for rank in straight:

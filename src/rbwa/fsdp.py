@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rbwa.averaging import place, whole
+from rbwa.averaging.dtensor import place, whole
 
 __all__ = ["placed_model_state", "placed_optimizer_state", "shard", "whole"]
 

@@ -31,20 +31,10 @@ import transformers
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from rbwa.averaging import (
-    SHARDED_CALLBACK,
-    Recipes,
-    averaged_state_dict,
-    check_fold_schedule,
-    check_start,
-    check_write_back,
-    fold_named,
-    fold_weight,
-    placed_like,
-    swapped_in,
-    whole,
-)
-from rbwa.snapshots import check_snapshot_args, save_state
+from rbwa import snapshots
+from rbwa.averaging.named import SHARDED_CALLBACK, CallbackAverages
+from rbwa.io import atomic_torch_save
+from rbwa.snapshots import check_snapshot_args
 
 STATE_FILE = "rbwa_callback.pt"
 
@@ -86,52 +76,68 @@ def recorded_token(state: TrainerState) -> str | None:
     return (stored or {}).get("attributes", {}).get("checkpoint_token") if isinstance(stored, dict) else None
 
 
-class RBWACallback(TrainerCallback, ExportableState, Recipes):
+def replaced_callback(cls: type) -> Any:
+    """The user's callback that the Trainer is rebuilding from its saved arguments, or None.
+
+    With ``restore_callback_states_from_checkpoint=True`` the Trainer's ``_load_callback_state`` builds a new
+    callback from the arguments in ``trainer_state.json`` and replaces the user's object with it, which would leave
+    the user holding an object that never folds again. The object being replaced is read from that frame, as
+    :func:`resumed_checkpoint` reads the resumed folder, so the rebuild returns it instead.
+    """
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "_load_callback_state":
+            found = frame.f_locals.get("callback")
+            return found if isinstance(found, cls) else None
+        frame = frame.f_back
+    return None
+
+
+class RBWACallback(TrainerCallback, ExportableState, CallbackAverages):
     """Fold the trainable parameters into their average after every optimizer step from ``start_epoch`` on.
 
-    Averages are kept by parameter name: a parameter unfrozen later starts its own average when it joins, and a
-    frozen one keeps its average unchanged.
+    Averages are kept by parameter name (:class:`rbwa.averaging.named.NamedAverages`): a parameter unfrozen later
+    starts its own average when it joins, and a frozen one keeps its average unchanged. ``averaged(model)`` swaps
+    them in for an evaluation (``with callback.averaged(trainer.model): trainer.evaluate()``: the Trainer has no hook
+    before an evaluation; before the first fold the live weights are evaluated), ``averaged_state_dict(model)`` is
+    the model's state dict with them in place; both unwrap DDP, ``torch.compile`` and Accelerate's wrappers.
 
     ``steps_per_epoch`` (optimizer steps) is read from the Trainer (``max_steps / num_train_epochs``) unless
     given; give it when training is bounded by ``max_steps`` instead of whole epochs.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> RBWACallback:
+        # the Trainer rebuilding the user's callback from its saved arguments gets the user's object back
+        return replaced_callback(cls) or super().__new__(cls)
+
     def __init__(self, start_epoch: int = 0, average: str = "mean", beta: float = 0.9, every: int = 1,
                  counter: str = "folds", steps_per_epoch: int | None = None, write_back: int | None = 1,
-                 average_dtype: torch.dtype | None = None) -> None:
-        check_start("start_epoch", start_epoch)
-        check_fold_schedule(average, beta, every, counter)
-        check_write_back(write_back)
-        self.start_epoch, self.average, self.beta, self.every, self.counter = start_epoch, average, beta, every, counter
-        self.write_back, self.average_dtype = write_back, average_dtype
-        self.steps_per_epoch = steps_per_epoch
-        self.folds = 0
-        self.averages: dict[str, torch.Tensor] = {}  # parameter name -> its average
-        self.counts: dict[str, int] = {}  # parameter name -> folds of its average so far
+                 average_dtype: torch.dtype | str | None = None) -> None:
+        named = self._checked(start_epoch, average, beta, every, counter, write_back, average_dtype)
+        if getattr(self, "named", None) is not None:  # the user's object, handed back to a rebuild: keep its state
+            if named.settings() != self.named.settings() or start_epoch != self.start_epoch:
+                raise ValueError("RBWACallback state was saved with different settings")
+            return
+        self.named, self.start_epoch, self.steps_per_epoch = named, start_epoch, steps_per_epoch
         self.checkpoint_token: str | None = None  # the token of the checkpoint being saved, or last resumed
 
     def _settings(self) -> list[Any]:
-        settings = [self.start_epoch, self.average, self.beta, self.every, self.counter]
-        # added in 0.3: absent (their defaults) from states saved before
-        return settings + ([self.write_back] if self.write_back != 1 else [])
-
-    def averaged_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """``model``'s state dict with each averaged parameter's average in its place (``save_pretrained``-able via
-        ``model.load_state_dict`` on a copy, or ``torch.save``)."""
-        return averaged_state_dict(model, self.averages)
-
-    def averaged(self, model: torch.nn.Module) -> Any:
-        """A context in which ``model`` holds the averages, the live weights back after (the Trainer has no hook
-        before an evaluation): ``with callback.averaged(trainer.model): trainer.evaluate()``."""
-        return swapped_in(model, self.averages)
+        named = self.named
+        settings = [self.start_epoch, named.average, named.beta, named.every, named.counter]
+        # added in 0.3 and 0.4: absent (their defaults) from states saved before
+        return (settings + ([named.write_back] if named.write_back != 1 else [])
+                + ([self.steps_per_epoch] if self.steps_per_epoch is not None else [])
+                + ([str(named.average_dtype)] if named.average_dtype is not None else []))
 
     def state(self) -> dict[str, Any]:
-        """What the Trainer stores in ``trainer_state.json`` as it saves a checkpoint (``ExportableState``): the
-        arguments, and a new token that ``on_save``, called right after, writes into this checkpoint's state file."""
+        """What the Trainer stores in ``trainer_state.json`` as it saves a checkpoint (``ExportableState``): every
+        argument, and a new token that ``on_save``, called right after, writes into this checkpoint's state file."""
         self.checkpoint_token = uuid.uuid4().hex  # os.urandom: no random generator of training is touched
-        return {"args": {"start_epoch": self.start_epoch, "average": self.average, "beta": self.beta,
-                         "every": self.every, "counter": self.counter, "steps_per_epoch": self.steps_per_epoch,
-                         "write_back": self.write_back},
+        named = self.named
+        return {"args": {"start_epoch": self.start_epoch, "average": named.average, "beta": named.beta,
+                         "every": named.every, "counter": named.counter, "steps_per_epoch": self.steps_per_epoch,
+                         "write_back": named.write_back,
+                         "average_dtype": None if named.average_dtype is None else str(named.average_dtype)},
                 "attributes": {"checkpoint_token": self.checkpoint_token}}
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -173,29 +179,19 @@ class RBWACallback(TrainerCallback, ExportableState, Recipes):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: torch.nn.Module | None = None, **kwargs: Any) -> None:
         assert model is not None and self.steps_per_epoch is not None
-        step = state.global_step - 1  # the optimizer step just taken, counted from 0
-        start = self.start_epoch * self.steps_per_epoch
-        if step < start or (step - start) % self.every:
-            return
-        epochs = (step - start) // self.steps_per_epoch
-        placed_like(self.averages, model)  # averages resumed whole under FSDP2: back into this process's shards
-        params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-        back = self.write_back is not None and (self.folds + 1) % self.write_back == 0
-        fold_named(self.averages, self.counts, params,
-                   lambda folds: fold_weight(self.average, epochs if self.counter == "epochs" else folds, self.beta),
-                   back, self.average_dtype)
-        self.folds += 1
+        t = state.global_step - 1 - self.start_epoch * self.steps_per_epoch  # the step just taken, from the start
+        self.named.after_step(model, t, t // self.steps_per_epoch)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         writer = state.is_local_process_zero if args.save_on_each_node else state.is_world_process_zero
-        saved = {**self.state_dict(), "averages": whole(self.averages)}  # under FSDP2 every process gathers
+        saved = self.state_dict()  # under FSDP2 every process gathers
         if writer and os.path.isdir(folder):
-            torch.save({**saved, "global_step": state.global_step, "token": self.checkpoint_token},
-                       os.path.join(folder, STATE_FILE))
+            atomic_torch_save({**saved, "global_step": state.global_step, "token": self.checkpoint_token},
+                              os.path.join(folder, STATE_FILE))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"folds": self.folds, "averages": self.averages, "counts": self.counts, "settings": self._settings()}
+        return {**self.named.state_dict(), "settings": self._settings()}
 
     def load_state_dict(self, state_dict: dict[str, Any], global_step: int | None = None) -> None:
         """Restore a saved state; ``global_step``, when given, must be the step it was saved at."""
@@ -207,22 +203,29 @@ class RBWACallback(TrainerCallback, ExportableState, Recipes):
         if global_step is not None and state_dict.get("global_step") != global_step:
             raise ValueError(f"the {STATE_FILE} found was saved at step {state_dict.get('global_step')}, not at the "
                              f"resumed step {global_step}; it belongs to another checkpoint")
-        self.folds = state_dict["folds"]
-        self.averages = dict(state_dict["averages"] or {})
-        self.counts = dict(state_dict.get("counts", {}))
+        self.named.load_state_dict({**state_dict, "settings": {}})
 
 
 class SnapshotCallback(TrainerCallback):
-    """Store the model's weights every ``every_n_steps`` optimizer steps as ``step-N.pt`` in ``dirpath`` (default:
-    ``output_dir/snapshots``), a state dict in ``dtype`` with no optimizer state, for ``rbwa merge``: every side
-    average of the run, chosen after training, at a fraction of a Trainer checkpoint's bytes."""
+    """Store the model's weights every ``every_n_steps`` optimizer steps as ``<step, 8 digits>.pt`` in ``dirpath``
+    (default: ``output_dir/snapshots``), rbwa's one snapshot format (:mod:`rbwa.snapshots`: the step, the parameters
+    in ``dtype``, the buffers and the ties, no optimizer state), for ``rbwa merge``: every side average of the run,
+    chosen after training, at a fraction of a Trainer checkpoint's bytes. Under FSDP2 every process gathers the shards
+    and the first writes the whole model; FSDP1 and DeepSpeed are refused in one line."""
 
     def __init__(self, every_n_steps: int, dtype: str = "float32", dirpath: str | None = None) -> None:
         check_snapshot_args(every_n_steps, dtype)
         self.every_n_steps, self.dtype, self.dirpath = every_n_steps, dtype, dirpath
 
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
+        refused = refused_sharding(args)
+        if refused:
+            raise ValueError(f"SnapshotCallback cannot gather the weights under {refused}; train with FSDP2 "
+                             '(fsdp_config={"version": 2}) or DDP')
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: torch.nn.Module | None = None, **kwargs: Any) -> None:
-        if model is not None and state.global_step % self.every_n_steps == 0 and state.is_world_process_zero:
-            save_state(model, self.dirpath or os.path.join(args.output_dir, "snapshots"), state.global_step,
-                       self.dtype)
+        if model is not None and state.global_step % self.every_n_steps == 0:  # every process: saving gathers
+            snapshots.store(model, self.dirpath or os.path.join(args.output_dir, "snapshots"), state.global_step,
+                            self.dtype, write=state.is_world_process_zero)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from rbwa.errors import UserError
-from rbwa.posthoc import ema_weights, lawa_weights, swa_weights
+from rbwa.averaging.weights import ema_weights, lawa_weights, swa_weights
 
 PLAIN_SUFFIXES = (".pt", ".pth", ".bin")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")

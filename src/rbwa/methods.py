@@ -1,9 +1,10 @@
 """Method name -> what the training loop steps, the LR schedule, and how the model is evaluated.
 
 The recurrent methods (rbwa, rbwa-e, rswa, lookahead) are the :class:`rbwa.RBWA` wrapper with
-different settings and are evaluated on the live weights. SWA and EMA are side copies from
-``torch.optim.swa_utils``, evaluated after BatchNorm re-estimation. Schedule-free SGD comes from the
-``schedulefree`` package.
+different settings and are evaluated on the live weights. SWA and EMA are side averages kept by parameter name
+(:class:`rbwa.averaging.named.NamedAverages`, float32 for low-precision weights, as the wrapper's and the
+callbacks'), swapped into the model for evaluation after BatchNorm re-estimation (``swa_utils.update_bn``).
+Schedule-free SGD comes from the ``schedulefree`` package.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+from torch.optim.swa_utils import update_bn
 
 from rbwa.averaging import RBWA, fold_weight, lookahead, rswa, sema
+from rbwa.averaging.named import NamedAverages
 from rbwa.config import TrainConfig
 
 # LR schedules that a recurrent average is algebraically equal to: the fold weight of RBWA (mean) or
@@ -59,24 +61,50 @@ def _schedule_factor(schedule: str, step: int, total_steps: int, start_step: int
 
 
 class SideAverage:
-    """SWA (mean at the end of every epoch from the start) or EMA (every step) on a side copy."""
+    """SWA (the equal-weight mean of the weights at the end of every epoch from the start) or EMA (every step from
+    the start) of the model's parameters, never written back: a :class:`NamedAverages` with its schedule."""
 
-    def __init__(self, model: nn.Module, kind: str, start_step: int, steps_per_epoch: int, ema_decay: float) -> None:
+    def __init__(self, model: nn.Module, kind: str, start_step: int, steps_per_epoch: int, ema_decay: float,
+                 average_dtype: torch.dtype | None = None) -> None:
         self.kind = kind
-        self.start_step = start_step
-        self.steps_per_epoch = steps_per_epoch
-        multi_avg_fn = get_ema_multi_avg_fn(ema_decay) if kind == "ema" else None
-        self.model = AveragedModel(model, multi_avg_fn=multi_avg_fn)
+        self.names = [name for name, _ in model.named_parameters()]
+        # SWA folds after the last step of every epoch from the start; EMA after every step
+        self.first = start_step + (steps_per_epoch - 1 if kind == "swa" else 0)
+        self.named = (NamedAverages("mean", every=steps_per_epoch, write_back=None, average_dtype=average_dtype)
+                      if kind == "swa" else
+                      NamedAverages("ema", beta=ema_decay, write_back=None, average_dtype=average_dtype))
 
     def after_step(self, model: nn.Module, step: int) -> None:
-        if step < self.start_step:
-            return
-        if self.kind == "ema" or (step - self.start_step + 1) % self.steps_per_epoch == 0:
-            self.model.update_parameters(model)
+        self.named.after_step(model, step - self.first)
 
     @property
     def started(self) -> bool:
-        return int(self.model.n_averaged) > 0
+        return self.named.folds > 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.named.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.named.load_state_dict(side_state(state, self.names))
+
+
+def side_state(saved: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A side average's saved state in :class:`NamedAverages`' form: as it is, or converted from the
+    ``AveragedModel`` state dict of rbwa < 0.4 (``module.``-prefixed parameters and buffers, and ``n_averaged``);
+    ``names``: the model's parameters."""
+    if "n_averaged" not in saved:
+        return saved
+    folds = int(saved["n_averaged"])
+    averages = {name: saved[f"module.{name}"] for name in names} if folds else {}
+    return {"averages": averages, "counts": dict.fromkeys(averages, folds), "folds": folds, "settings": {}}
+
+
+def parameter_names(model: nn.Module, optimizer: str) -> list[str]:
+    """The names of ``model``'s parameters in the order the base optimizer (``"sgd"`` or ``"adamw"``, as
+    :func:`base_optimizer` builds it) holds them: the indices of its ``state_dict``, RBWA's averages' included."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = decay_groups(model, 0.0) if optimizer == "adamw" else [{"params": list(model.parameters())}]
+    return [names[id(p)] for group in groups for p in group["params"]]
 
 
 def reestimates_bn(method: str, write_back: int = 1) -> bool:
@@ -111,41 +139,36 @@ class Setup:
         """Whether evaluation sees RBWA's average rather than the live weights (not written back at every fold)."""
         return self.reestimate_bn and isinstance(self.optimizer, RBWA) and self.optimizer.averages is not None
 
-    @torch.no_grad()
-    def eval_model(self, model: nn.Module, bn_batches: Iterable) -> nn.Module:
-        """The network to evaluate: the side copy or the schedule-free x point, with BatchNorm re-estimated."""
-        if self.side is not None:
-            if not self.side.started:
-                return model
-            update_bn(bn_batches, self.side.model)
-            return self.side.model
-        if self.schedule_free:
-            self.optimizer.eval()
-            update_bn(bn_batches, model)
-        return model
-
     @contextlib.contextmanager
     def evaluated(self, model: nn.Module, bn_batches: Iterable) -> Iterator[nn.Module]:
-        """The network to evaluate in the block (``eval_model``). An RBWA average never written back, or between two
-        write-backs, is not the live weights: it is swapped into the model for the block, BatchNorm re-estimated on
-        it, and the live weights and statistics put back after (no copy: FSDP2's shards cannot be deep-copied)."""
-        if self.evaluates_average:
+        """The network to evaluate in the block. A side average (swa, ema) or an RBWA average never written back, or
+        between two write-backs, is swapped into the model for the block with BatchNorm re-estimated on it, and the
+        live weights and statistics put back after (no copy: FSDP2's shards cannot be deep-copied); before its first
+        fold, the live weights. Schedule-free's evaluation point, BatchNorm re-estimated on it."""
+        if self.side is not None:
+            with self.side.named.swapped(model, bn_batches if self.side.started else None) as net:
+                yield net
+        elif self.evaluates_average:
             with self.optimizer.averaged(model, bn_batches):
                 yield model
         else:
-            yield self.eval_model(model, bn_batches)
+            if self.schedule_free:
+                with torch.no_grad():
+                    self.optimizer.eval()
+                    update_bn(bn_batches, model)
+            yield model
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-                "side": None if self.side is None else self.side.model.state_dict()}
+                "side": None if self.side is None else self.side.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.side is not None:
-            self.side.model.load_state_dict(state["side"])
+            self.side.load_state_dict(state["side"])
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

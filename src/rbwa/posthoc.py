@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from rbwa import snapshots
+from rbwa.averaging.weights import combine, ema_weights, lawa_weights, swa_weights
 from rbwa.config import TrainConfig, make_config
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_bytes
@@ -38,32 +39,6 @@ from rbwa.rundir import CONFIG, SUMMARY
 WRITE_BACK_METHODS = ("rbwa", "rbwa-e", "rswa", "lookahead", "sema")
 FAMILIES = ("swa", "lawa", "ema")
 HALF_LIVES_IN_EPOCHS = (0.125, 0.25, 0.5, 1, 2, 4, 8)  # the default EMA grid, in epochs of the run
-
-
-def swa_weights(n: int, start: int) -> np.ndarray:
-    """Uniform over snapshots ``start``..``n - 1``. Pure."""
-    w = np.zeros(n)
-    w[start:] = 1.0 / (n - start)
-    return w
-
-
-def lawa_weights(epoch_ends: list[int], n: int, k: int) -> np.ndarray:
-    """Uniform over the last ``k`` of the snapshots at indices ``epoch_ends`` (those taken at an epoch's end)."""
-    w = np.zeros(n)
-    w[epoch_ends[-k:]] = 1.0 / k
-    return w
-
-
-def ema_weights(steps: list[int], decay: float, start: int) -> np.ndarray:
-    """The EMA of the snapshot series from index ``start`` (taken as it is), with ``decay`` per step: each
-    snapshot enters with weight 1 - decay^g, g its distance in steps from the previous one. Pure."""
-    w = np.zeros(len(steps))
-    w[start] = 1.0
-    for j in range(start + 1, len(steps)):
-        kept = decay ** (steps[j] - steps[j - 1])
-        w *= kept
-        w[j] += 1.0 - kept
-    return w
 
 
 @dataclass
@@ -94,18 +69,6 @@ def candidates(steps: list[int], steps_per_epoch: int, start_step: int, lawa_win
     found += [Candidate("ema", h, f"EMA, half-life {h:g} steps", ema_weights(steps, 0.5 ** (1 / h), first))
               for h in lives]
     return found
-
-
-def combine(series: list[dict[str, torch.Tensor]], weights: np.ndarray) -> dict[str, torch.Tensor]:
-    """The weighted mean of parameter dicts, accumulated in float64, returned in float32."""
-    out = {}
-    for name in series[0]:
-        total = torch.zeros_like(series[0][name], dtype=torch.float64)
-        for w, snap in zip(weights, series, strict=True):
-            if w:
-                total += float(w) * snap[name].double()
-        out[name] = total.float()
-    return out
 
 
 def refuse(run_dir: Path, config: dict[str, Any]) -> None:
@@ -176,7 +139,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, data_dir: str 
     rows = []
     for c in tqdm(grid, desc=f"posthoc {run_dir.name}", disable=progress is False):
         # the buffers are re-estimated below; a tied output layer is its embedding, stored once
-        model.load_state_dict(combine(series, c.weights), strict=False)
+        model.load_state_dict(combine(series.__getitem__, c.weights, torch.float32), strict=False)
         if bn_loader is not None:
             update_bn(bn_loader, model)
         loss, acc = evaluate(model, test_loader)

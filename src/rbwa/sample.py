@@ -30,19 +30,27 @@ def _corpus(saved: dict[str, Any], dataset: str | None, data_dir: str | None):
 
 
 def _average(ckpt: dict[str, Any], model: torch.nn.Module, run: Path) -> dict[str, torch.Tensor]:
-    """The run's average as a state dict of ``model``: a side copy (swa, ema) or an average never written back."""
+    """The run's average, by parameter name, as a state dict of ``model``: a side average (swa, ema) or an RBWA
+    average never written back (kept by the base optimizer's indices, named through its order)."""
+    from rbwa.methods import parameter_names, side_state
+
+    names = [name for name, _ in model.named_parameters()]
     side = ckpt["setup"].get("side")
+    config = ckpt.get("config") or {}
     if side is not None:
-        return {k[len("module."):]: v for k, v in side.items() if k.startswith("module.")}
-    state = ckpt["setup"]["optimizer"].get("state", {})
-    averages = [state.get(i, {}).get("rbwa_average") for i in range(len(list(model.parameters())))]
-    started = ckpt["setup"]["optimizer"]["param_groups"][0].get("rbwa", {}).get("started")
-    write_back = ckpt["config"].get("write_back", 1) if ckpt.get("config") else 1
-    if started and write_back != 1 and all(a is not None for a in averages):
-        names = [name for name, _ in model.named_parameters()]
-        return {**model.state_dict(), **dict(zip(names, averages, strict=True))}
-    raise UserError(f"{run} keeps no average apart from its weights (a method that writes its average back, or one "
-                    "whose averaging has not begun): sample without --average")
+        averages = side_state(side, names)["averages"]
+    else:
+        optimizer = ckpt["setup"]["optimizer"]
+        started = optimizer["param_groups"][0].get("rbwa", {}).get("started")
+        by_index = [optimizer.get("state", {}).get(i, {}).get("rbwa_average") for i in range(len(names))]
+        averages = {}
+        if started and config.get("write_back", 1) != 1 and all(a is not None for a in by_index):
+            order = parameter_names(model, config.get("optimizer", "sgd"))
+            averages = dict(zip(order, by_index, strict=True))
+    if not averages:
+        raise UserError(f"{run} keeps no average apart from its weights (a method that writes its average back, or one "
+                        "whose averaging has not begun): sample without --average")
+    return {**model.state_dict(), **averages}
 
 
 def sample(run: str | Path, tokens: int = 500, prompt: str = "\n", seed: int = 0, average: bool = False,

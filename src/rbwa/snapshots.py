@@ -1,10 +1,14 @@
 """Snapshots of a run's live weights (``rbwa train --snapshot-every N`` or ``--snapshots-per-epoch K``), the raw
-material of post-hoc averaging (``rbwa posthoc``).
+material of post-hoc averaging (``rbwa posthoc``, ``rbwa merge``).
 
-One file per snapshot, ``RUN/snapshots/<steps taken, 8 digits>.pt``, written atomically: the parameters and the
-BatchNorm buffers by name, in float32 or bfloat16. A run resumed from its checkpoint drops the snapshots taken
-after it and takes them again, so the series has no gap and no duplicate and follows the trajectory that the
-run's checkpoint continues.
+One format for every snapshot rbwa writes (``rbwa train``, and the Lightning and Hugging Face ``SnapshotCallback``):
+one file per snapshot, ``<steps taken, 8 digits>.pt`` (in ``RUN/snapshots/`` for a run), written atomically,
+holding ``step``, ``params`` (by name, in float32, bfloat16 or float16), ``buffers`` (the rest of the module's
+state dict: BatchNorm statistics) and ``ties`` (each other name of a tied parameter, with the name it is stored
+under), so that :func:`state_dict` gives back the module's whole state dict. Under FSDP2 every process gathers its
+shards and the first one writes: the file is the one a 1-process run writes. A run resumed from its checkpoint
+drops the snapshots taken after it and takes them again, so the series has no gap and no duplicate and follows the
+trajectory that the run's checkpoint continues.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rbwa.averaging import whole
+from rbwa.averaging.dtensor import whole
 from rbwa.io import atomic_torch_save
 
 FOLDER = "snapshots"
@@ -48,14 +52,45 @@ def path(run_dir: Path, step: int) -> Path:
 
 def write(run_dir: Path, step: int, steps_per_epoch: int, model: nn.Module, dtype: str = "float32",
           save: bool = True) -> None:
-    """Store ``model``'s parameters (in ``dtype``) and buffers after ``step`` steps, atomically. FSDP2 shards are
-    gathered whole, a collective: every process calls this, and only the one with ``save`` writes."""
+    """A run's snapshot after ``step`` steps (:func:`store` into ``RUN/snapshots``)."""
+    store(model, Path(run_dir) / FOLDER, step, dtype, write=save, epoch=step / steps_per_epoch)
+
+
+def contents(module: nn.Module, dtype: str = "float32") -> dict[str, Any]:
+    """What a snapshot of ``module`` holds (without its step), every tensor whole and on the CPU: FSDP2 shards are
+    gathered, a collective that every process calls."""
     cast = getattr(torch, dtype)
-    params = {name: whole(p.detach()).to("cpu", cast, copy=True) for name, p in model.named_parameters()}
-    buffers = {name: whole(b.detach()).to("cpu", copy=True) for name, b in model.named_buffers()}
-    if save:
-        atomic_torch_save({"step": step, "epoch": step / steps_per_epoch, "params": params, "buffers": buffers},
-                          path(run_dir, step))
+    canonical = {id(p): name for name, p in module.named_parameters()}
+    ties = {name: canonical[id(p)] for name, p in module.named_parameters(remove_duplicate=False)
+            if canonical[id(p)] != name}
+    params = {name: whole(p.detach()).to("cpu", cast, copy=True) for name, p in module.named_parameters()}
+    buffers = {k: whole(v.detach()).to("cpu", copy=True) for k, v in module.state_dict().items()
+               if k not in params and k not in ties}
+    return {"params": params, "buffers": buffers, "ties": ties}
+
+
+def store(module: nn.Module, folder: Path, step: int, dtype: str = "float32", write: bool = True,
+         epoch: float | None = None) -> Path:
+    """``folder/<step, 8 digits>.pt``: a snapshot of ``module`` after ``step`` optimizer steps, written atomically by
+    the process with ``write`` (under FSDP2 every process calls this: it gathers the shards)."""
+    found = {"step": step, **({} if epoch is None else {"epoch": epoch}), **contents(module, dtype)}
+    target = Path(folder) / f"{step:08d}.pt"
+    if write:
+        atomic_torch_save(found, target)
+    return target
+
+
+def is_snapshot(found: Any) -> bool:
+    """Whether a loaded file is a snapshot of this format."""
+    return isinstance(found, dict) and isinstance(found.get("step"), int) and isinstance(found.get("params"), dict)
+
+
+def state_dict(snapshot: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The module's whole state dict from a snapshot: its parameters under every name a tied one has, and its
+    buffers (snapshots of rbwa < 0.4 record no ties: their tied names are missing)."""
+    params = snapshot["params"]
+    ties = {alias: params[name] for alias, name in snapshot.get("ties", {}).items()}
+    return {**params, **ties, **snapshot["buffers"]}
 
 
 def taken(run_dir: Path) -> list[int]:
@@ -74,17 +109,6 @@ def drop_after(run_dir: Path, step: int) -> list[int]:
 
 def read(run_dir: Path, step: int) -> dict[str, Any]:
     return torch.load(path(run_dir, step), map_location="cpu", weights_only=True)
-
-
-def save_state(module: nn.Module, folder: Path, step: int, dtype: str = "float32") -> Path:
-    """``folder/step-{step}.pt``: ``module``'s state dict with its floating-point tensors in ``dtype``, written
-    atomically; the framework callbacks' snapshot, read by ``rbwa merge`` (stepped by the number in its name)."""
-    cast = getattr(torch, dtype)
-    state = {k: v.detach().to("cpu", cast if v.is_floating_point() else v.dtype, copy=True)
-             for k, v in module.state_dict().items()}
-    path = Path(folder) / f"step-{step}.pt"
-    atomic_torch_save(state, path)
-    return path
 
 
 def check_snapshot_args(every_n_steps: int, dtype: str) -> None:

@@ -1,295 +1,35 @@
-"""Recurrent weight averaging: the fold rules and the optimizer wrapper.
-
-The whole family of the paper is one mechanism: take a step with the base optimizer, then fold the
-live weights ``W`` into an average and write the average back into ``W``:
-
-    W_avg <- (1 - w_n) * W_avg + w_n * W ;  W <- W_avg
-
-with the weight of the new snapshot ``w_n`` given by :func:`fold_weight`:
-
-* ``average="mean"`` (RBWA, Eq. 2 of the paper): ``w_n = 1 / (n + 1)``, an equal-weight
-  cumulative mean; ``n`` counts folds so far (``counter="folds"``, Eq. 2's reading) or complete
-  epochs since the start (``counter="epochs"``, the other reading of line 7 of Algorithm 2).
-* ``average="ema"`` (RBWA-E, Eq. 4): ``w_n = 1 - beta`` (``w_0 = 1``).
-
-The average is folded every ``every`` steps and written back every ``write_back`` folds: 1 gives the
-paper's family; ``None`` never writes back (SWA's and EMA's side average); ``steps_per_epoch`` with an
-EMA every step is Switch EMA (Li et al. 2024). When every fold writes back, the next step starts from
-the average, and folding is *exactly* the base optimizer with its
-learning rate multiplied by ``w_n`` (PAPER.md, "What follows from the algebra"). The wrapper's
-``implementation="lr_scale"`` uses that identity to run the same trajectory without a copy of the
-weights.
-"""
+"""The RBWA optimizer wrapper and its named recipes: the family's fold (:mod:`rbwa.averaging.fold`) after every
+base optimizer step, its averages kept by position in the optimizer's state (so ``state_dict`` carries them)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-Average = Literal["mean", "ema"]
-Counter = Literal["folds", "epochs"]
-Implementation = Literal["copy", "lr_scale"]
+from rbwa.averaging.fold import (
+    Average,
+    Counter,
+    average_like,
+    check_average_dtype,
+    check_fold_schedule,
+    check_start,
+    check_write_back,
+    fold_,
+    fold_reference_,
+    fold_weight,
+)
+from rbwa.averaging.named import swapped
 
-AVERAGES = ("mean", "ema")
-COUNTERS = ("folds", "epochs")
+Implementation = Literal["copy", "lr_scale"]
 IMPLEMENTATIONS = ("copy", "lr_scale")
 # Optimizers whose update is linear in the learning rate: W' = W - lr * d, with d independent of lr
 # (decoupled weight decay, W *= 1 - lr * wd, is linear in lr too). Only these may use lr_scale.
 LR_LINEAR_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
-
-
-def fold_weight(average: str, n: int, beta: float = 0.9) -> float:
-    """Weight of the newest snapshot in the fold numbered ``n`` (0 = the first fold).
-
-    The first fold always has weight 1: it takes the live weights as they are.
-    """
-    if n == 0:
-        return 1.0
-    if average == "mean":
-        return 1.0 / (n + 1)
-    return 1.0 - beta
-
-
-def local(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Each tensor as this process holds it: a DTensor's local shard (FSDP2's parameters, their averages), which
-    aliases the DTensor's storage, so in-place ops on it need no communication; other tensors as they are. Write
-    to the shards under ``torch.no_grad()`` (autograd forbids writing to these views otherwise)."""
-    return [t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t for t in tensors]
-
-
-def reshard(module: torch.nn.Module) -> None:
-    """Reshard every FSDP2 module in ``module`` (a no-op elsewhere): FSDP2 keeps the root's parameters unsharded
-    after a forward, and a module holding unsharded copies computes with them, not with its shards, so anything
-    that writes the shards (a swap to the average and back) must reshard first."""
-    fsdp_module = _fsdp_module()
-    if fsdp_module is None:
-        return
-    for m in module.modules():
-        if isinstance(m, fsdp_module):
-            m.reshard()
-
-
-def _fsdp_module() -> type | None:
-    """FSDP2's module class (``torch.distributed.fsdp`` from torch 2.6, ``_composable.fsdp`` before), or None."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        try:
-            from torch.distributed._composable.fsdp import FSDPModule  # type: ignore[no-redef]
-        except ImportError:
-            return None
-    return FSDPModule
-
-
-def average_like(param: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """A new average of ``param``, starting at its value: in ``dtype``, else float32 for a bfloat16 or float16
-    parameter (whose 1/(k+1) updates would round away), else the parameter's own dtype. A DTensor stays one."""
-    if dtype is None:
-        dtype = torch.float32 if param.dtype in (torch.bfloat16, torch.float16) else param.dtype
-    return param.detach().to(dtype, copy=True)
-
-
-@torch.no_grad()
-def fold_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float, write_back: bool = True) -> None:
-    """Fast path: ``avg <- avg + weight * (param - avg)``, then ``param <- avg`` if ``write_back`` (rounded to the
-    parameter's dtype), over all tensors at once, on each process's local shards."""
-    averages, params = local(averages), local(params)
-    source = [p if p.dtype == a.dtype else p.to(a.dtype) for a, p in zip(averages, params, strict=True)]
-    if weight == 1.0:
-        torch._foreach_copy_(averages, source)
-        return
-    torch._foreach_lerp_(averages, source, weight)
-    if write_back:
-        torch._foreach_copy_(params, averages)
-
-
-@torch.no_grad()
-def fold_reference_(averages: Sequence[Tensor], params: Sequence[Tensor], weight: float,
-                    write_back: bool = True) -> None:
-    """Reference path of :func:`fold_`: one tensor at a time."""
-    for avg, param in zip(local(averages), local(params), strict=True):
-        if weight == 1.0:
-            avg.copy_(param)
-            continue
-        avg.lerp_(param.to(avg.dtype), weight)
-        if write_back:
-            param.copy_(avg)
-
-
-def fold_named(averages: dict[str, Tensor], counts: dict[str, int], params: Iterable[tuple[str, Tensor]],
-               weight: Callable[[int], float], write_back: bool = True, dtype: torch.dtype | None = None) -> None:
-    """Fold each named parameter into its own average and write the average back, unless ``write_back`` is False
-    (the framework callbacks' fold; ``dtype``: the averages', as ``average_like`` chooses by default).
-
-    Averages and their fold counts are keyed by the parameter's name, so the set of parameters may change between
-    folds (a layer unfrozen mid-training): a parameter's first fold takes it as it is, wherever it joins, and
-    each later fold has weight ``weight(count)``, ``count`` being that parameter's folds so far.
-    """
-    by_weight: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
-    for name, p in params:
-        if name not in averages:
-            averages[name] = average_like(p, dtype)
-        else:
-            if averages[name].device != p.device:
-                averages[name] = averages[name].to(p.device)
-            avgs, ps = by_weight.setdefault(weight(counts[name]), ([], []))
-            avgs.append(averages[name])
-            ps.append(p)
-        counts[name] = counts.get(name, 0) + 1
-    for w, (avgs, ps) in by_weight.items():
-        fold_(avgs, ps, w, write_back)
-
-
-def whole(state: Any) -> Any:
-    """``state`` (a tensor, or nested dicts, lists, tuples) with every DTensor in it gathered whole, anything else as
-    it is: a collective, which every process calls on the same structure (as frameworks call a callback's
-    state_dict)."""
-    if hasattr(state, "full_tensor"):
-        return state.full_tensor()
-    if isinstance(state, dict):
-        return {k: whole(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(whole(v) for v in state)
-    return state
-
-
-def place(tensor: Tensor, like: Tensor) -> Tensor:
-    """``tensor``, whole (every process holds the same copy), cut into the FSDP2 placement of ``like``, each process
-    keeping its own shard (no communication), in its own dtype; as it is where ``like`` is no DTensor or ``tensor``
-    already is one."""
-    if not hasattr(like, "placements") or hasattr(tensor, "placements"):
-        return tensor
-    from torch.distributed.tensor import distribute_tensor
-
-    try:
-        return distribute_tensor(tensor.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
-    except TypeError:  # torch < 2.6: scattered from the first process, which holds the same copy
-        return distribute_tensor(tensor.to(like.device), like.device_mesh, like.placements)
-
-
-def placed_like(averages: dict[str, Tensor], module: torch.nn.Module) -> None:
-    """Averages restored whole from a checkpoint (``whole``), cut back into the placement of their FSDP2
-    parameters (``place``); others stay."""
-    for name, p in module.named_parameters():
-        if name in averages:
-            averages[name] = place(averages[name], p)
-
-
-def averaged_state_dict(module: torch.nn.Module, averages: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``module``'s state dict with each named average (in its parameter's dtype) in place of the parameter, under
-    every name a tied parameter has: an ordinary checkpoint of the averaged model, loadable without rbwa."""
-    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    canonical = {id(p): name for name, p in module.named_parameters()}  # a tied parameter's first name
-    for name, p in module.named_parameters(remove_duplicate=False):
-        average = averages.get(canonical[id(p)])
-        if average is not None and name in state:
-            state[name] = average.to(p.dtype).clone()
-    return state
-
-
-@contextlib.contextmanager
-def swapped(module: torch.nn.Module, params: list[Tensor], averages: list[Tensor],
-            report_live: bool = False) -> Iterator[None]:
-    """Put each average into its parameter for the block, the live weights back after, also on an error. Under
-    FSDP2 each process swaps its own shards, resharding first and after: no unsharded copy of the live weights may
-    outlive the swap, nor one of the averages outlive the block. With ``report_live``, ``module.state_dict()`` inside
-    the block reports the live weights, under every name a tied parameter has, so that a checkpoint written there
-    stores them, never the averages in their place."""
-    reshard(module)
-    live = {id(p): p.detach().clone() for p in params}
-
-    def report(mod: torch.nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
-        for name, p in mod.named_parameters(remove_duplicate=False):
-            if id(p) in live and prefix + name in state:
-                state[prefix + name] = live[id(p)]
-
-    hook = module.register_state_dict_post_hook(report) if report_live else None
-    fold_(params, averages, 1.0)  # params <- averages, rounded to the parameters' dtype
-    try:
-        yield
-    finally:
-        if hook is not None:
-            hook.remove()
-        reshard(module)
-        fold_(params, [live[id(p)] for p in params], 1.0)
-
-
-def swapped_in(module: torch.nn.Module, averages: dict[str, Tensor],
-               report_live: bool = False) -> contextlib.AbstractContextManager[None]:
-    """``swapped`` with averages by parameter name (the callbacks'); parameters without an average stay."""
-    reshard(module)  # first: an unsharded FSDP2 module lists its unsharded copies, which resharding frees
-    named = [(p, averages[name]) for name, p in module.named_parameters() if name in averages]
-    return swapped(module, [p for p, _ in named], [a for _, a in named], report_live)
-
-
-class Recipes:
-    """The family's members by name, for the framework callbacks (``RBWACallback.ema(beta=0.999)``); each is the
-    callback with the settings that make it that member, as the wrapper's recipes are."""
-
-    @classmethod
-    def rbwa(cls, start_epoch: int = 0, **kwargs: Any) -> Any:
-        """RBWA: an equal-weight mean after every step, written back."""
-        return cls(start_epoch=start_epoch, average="mean", **kwargs)
-
-    @classmethod
-    def rbwa_e(cls, start_epoch: int = 0, beta: float = 0.9, **kwargs: Any) -> Any:
-        """RBWA-E: an EMA after every step, written back."""
-        return cls(start_epoch=start_epoch, average="ema", beta=beta, **kwargs)
-
-    @classmethod
-    def lookahead(cls, k: int = 5, alpha: float = 0.5, start_epoch: int = 0, **kwargs: Any) -> Any:
-        """Lookahead's rule: slow <- slow + alpha (fast - slow) every ``k`` steps, the slow weights taken at the
-        start."""
-        return cls(start_epoch=start_epoch, average="ema", beta=1.0 - alpha, every=k, **kwargs)
-
-    @classmethod
-    def switch_ema(cls, steps_per_epoch: int, beta: float = 0.999, start_epoch: int = 0, **kwargs: Any) -> Any:
-        """Switch EMA: an EMA every step, written back once an epoch (``steps_per_epoch`` optimizer steps)."""
-        return cls(start_epoch=start_epoch, average="ema", beta=beta, write_back=steps_per_epoch, **kwargs)
-
-    @classmethod
-    def ema(cls, beta: float = 0.999, start_epoch: int = 0, **kwargs: Any) -> Any:
-        """An EMA side average: never written back; what evaluation sees."""
-        return cls(start_epoch=start_epoch, average="ema", beta=beta, write_back=None, **kwargs)
-
-    @classmethod
-    def swa(cls, steps_per_epoch: int, start_epoch: int = 0, **kwargs: Any) -> Any:
-        """An SWA side average: the equal-weight mean of the weights at every epoch's first step from the start,
-        never written back."""
-        return cls(start_epoch=start_epoch, average="mean", every=steps_per_epoch, write_back=None, **kwargs)
-
-
-SHARDED_CALLBACK = ("RBWACallback does not run under {}; wrap the optimizer in rbwa.RBWA instead, which folds FSDP2 "
-                    "shards in place (README: sharded training)")
-
-
-def check_start(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-
-
-def check_fold_schedule(average: str, beta: float, every: int, counter: str) -> None:
-    """The arguments every user of the fold rule shares (the wrapper and the Lightning callback)."""
-    if average not in AVERAGES:
-        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
-    if not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
-    if not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be an integer >= 1, got {every!r}")
-    if counter not in COUNTERS:
-        raise ValueError(f"counter must be one of {COUNTERS}, got {counter!r}")
-    if counter == "epochs" and average != "mean":
-        raise ValueError("counter='epochs' applies to average='mean' only")
-
-
-def check_write_back(write_back: int | None) -> None:
-    if write_back is not None and (not isinstance(write_back, int) or isinstance(write_back, bool) or write_back < 1):
-        raise ValueError(f"write_back must be an integer >= 1 (folds between write-backs) or None, got {write_back!r}")
 
 
 def _check_arguments(
@@ -363,7 +103,13 @@ class RBWA(Optimizer):
         write_back: int | None = 1,
         average_dtype: torch.dtype | None = None,
     ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"RBWA wraps a torch.optim.Optimizer, got {type(optimizer).__name__}: "
+                            "RBWA(torch.optim.SGD(model.parameters(), lr=0.1))")
+        if isinstance(optimizer, RBWA):
+            raise TypeError("RBWA(RBWA(...)) would fold twice after every step; wrap the base optimizer once")
         _check_arguments(start_step, average, beta, every, counter, steps_per_epoch, implementation, write_back)
+        check_average_dtype(average_dtype)
         if implementation == "lr_scale":
             if every != 1:
                 raise ValueError(f"implementation='lr_scale' needs every=1, got every={every}")
