@@ -38,8 +38,19 @@ def hf(out: str) -> None:
                                           logging_strategy="no", report_to=[], use_cpu=True, ddp_backend="gloo",
                                           seed=0, data_seed=0)
     callback = RBWACallback(start_epoch=1)
-    transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback, Record()]).train()
-    finish(out, seen, callback.folds)
+    side = RBWACallback.ema(beta=0.5, start_epoch=1)  # never written back: training is the same
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback, side, Record()])
+    trainer.train()
+    wrapped = trainer.model_wrapped  # DDP: its parameters are named module.*
+    state = side.averaged_state_dict(wrapped)
+    with side.averaged(wrapped):
+        swapped = all(torch.equal(p, side.averages[n]) for n, p in model.named_parameters() if n in side.averages)
+    finish(out, seen, callback.folds, {
+        "wrapped": type(wrapped).__name__,
+        "state of the wrapped model is the average": all(torch.equal(state[n], a) for n, a in side.averages.items()),
+        "the average differs from the live weights": any(not torch.equal(a, dict(model.named_parameters())[n])
+                                                         for n, a in side.averages.items()),
+        "swapped into the wrapped model": swapped})
 
 
 def lightning(out: str) -> None:
@@ -78,10 +89,10 @@ def lightning(out: str) -> None:
     finish(out, seen, callback.folds)
 
 
-def finish(out: str, seen: list[str], folds: int) -> None:
+def finish(out: str, seen: list[str], folds: int, extra: dict | None = None) -> None:
     rank = os.environ["RANK"]
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump({"digests": seen, "folds": folds}, f)
+        json.dump({"digests": seen, "folds": folds, **(extra or {})}, f)
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 
-from rbwa import RBWA
-from rbwa.lightning import RBWACallback
+from rbwa import RBWA, snapshots
+from rbwa.lightning import RBWACallback, SnapshotCallback
 from rbwa.models.gpt import GPT
 
 STEPS_PER_EPOCH, START_EPOCH = 4, 1
@@ -62,7 +62,12 @@ def main() -> None:
     for name, settings in (("rbwa", {}), ("side ema", {"average": "ema", "beta": 0.5, "write_back": None})):
         callback = RBWACallback(start_epoch=START_EPOCH, **settings)
         with_callback = LM()
-        trainer = fit(with_callback, [callback], out)
+        snapshot = SnapshotCallback(f"{out}/snapshots-{name}", every_n_steps=STEPS_PER_EPOCH)
+        trainer = fit(with_callback, [callback, snapshot], out)
+        final = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in with_callback.state_dict().items()}
+        trainer.strategy.barrier()
+        written = snapshots.state_dict(torch.load(f"{out}/snapshots-{name}/{3 * STEPS_PER_EPOCH:08d}.pt",
+                                                  weights_only=True))
         with_wrapper = LM(settings)
         fit(with_wrapper, [], out)
         wrapper_opt = with_wrapper.trainer.optimizers[0] if with_wrapper._trainer else None
@@ -74,7 +79,9 @@ def main() -> None:
                       for n, a in zip(names, averages or [], strict=True)) if averages else None
         found[name] = {"live difference": live, "average difference": average, "folds": callback.folds,
                        "averages sharded": all(type(a).__name__ == "DTensor" for a in callback.averages.values()),
-                       "steps": trainer.global_step}
+                       "steps": trainer.global_step, "snapshot names": sorted(written) == sorted(final),
+                       "snapshot difference": max((written[k] - v.to(written[k].dtype)).abs().max().item()
+                                                  for k, v in final.items())}
     # saved after 2 epochs, resumed to 3 in new Trainers: the side EMA ends where the uninterrupted run's does
     settings = {"start_epoch": START_EPOCH, "average": "ema", "beta": 0.5, "write_back": None}
     straight_callback, resumed_callback = RBWACallback(**settings), RBWACallback(**settings)

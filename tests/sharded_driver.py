@@ -121,8 +121,13 @@ def hf_callback_hooks(rank: int, world: int, out: str) -> dict:
         "ema": (lambda: RBWACallback.ema(beta=0.8, start_epoch=1), {"average": "ema", "beta": 0.8, "write_back": None}),
         "swa": (lambda: RBWACallback.swa(3, start_epoch=1), {"every": 3, "write_back": None}),
     }
+    from rbwa import snapshots
+    from rbwa.hf import SnapshotCallback
+
     control, found = transformers.TrainerControl(), {}
+    snapshot = SnapshotCallback(every_n_steps=STEPS, dirpath=os.path.join(out, "hf-snapshots"))
     for member, (recipe, settings) in recipes.items():
+        resumed_swap = None
         args = transformers.TrainingArguments(output_dir=os.path.join(out, "hf", member), num_train_epochs=3,
                                               use_cpu=True, report_to=[], fsdp=True, fsdp_config={"version": 2})
         reference = make_model()
@@ -147,9 +152,15 @@ def hf_callback_hooks(rank: int, world: int, out: str) -> dict:
                 state = transformers.TrainerState(max_steps=STEPS, global_step=t, is_world_process_zero=rank == 0,
                                                   stateful_callbacks=state.stateful_callbacks)
                 callback.on_train_begin(args, state, control, model=model)
+                if saved["averages"]:  # defect 6: the whole averages just resumed, swapped in before any fold
+                    with torch.no_grad(), callback.averaged(model):
+                        resumed_swap = max((full(p) - saved["averages"][n]).abs().max().item()
+                                           for n, p in model.named_parameters())
             train(model, opt, [t], rank, world)
             state.global_step = t + 1
             callback.on_step_end(args, state, control, model=model)
+            if member == "ema":  # defect 7: the snapshot callback gathers the shards on every process
+                snapshot.on_step_end(args, state, control, model=model)
         names = [name for name, _ in model.named_parameters()]
         probe = batch(99)[0]
         with torch.no_grad():
@@ -166,7 +177,13 @@ def hf_callback_hooks(rank: int, world: int, out: str) -> dict:
                                     for p, r in zip(model.parameters(), reference.parameters())),
             "average difference": max((full(callback.averages[n]) - a).abs().max().item()
                                       for n, a in zip(names, ref_opt.averages, strict=True)),
-            "forward with the average": forward, "forward after": after}
+            "forward with the average": forward, "forward after": after, "swap right after the resume": resumed_swap}
+    dist.barrier()
+    written = snapshots.state_dict(torch.load(os.path.join(out, "hf-snapshots", f"{STEPS:08d}.pt"), weights_only=True))
+    live = {k: full(v) for k, v in model.state_dict().items()}
+    found["snapshot"] = {"names": sorted(written) == sorted(live),
+                         "difference": max((written[k] - v.to(written[k].dtype)).abs().max().item()
+                                           for k, v in live.items())}
     return found
 
 

@@ -85,6 +85,35 @@ def with_dcp_metadata(tmp: Path) -> list[str]:
     return ["merge", str(tmp / "dcp"), "--lawa", "1", "--out", str(tmp / "merged")]
 
 
+def merge_of(build, *flags: str, out: str = "{tmp}/merged.pt"):
+    """rbwa merge of the checkpoints ``build(tmp)`` writes (it returns the paths to give), with ``flags``."""
+    def make(tmp: Path) -> list[str]:
+        return ["merge", *map(str, build(tmp)), *flags, "--out", out]
+    return make
+
+
+def two_state_dicts(tmp: Path, names: tuple[str, ...] = ("step-10", "step-20")) -> list[Path]:
+    (tmp / "ckpts").mkdir()
+    for i, name in enumerate(names):
+        torch.save({"w": torch.full((2,), float(i))}, tmp / "ckpts" / f"{name}.pt")
+    return [tmp / "ckpts"]
+
+
+def text_named_pt(text: str):
+    def build(tmp: Path) -> list[Path]:
+        (tmp / "notes.pt").write_text(text)
+        return [tmp / "notes.pt"]
+    return build
+
+
+def state_dicts_beside_an_hf_folder(tmp: Path) -> list[Path]:
+    from safetensors.torch import save_file
+
+    (tmp / "hf" / "checkpoint-5").mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, tmp / "hf" / "checkpoint-5" / "model.safetensors")
+    return [*two_state_dicts(tmp), tmp / "hf" / "checkpoint-5"]
+
+
 def plain(*argv):
     return lambda tmp: list(argv)
 
@@ -160,6 +189,28 @@ CASES = {
     "fsdp with a side copy": (plain("train", "--fsdp", "--model", "gpt", "--dataset", "shakespeare", "--augment",
                                     "none", "--method", "ema"),
                               "--fsdp does not run --method ema .* use --method rbwa-e --write-back 0"),
+    "merge --out under a file": (merge_of(two_state_dicts, "--lawa", "1", out="{tmp}/file/merged.pt"),
+                                 "cannot write --out .*/file/merged.pt: .*/file is a file, not a folder"),
+    "merge --out unwritable": (merge_of(two_state_dicts, "--lawa", "1", out="/proc/rbwa-merged.pt"),
+                               "cannot write --out /proc/rbwa-merged.pt"),
+    "merge negative --swa-from": (merge_of(two_state_dicts, "--swa-from", "-100"),
+                                  "--swa-from is a step, >= 0; got -100"),
+    "merge --lawa 0": (merge_of(two_state_dicts, "--lawa", "0"),
+                       r"--lawa K must be >= 1 \(the last K checkpoints\), got 0"),
+    "merge --ema-half-life 0": (merge_of(two_state_dicts, "--ema-half-life", "0"),
+                                "--ema-half-life must be a number of steps > 0, got 0.0"),
+    "merge text file named .pt": (merge_of(text_named_pt("hello world, these are notes\n"), "--lawa", "1"),
+                                  r"notes.pt is not a readable checkpoint: torch.load cannot read it \(\w+\); it is "
+                                  "damaged, truncated, or not a file torch.save wrote$"),
+    "merge one letter named .pt": (merge_of(text_named_pt("e"), "--lawa", "1"),
+                                   r"notes.pt is not a readable checkpoint: .* not a file torch.save wrote$"),
+    "merge state dicts beside an hf folder": (merge_of(state_dicts_beside_an_hf_folder, "--lawa", "1"),
+                                              r"different formats \(.*ckpts/step-20.pt is torch, .*hf/checkpoint-5 is "
+                                              r"hf\); merge one series of one format"),
+    "merge a name without a step": (merge_of(lambda tmp: two_state_dicts(tmp, ("model_9", "model_final")), "--lawa",
+                                             "1"), "model_final.pt: no step recorded in it, .* --in-order"),
+    "merge --in-order with --swa-from": (merge_of(lambda tmp: [p for d in two_state_dicts(tmp) for p in sorted(
+        d.iterdir())], "--in-order", "--swa-from", "10"), "need the step of every checkpoint, unknown here"),
     "unreadable distributed checkpoint": (with_dcp_metadata, "dcp: its torch.distributed.checkpoint metadata is not "
                                                             "readable"),
 }

@@ -182,6 +182,35 @@ def test_under_ddp_every_process_holds_the_same_weights_after_every_fold(callbac
     rank0, rank1 = callback_under_ddp("hf")
     assert rank0["folds"] == rank1["folds"] == 8 and len(rank0["digests"]) == 12
     assert rank0["digests"] == rank1["digests"] and len(set(rank0["digests"])) == 12
+    # defect 4: the DDP-wrapped model (names module.*) is unwrapped for the state dict and the swap
+    for rank in (rank0, rank1):
+        assert rank["wrapped"] == "DistributedDataParallel"
+        assert rank["state of the wrapped model is the average"] and rank["the average differs from the live weights"]
+        assert rank["swapped into the wrapped model"]
+
+
+def test_a_rebuild_from_the_saved_arguments_keeps_the_users_object_and_every_setting(tmp_path):
+    """Defect 5: with restore_callback_states_from_checkpoint=True the Trainer rebuilt the callback from its saved
+    arguments and replaced the user's object, which then showed 0 folds (and average_dtype was lost)."""
+    straight, _ = _train(tmp_path, "straight", RBWACallback(start_epoch=1, average_dtype=torch.float64))
+    _train(tmp_path, "resumed", RBWACallback(start_epoch=1, average_dtype=torch.float64), save_steps=5)
+    callback = RBWACallback(start_epoch=1, average_dtype=torch.float64)
+    model = _model()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "resumed"), num_train_epochs=3, per_device_train_batch_size=4,
+        gradient_accumulation_steps=2, learning_rate=0.05, lr_scheduler_type="constant", max_grad_norm=0.0,
+        weight_decay=0.0, save_strategy="no", logging_strategy="no", report_to=[], use_cpu=True, seed=0, data_seed=0,
+        restore_callback_states_from_checkpoint=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Pairs(), callbacks=[callback],
+                                   optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+    trainer.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-5"))
+    assert [c for c in trainer.callback_handler.callbacks if isinstance(c, RBWACallback)] == [callback]
+    assert callback.folds == 6 and callback.average_dtype == torch.float64
+    assert all(a.dtype == torch.float64 for a in callback.averages.values())
+    for a, b in zip(straight.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    state = callback.averaged_state_dict(model)
+    assert all(torch.equal(state[name], p) for name, p in model.named_parameters())  # rbwa: written back
 
 
 def test_fsdp1_and_deepspeed_are_refused_in_one_line_and_fsdp2_is_not(tmp_path):

@@ -1,11 +1,23 @@
 """rbwa merge: post-hoc averages of checkpoints in every format users have, written back loadable without rbwa."""
 
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 
 from rbwa.cli import main
 from rbwa.errors import UserError
 from rbwa.merge import candidates, merge
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _plain_series(folder, steps=(10, 20, 30, 40)):
@@ -217,3 +229,321 @@ def test_batchnorm_statistics_are_re_estimated_on_the_data_given_by_hand(tmp_pat
     torch.testing.assert_close(state["1.running_var"], (outs[0].var(0) + outs[1].var(0)) / 2, rtol=0, atol=1e-12)
     assert torch.equal(state["0.weight"], merged["0.weight"])
     assert torch.equal(model[1].running_mean, torch.zeros(3, dtype=torch.float64))  # the model given: untouched
+
+
+# ---- the outside review of 111af0e: each defect, at the command line where it can be ----
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["merge", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error(code: int, err: str, pattern: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def _value(path: Path) -> float:
+    """The merged "w" (every entry the same number), from a torch file or an HF folder."""
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        w = load_file(path / "model.safetensors")["w"]
+    else:
+        found = torch.load(path, weights_only=True)
+        w = found["state_dict"]["w"] if "state_dict" in found else found["w"]
+    assert torch.equal(w, torch.full_like(w, w.flatten()[0].item()))
+    return w.flatten()[0].item()
+
+
+def _state(value: float) -> dict[str, torch.Tensor]:
+    return {"w": torch.full((2, 3), float(value), dtype=torch.float64), "count": torch.tensor(int(value))}
+
+
+def _hf_checkpoint(folder: Path, value: float, global_step: int | None = None) -> Path:
+    """An HF checkpoint folder as the Trainer leaves it: the model's files beside the trainer's and a callback's."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file(_state(value), folder / "model.safetensors")
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json"):
+        (folder / name).write_text("{}")
+    (folder / "merges.txt").write_text("a b\n")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "rbwa_callback.pt"):
+        torch.save({"state": 1}, folder / name)
+    if global_step is not None:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": global_step}))
+    return folder
+
+
+def test_an_hf_output_dir_is_ordered_by_step_not_by_name_and_one_without_a_step_is_refused(tmp_path, capsys):
+    """Defect 1: checkpoint-500/1000/1500 and final/ (trainer.save_model) were taken in text order (1000, 1500, 500,
+    final), so --lawa 3 averaged 1500, 500 and final."""
+    out = tmp_path / "out"
+    for step in (500, 1000, 1500):
+        _hf_checkpoint(out / f"checkpoint-{step}", step)
+    _hf_checkpoint(out / "final", 7)
+    code, _, err = _cli(capsys, out, "--lawa", "3", "--out", tmp_path / "m")
+    _one_error(code, err, r"out/final: no step recorded in it, .* name the checkpoints oldest first with --in-order")
+    assert not (tmp_path / "m").exists()
+    code, stdout, _ = _cli(capsys, *sorted(out.glob("checkpoint-*")), "--lawa", "2", "--out", tmp_path / "m")
+    assert code == 0 and "from checkpoint-1000 to checkpoint-1500" in stdout and _value(tmp_path / "m") == 1250
+    code, _, _ = _cli(capsys, out / "checkpoint-1000", out / "checkpoint-1500", out / "final", "--in-order", "--lawa",
+                      "2", "--out", tmp_path / "given")
+    assert code == 0 and _value(tmp_path / "given") == (1500 + 7) / 2
+    code, _, err = _cli(capsys, *sorted(out.glob("checkpoint-*")), "--in-order", "--swa-from", "500", "--out",
+                        tmp_path / "x")
+    _one_error(code, err, r"need the step of every checkpoint, unknown here \(--in-order .*\); use --lawa K")
+    shutil.rmtree(out / "final")
+    _hf_checkpoint(out / "best", 2000, global_step=2000)  # the step the Trainer recorded, not a name's
+    code, stdout, _ = _cli(capsys, out, "--lawa", "3", "--out", tmp_path / "best")
+    assert code == 0 and "from checkpoint-1000 to best" in stdout and _value(tmp_path / "best") == 1500
+
+
+def test_names_order_a_series_only_where_they_state_the_step(tmp_path, capsys):
+    """Defect 1: model_9, model_10, model_final --lawa 2 gave 10.0; step500-loss2.31 ... were steps 31, 62, 87, so
+    --ema-half-life 500 gave 557.66 where the steps give 1125."""
+    folder = tmp_path / "named"
+    folder.mkdir()
+    for name, value in (("model_9", 9), ("model_10", 10), ("model_final", 99)):
+        torch.save(_state(value), folder / f"{name}.pt")
+    code, _, err = _cli(capsys, folder, "--lawa", "2", "--out", tmp_path / "a.pt")
+    _one_error(code, err, r"model_final.pt: no step recorded in it, nor one its name states")
+    code, _, _ = _cli(capsys, folder / "model_10.pt", folder / "model_9.pt", "--lawa", "2", "--out", tmp_path / "b.pt")
+    assert code == 0 and _value(tmp_path / "b.pt") == 9.5
+    code, _, _ = _cli(capsys, folder / "model_9.pt", folder / "model_10.pt", folder / "model_final.pt", "--in-order",
+                      "--lawa", "2", "--out", tmp_path / "c.pt")
+    assert code == 0 and _value(tmp_path / "c.pt") == (10 + 99) / 2
+    code, _, _ = _cli(capsys, folder, "--lawa", "3", "--out", tmp_path / "all.pt")  # the mean of all: any order
+    assert code == 0 and _value(tmp_path / "all.pt") == pytest.approx((9 + 10 + 99) / 3)
+    losses = tmp_path / "losses"
+    losses.mkdir()
+    for step, loss in ((500, "2.31"), (1000, "1.87"), (1500, "1.62")):
+        torch.save(_state(step), losses / f"step{step}-loss{loss}.pt")
+    code, _, _ = _cli(capsys, losses, "--ema-half-life", "500", "--out", tmp_path / "ema.pt")
+    assert code == 0 and _value(tmp_path / "ema.pt") == pytest.approx(500 / 4 + 1000 / 4 + 1500 / 2)  # 1125
+
+
+def test_what_a_series_order_cannot_be_is_refused_in_one_line(tmp_path, capsys):
+    """Defect 1: two checkpoints at one step, names whose only numbers may count different things, epochs, and
+    --in-order given a folder."""
+    for folder, name in (("a", "step-10"), ("b", "step-10"), ("c", "run_1"), ("c", "net_2"), ("d", "epoch=3"),
+                         ("d", "epoch=4")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        torch.save(_state(1), tmp_path / folder / f"{name}.pt")
+    code, _, err = _cli(capsys, tmp_path / "a", tmp_path / "b", "--lawa", "1", "--out", tmp_path / "o.pt")
+    _one_error(code, err, r"a/step-10.pt and .*b/step-10.pt were both saved at step 10: not one series")
+    code, _, err = _cli(capsys, tmp_path / "c", "--lawa", "1", "--out", tmp_path / "o.pt")
+    _one_error(code, err, r"net_2.pt and run_1.pt: the numbers in their names are not marked as steps")
+    code, _, err = _cli(capsys, tmp_path / "d", "--lawa", "1", "--out", tmp_path / "o.pt")
+    _one_error(code, err, r"epoch=3.pt: no step recorded in it")
+    code, _, err = _cli(capsys, tmp_path / "a", "--in-order", "--lawa", "1", "--out", tmp_path / "o.pt")
+    _one_error(code, err, r"--in-order takes the checkpoints one by one, oldest first, and .*a is a folder of them")
+    code, _, err = _cli(capsys, tmp_path / "a" / "step-10.pt", tmp_path / "a", "--lawa", "1", "--out",
+                        tmp_path / "o.pt")
+    _one_error(code, err, r"step-10.pt is given twice")
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_lightning_checkpoints_and_rbwa_snapshots_are_ordered_by_the_step_they_record(tmp_path, capsys):
+    """Defect 1: the step a format records wins over any name (Lightning's global_step, a snapshot's step), and a
+    snapshot is known by what it holds, in any folder under any name."""
+    from rbwa import snapshots
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for name, step in (("a", 30), ("b", 10), ("c", 20)):
+        torch.save({"state_dict": _state(step), "global_step": step, "optimizer_states": [{"m": 1}],
+                    "pytorch-lightning_version": "2.6.0"}, folder / f"{name}.ckpt")
+    code, stdout, _ = _cli(capsys, folder, "--lawa", "2", "--out", tmp_path / "l.ckpt")
+    assert code == 0 and "from c.ckpt to a.ckpt" in stdout and _value(tmp_path / "l.ckpt") == 25
+    saved = torch.load(tmp_path / "l.ckpt", weights_only=True)
+    assert saved["global_step"] == 30 and "optimizer_states" not in saved
+    anywhere = tmp_path / "anywhere"
+    for name, step in (("x", 30), ("y", 10), ("z", 20)):
+        layer = torch.nn.Linear(2, 2)
+        torch.nn.init.constant_(layer.weight, step)
+        torch.nn.init.constant_(layer.bias, step)
+        snapshots.store(layer, anywhere, step)
+        (anywhere / f"{step:08d}.pt").rename(anywhere / f"{name}.pt")
+    code, stdout, _ = _cli(capsys, anywhere, "--lawa", "2", "--out", tmp_path / "s.pt")
+    assert code == 0 and stdout.startswith("LAWA, last 2 checkpoints: 2 of 3 rbwa checkpoints, from z.pt to x.pt")
+    merged = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert all(torch.equal(t, torch.full_like(t, 25.0)) for t in merged.values()) and set(merged) == {"weight", "bias"}
+
+
+def test_an_hf_output_dir_with_its_final_model_merges_its_checkpoints_and_says_so(tmp_path, capsys):
+    """Defect 2: model.safetensors beside checkpoint-N/ made the output_dir one checkpoint (its final model)."""
+    out = tmp_path / "out"
+    for step in (100, 200, 300):
+        _hf_checkpoint(out / f"checkpoint-{step}", step, global_step=step)
+    from safetensors.torch import save_file
+
+    save_file(_state(1000), out / "model.safetensors")
+    (out / "config.json").write_text("{}")
+    code, stdout, _ = _cli(capsys, out, "--swa-from", "200", "--out", tmp_path / "swa")
+    lines = stdout.strip().splitlines()
+    assert code == 0 and lines[0].startswith("SWA from step 200: 2 of 3 hf checkpoints") and len(lines) == 2
+    assert lines[1] == (f"note: {out} holds a model of its own (model.safetensors) beside its checkpoint folders; it "
+                        "records no step, so it is not part of the series (to average it too, name the checkpoints "
+                        "and then it with --in-order)")
+    assert _value(tmp_path / "swa") == 250
+    code, _, _ = _cli(capsys, out / "checkpoint-200", out / "checkpoint-300", out, "--in-order", "--lawa", "2", "--out",
+                      tmp_path / "with-final")
+    assert code == 0 and _value(tmp_path / "with-final") == (300 + 1000) / 2
+
+
+def test_a_merged_hf_folder_keeps_the_model_files_and_no_trainer_or_callback_state(tmp_path, capsys):
+    """Defect 16: rbwa_callback.pt (the callback's state) was copied into the merged model folder."""
+    for step in (1, 2):
+        _hf_checkpoint(tmp_path / "out" / f"checkpoint-{step}", step, global_step=step)
+    code, _, _ = _cli(capsys, tmp_path / "out", "--lawa", "2", "--out", tmp_path / "merged")
+    assert code == 0 and _value(tmp_path / "merged") == 1.5
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == [
+        "config.json", "generation_config.json", "merges.txt", "model.safetensors", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json"]
+
+
+def test_a_tied_gpts_snapshots_merge_into_its_whole_state_dict(tmp_path):
+    """Defect 9: the snapshot's tied head.weight was dropped, so a strict load_state_dict failed."""
+    from rbwa import snapshots
+    from rbwa.models.gpt import GPT
+
+    model = GPT(vocab=6, context=4, layers=1, heads=2, width=8)
+    for step in (10, 20, 30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float(step))
+        snapshots.store(model, tmp_path / "snaps", step)
+    merge([tmp_path / "snaps"], tmp_path / "avg.pt", lawa=2)
+    merged = torch.load(tmp_path / "avg.pt", weights_only=True)
+    assert set(merged) == set(model.state_dict()) and "head.weight" in merged
+    fresh = GPT(vocab=6, context=4, layers=1, heads=2, width=8)
+    fresh.load_state_dict(merged)  # strict
+    assert all(torch.equal(p, torch.full_like(p, 25.0)) for p in fresh.parameters())
+    assert fresh.head.weight is fresh.tokens.weight
+
+
+def test_a_checkpoint_of_weight_0_is_never_read(tmp_path, monkeypatch):
+    """Defect 10: merge read the whole series into memory; the streaming combine reads the tensors of the checkpoints
+    an average uses, one at a time (the others are only mapped, to learn their format: their tensors are not read)."""
+    series = _plain_series(tmp_path / "ckpts", steps=(10, 20, 30, 40, 50, 60))
+    read, real = [], torch.load
+
+    def load(f, *args, **kwargs):
+        if not kwargs.get("mmap"):
+            read.append(Path(f).name)
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    merge([series], tmp_path / "lawa.pt", lawa=2)
+    assert read == ["step-50.pt", "step-60.pt"]
+    monkeypatch.undo()
+    assert _value(tmp_path / "lawa.pt") == 55
+
+
+def test_the_memory_benchmark_stays_flat_in_the_series_length(tmp_path):
+    """Defect 10: peak memory, in fresh processes, of a streamed merge and of the series held in memory (as before),
+    for 2 and 6 checkpoints of 8 MB: the streamed peak grows by less than half a checkpoint, the other by 4."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/merge_memory.py"), "--mb", "8", "--lengths", "2",
+                           "6", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {int(line.split("|")[1]): [float(x) for x in line.split("|")[2:4]]
+            for line in done.stdout.splitlines() if re.match(r"\| \d+ \|", line)}
+    assert set(rows) == {2, 6}, done.stdout
+    streamed, held = rows[6][0] - rows[2][0], rows[6][1] - rows[2][1]
+    assert streamed < 4 and held > 24, done.stdout
+
+
+def test_a_distributed_checkpoint_of_top_level_model_names_merges_back_the_same(tmp_path, capsys):
+    """Defect 11: dcp.save(model.state_dict()) of an HF-style model (top-level names model.*) crashed with
+    KeyError: 'model'; defect 16: and torch's "torch.distributed is disabled" warning was printed."""
+    import torch.distributed.checkpoint as dcp
+
+    class HfStyle(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torch.nn.Linear(3, 4)
+            self.lm_head = torch.nn.Linear(4, 2)
+
+    for step in (100, 200, 300):
+        net = HfStyle()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(float(step))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.save(net.state_dict(), checkpoint_id=str(tmp_path / "dcp" / f"step-{step}"), no_dist=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, stdout, err = _cli(capsys, tmp_path / "dcp", "--swa-from", "200", "--out", tmp_path / "merged")
+    assert code == 0 and stdout.startswith("SWA from step 200: 2 of 3 dcp checkpoints"), err
+    assert not [w for w in caught if "torch.distributed is disabled" in str(w.message)]
+    fresh = HfStyle()
+    state = fresh.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(tmp_path / "merged"), no_dist=True)  # the same top-level names
+    fresh.load_state_dict(state)
+    assert all(torch.equal(p, torch.full_like(p, 250.0)) for p in fresh.parameters())
+
+
+def _fail_midway(target) -> None:
+    """A write that fills part of its file (an open file, or a path) and then finds the disk full."""
+    if hasattr(target, "write"):
+        target.write(b"partial")
+    else:
+        Path(target).write_bytes(b"partial")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_failed_write_leaves_nothing_and_the_same_command_then_works(tmp_path, capsys, monkeypatch):
+    """Defect 12: merge wrote --out in place, so a failed write left a partial file (and a retry was refused: --out
+    exists), and the OSError was a traceback."""
+    import safetensors.torch
+
+    series = _plain_series(tmp_path / "ckpts")
+    for step in (1, 2):
+        _hf_checkpoint(tmp_path / "out" / f"checkpoint-{step}", step)
+    before = sorted(tmp_path.rglob("*"))
+    plain = ["--lawa", "2", "--out", tmp_path / "new" / "deeper" / "m.pt"]
+    hf = ["--lawa", "2", "--out", tmp_path / "merged"]
+    monkeypatch.setattr(torch, "save", lambda obj, f, *args, **kwargs: _fail_midway(f))
+    monkeypatch.setattr(safetensors.torch, "save_file", lambda tensors, path, *args, **kwargs: _fail_midway(path))
+    for source, argv in ((series, plain), (tmp_path / "out", hf)):
+        code, _, err = _cli(capsys, source, *argv)
+        _one_error(code, err, r"cannot write --out .* \(No space left on device\); nothing was written: fix that and "
+                              r"run the same command again$")
+        assert sorted(tmp_path.rglob("*")) == before  # no partial file, no temporary, no folder made for it
+    monkeypatch.undo()
+    for source, argv in ((series, plain), (tmp_path / "out", hf)):
+        assert _cli(capsys, source, *argv)[0] == 0
+    assert _value(tmp_path / "new" / "deeper" / "m.pt") == 35 and _value(tmp_path / "merged") == 1.5
+
+
+def test_the_help_says_what_lawa_counts_and_what_an_ema_does_with_the_first_checkpoint(capsys):
+    """Defect 15: merge's --lawa K is the last K checkpoints, posthoc's the last K epoch ends."""
+    assert main(["merge", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the uniform mean of the last K checkpoints of the series (K >= 1), whatever their spacing; not rbwa " \
+           "posthoc's LAWA, which takes the last K epoch ends" in text
+    assert "it starts from the first checkpoint, which stands for everything before it" in text
+    assert "--in-order" in text
+
+
+def test_an_ema_long_next_to_the_series_says_how_much_its_first_checkpoint_weighs(tmp_path, capsys):
+    """10 checkpoints 500 steps apart, half-life 5000: the first weighs 0.5 ** 0.9 = 0.536, as an EMA started there
+    does; the merge is that weighted mean, and the command says so."""
+    steps = list(range(500, 5001, 500))
+    series = _plain_series(tmp_path / "ckpts", steps=steps)
+    code, stdout, _ = _cli(capsys, series, "--ema-half-life", "5000", "--out", tmp_path / "ema.pt")
+    kept = 0.5 ** 0.1
+    w = [kept ** 9] + [(1 - kept) * kept ** (9 - j) for j in range(1, 10)]
+    assert code == 0 and stdout.strip().splitlines()[1] == (
+        "note: the first checkpoint, step-500.pt, weighs 0.536: an EMA of a series starts from its first checkpoint, "
+        "which stands for everything before it; a half-life well under the series' 4500 steps weighs it less")
+    merged = torch.load(tmp_path / "ema.pt", weights_only=True)["w"][0, 0].item()
+    assert merged == pytest.approx(sum(wi * s for wi, s in zip(w, steps)), rel=1e-6)

@@ -221,3 +221,21 @@ def test_adamw_decays_matrices_and_embeddings_only():
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert {p.dim() for p in decayed["params"]} == {2} and {p.dim() for p in plain["params"]} == {1}
     assert sum(p is model.tokens.weight for p in decayed["params"]) == 1  # the tied head is listed once
+
+
+def test_a_side_average_saved_by_rbwa_0_3_as_an_averaged_model_resumes(tiny_resnet):
+    """Checkpoints of rbwa < 0.4 hold an AveragedModel's state dict as the side average: it loads by name."""
+    from torch.optim.swa_utils import AveragedModel
+
+    model = tiny_resnet()
+    old = AveragedModel(model)
+    old.update_parameters(model)
+    with torch.no_grad():
+        model.head.bias.add_(2.0)
+    old.update_parameters(model)
+    side = SideAverage(model, "swa", start_step=0, steps_per_epoch=1, ema_decay=0.9)
+    side.load_state_dict(old.state_dict())
+    assert side.started and side.named.folds == 2 and set(side.named.averages) == {n for n, _ in
+                                                                                    model.named_parameters()}
+    for name, p in old.module.named_parameters():
+        assert torch.equal(side.named.averages[name], p), name

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from rbwa import snapshots
+from rbwa.averaging.weights import combine, ema_weights, lawa_weights, swa_weights
 from rbwa.cli import main
 from rbwa.config import make_config
-from rbwa.posthoc import candidates, combine, ema_weights, evaluate_run, lawa_weights, read_results, swa_weights
+from rbwa.posthoc import candidates, evaluate_run, read_results
 from rbwa.train import train
 
 pytest.importorskip("sklearn")
@@ -57,7 +58,7 @@ def test_a_coarse_series_is_the_online_ema_where_the_weights_stay_put_between_sn
     steps = [m * (j + 1) for j in range(8)]  # one snapshot at each block's last step
     series = [{"w": blocks[j]} for j in range(8)]
     online = _online_ema(trajectory, decay, m - 1)  # the EMA from the first block's last step
-    coarse = combine(series, ema_weights(steps, decay, 0))["w"]
+    coarse = combine(series.__getitem__, ema_weights(steps, decay, 0))["w"]
     torch.testing.assert_close(coarse, online, rtol=0, atol=1e-6)
 
 
@@ -70,7 +71,7 @@ def test_a_coarse_series_approximates_the_online_ema_within_the_weights_movement
     for m in (1, 2, 5, 10):
         idx = list(range(0, 200, m))
         series = [{"w": trajectory[i].float()} for i in idx]
-        coarse = combine(series, ema_weights(idx, decay, 0))["w"].double()
+        coarse = combine(series.__getitem__, ema_weights(idx, decay, 0))["w"].double()
         movement = max((trajectory[i:i + m] - trajectory[i]).abs().max().item() for i in idx)
         errors.append((coarse - online).abs().max().item())
         assert errors[-1] <= movement + 1e-6  # never further than the weights move between two snapshots
@@ -84,10 +85,10 @@ def test_post_hoc_swa_from_epoch_end_snapshots_equals_the_online_swa_run(tmp_pat
     steps = snapshots.taken(run)
     series = [snapshots.read(run, s)["params"] for s in steps]
     start = steps.index(2 * 10)  # SWA folds at the end of every epoch after the start epoch (10 steps an epoch)
-    ours = combine(series, swa_weights(len(steps), start))
+    ours = combine(series.__getitem__, swa_weights(len(steps), start))
     side = torch.load(online / "checkpoint.pt", weights_only=True)["setup"]["side"]
     for name, value in ours.items():
-        torch.testing.assert_close(value, side[f"module.{name}"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(value, side["averages"][name], rtol=0, atol=1e-6)
     rows = evaluate_run(run, grid={"lawa_windows": [1], "half_lives": [10.0]}, progress=False)
     swa = next(r for r in rows if r["family"] == "swa" and r["value"] == 2.0)
     assert swa["test_acc"] == pytest.approx(online_summary["final_test_acc"], abs=100 / 200 + 1e-9)  # one image
@@ -99,10 +100,10 @@ def test_post_hoc_ema_from_every_step_snapshots_equals_the_online_ema_run(tmp_pa
     online, online_summary = digits(tmp_path, "ema", method="ema", ema_decay=decay)
     steps = snapshots.taken(run)
     series = [snapshots.read(run, s)["params"] for s in steps]
-    ours = combine(series, ema_weights(steps, decay, steps.index(11)))  # the first fold: after the start step
+    ours = combine(series.__getitem__, ema_weights(steps, decay, steps.index(11)))  # the first fold: after the start
     side = torch.load(online / "checkpoint.pt", weights_only=True)["setup"]["side"]
     for name, value in ours.items():
-        torch.testing.assert_close(value, side[f"module.{name}"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(value, side["averages"][name], rtol=1e-5, atol=1e-6)
     half_life = math.log(0.5) / math.log(decay)
     rows = evaluate_run(run, grid={"lawa_windows": [1], "half_lives": [half_life]}, progress=False)
     ema = next(r for r in rows if r["family"] == "ema")

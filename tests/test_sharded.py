@@ -73,8 +73,9 @@ def test_evaluating_with_the_average_swaps_shards_and_restores_them(sharded_runs
 
 def test_the_callbacks_fold_and_swap_run_on_fsdp2_shards(sharded_runs):
     """What the Lightning and HF callbacks do at each step (NamedAverages.after_step) and around an evaluation
-    (NamedAverages.swapped), in a plain FSDP2 loop: the averages stay sharded and equal one unsharded process's, and a forward inside the swap is
-    the average's own. (The frameworks' own FSDP2 strategies are not run here: the callbacks still refuse them.)"""
+    (NamedAverages.swapped), in a plain FSDP2 loop: the averages stay sharded and equal one unsharded process's, and
+    a forward inside the swap is the average's own. (The frameworks' own FSDP2 strategies are not run here: the
+    callbacks still refuse them.)"""
     straight = sharded_runs[0]
     for rank in straight:
         found = rank["callback fold"]
@@ -94,6 +95,15 @@ def test_the_hf_callbacks_hooks_fold_shards_save_them_whole_and_resume_them(shar
         assert found["folds"][0] == found["folds"][1] > 0
         assert found["param difference"] < 1e-12 and found["average difference"] < 1e-12
         assert found["forward with the average"] < 1e-12 and found["forward after"] < 1e-12
+        # defect 6: averages resumed whole are cut into shards before a swap that comes before any fold
+        assert found["swap right after the resume"] == 0.0
+
+
+def test_the_hf_snapshot_callback_writes_whole_tensors_under_fsdp2(sharded_runs):
+    """Defect 7: the snapshot callbacks under FSDP2 wrote the first process's shards only (a (12, 8) tensor of a
+    (24, 8) one). Every process gathers; the file holds every name (the tied head too) and the whole weights."""
+    for rank in sharded_runs[0]:
+        assert rank["hf callback"]["snapshot"] == {"names": True, "difference": 0.0}
 
 
 def test_rbwa_merge_reads_distributed_checkpoints_that_two_processes_saved_sharded(sharded_runs, tmp_path):

@@ -164,10 +164,12 @@ def cmd_posthoc(ns: argparse.Namespace) -> int:
 def cmd_merge(ns: argparse.Namespace) -> int:
     from rbwa.merge import merge
 
-    kind, label, checkpoints, weights = merge(ns.checkpoints, ns.out, ns.swa_from, ns.lawa, ns.ema_half_life)
-    used = [(c, w) for c, w in zip(checkpoints, weights, strict=True) if w]
-    print(f"{label}: {len(used)} of {len(checkpoints)} {kind} checkpoints, from {used[0][0].path.name} to "
-          f"{used[-1][0].path.name}; wrote {ns.out}")
+    done = merge(ns.checkpoints, ns.out, ns.swa_from, ns.lawa, ns.ema_half_life, in_order=ns.in_order)
+    used = [c for c, w in zip(done.checkpoints, done.weights, strict=True) if w]
+    print(f"{done.label}: {len(used)} of {len(done.checkpoints)} {done.kind} checkpoints, from {used[0].path.name} to "
+          f"{used[-1].path.name}; wrote {ns.out}")
+    for note in done.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -265,15 +267,25 @@ def parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("merge", help="average a series of any trainer's checkpoints (SWA, LAWA, EMA), written in "
                                       "their own format")
     mg.add_argument("checkpoints", nargs="+",
-                    help="checkpoint files or folders, or one directory holding them (an HF output_dir, a folder of "
+                    help="checkpoint files or folders, or directories holding them (an HF output_dir, a folder of "
                          "Lightning .ckpt or torch.save files, of torch.distributed.checkpoint folders, a run's "
-                         "snapshots)")
+                         "snapshots); ordered by the step each records, else by the step its name states (step-N, "
+                         "checkpoint-N, or a single number)")
     mg.add_argument("--swa-from", type=int, default=None, metavar="STEP",
-                    help="the uniform mean of every checkpoint from this step on")
-    mg.add_argument("--lawa", type=int, default=None, metavar="K", help="the uniform mean of the last K checkpoints")
+                    help="the uniform mean of every checkpoint from this step on (a step, >= 0)")
+    mg.add_argument("--lawa", type=int, default=None, metavar="K",
+                    help="the uniform mean of the last K checkpoints of the series (K >= 1), whatever their spacing; "
+                         "not rbwa posthoc's LAWA, which takes the last K epoch ends")
     mg.add_argument("--ema-half-life", type=float, default=None, metavar="STEPS",
-                    help="an exponential moving average of the series with this half-life in steps")
-    mg.add_argument("--out", required=True, help="where to write the average (a new path), in the input's format")
+                    help="an exponential moving average of the series with this half-life in steps (> 0); it starts "
+                         "from the first checkpoint, which stands for everything before it: with a half-life long "
+                         "next to the series it weighs the most (10 checkpoints 500 steps apart, half-life 5000: "
+                         "0.536)")
+    mg.add_argument("--in-order", action="store_true",
+                    help="take the checkpoints in the order given, oldest first, for a series whose steps are not "
+                         "recorded or named; each path is one checkpoint, and only --lawa applies (steps unknown)")
+    mg.add_argument("--out", required=True,
+                    help="where to write the average (a new path), in the input's format; written whole or not at all")
     mg.set_defaults(func=cmd_merge)
 
     sa = sub.add_parser("sample", help="text from a trained GPT run (--model gpt), seeded and deterministic")

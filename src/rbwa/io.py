@@ -1,10 +1,13 @@
-"""Atomic file writes: write a temporary file beside the target, flush it to disk, then rename."""
+"""Atomic writes: write a temporary file (or folder) beside the target, flush it to disk, then rename."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,32 @@ def _torch_save(obj: Any, f) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda f: _torch_save(obj, f))
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A new folder at ``path``, written whole or not at all: the block fills the temporary folder it is given (beside
+    ``path``), whose files are then flushed to disk and which is renamed to ``path``; if the block fails, the temporary
+    folder is removed. ``path`` must not exist."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's private one
+        yield tmp
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                fd = os.open(item, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
