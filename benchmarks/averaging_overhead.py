@@ -3,7 +3,9 @@
     python benchmarks/averaging_overhead.py
 
 Per width of ResNet-18: the median time of the bare SGD step, RBWA's copy path and lr_scale path,
-the side-copy EMA of torch.optim.swa_utils, and a timm-style Lookahead, each divided by the bare step;
+the side-copy EMA of torch.optim.swa_utils (what ``rbwa train --method ema`` used before rbwa 0.4), the trainer's
+side EMA now (``rbwa.methods.SideAverage``: the named core shared with the callbacks), and a timm-style Lookahead,
+each divided by the bare step;
 the same overheads relative to a whole training step (forward + backward + step); and the fold alone
 against the memory-bandwidth floor, one torch._foreach_copy_ over the same tensors.
 """
@@ -20,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import interleaved, machine  # noqa: E402
 
 from rbwa import RBWA, fold_  # noqa: E402
+from rbwa.methods import SideAverage  # noqa: E402
 from rbwa.models import build_model  # noqa: E402
 
 
@@ -67,12 +70,21 @@ def bench(width: float, batch: int = 64) -> None:
     lookahead = TimmStyleLookahead(sgd(model))
     averages = [p.detach().clone() for p in params]
 
+    side_base, side = sgd(model), SideAverage(model, "ema", start_step=0, steps_per_epoch=1, ema_decay=0.999)
+    side.after_step(model, 0)  # past the first fold: every later fold lerps
+
     def ema_step() -> None:
         ema_base.step()
         ema.update_parameters(model)
 
+    def side_step() -> None:
+        side_base.step()
+        side.after_step(model, 1)
+
     steps = interleaved({"bare SGD step": bare.step, "RBWA copy path": copy.step, "RBWA lr_scale path": lr_scale.step,
-                         "swa_utils EMA (side copy)": ema_step, "timm-style Lookahead (k=1)": lookahead.step})
+                         "swa_utils EMA (side copy, rbwa < 0.4's --method ema)": ema_step,
+                         "rbwa train's side EMA (NamedAverages)": side_step,
+                         "timm-style Lookahead (k=1)": lookahead.step})
     fold = interleaved({"fold (foreach lerp + copy)": lambda: fold_(averages, params, 0.01),
                         "floor: one _foreach_copy_": lambda: copy_floor(averages, params)}, rounds=100)
 
@@ -95,6 +107,9 @@ def bench(width: float, batch: int = 64) -> None:
           f"{whole['lr_scale'] / whole['bare']:.3f}x. From the step medians above: copy path "
           f"{1 + extra['RBWA copy path'] / whole['bare']:.4f}x, lr_scale path "
           f"{1 + extra['RBWA lr_scale path'] / whole['bare']:.4f}x.")
+    old = steps["swa_utils EMA (side copy, rbwa < 0.4's --method ema)"]
+    new = steps["rbwa train's side EMA (NamedAverages)"]
+    print(f"The trainer's side EMA, after / before the named core: {new / old:.3f}x the step with its fold.")
     f, floor = fold["fold (foreach lerp + copy)"], fold["floor: one _foreach_copy_"]
     print(f"Fold alone: {f * 1e3:.3f} ms = {f / floor:.2f}x the copy floor ({floor * 1e3:.3f} ms, "
           f"{2 * 4 * n / floor / 1e9:.1f} GB/s).")
