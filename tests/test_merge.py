@@ -547,3 +547,27 @@ def test_an_ema_long_next_to_the_series_says_how_much_its_first_checkpoint_weigh
         "which stands for everything before it; a half-life well under the series' 4500 steps weighs it less")
     merged = torch.load(tmp_path / "ema.pt", weights_only=True)["w"][0, 0].item()
     assert merged == pytest.approx(sum(wi * s for wi, s in zip(w, steps)), rel=1e-6)
+
+
+def test_wsm_and_the_power_ema_write_what_their_weights_say_by_hand(tmp_path, capsys):
+    """Checkpoints at steps 100..500 holding their step. WSM cosine over the last 3 intervals: w = 1, 0.75, 0.25, so
+    0.25 * 300 + 0.5 * 400 + 0.25 * 500 = 400; the power EMA with gamma 1: (s_j^2 - s_(j-1)^2) / 500^2 per
+    checkpoint, 0.04 * 100 + 0.12 * 200 + 0.2 * 300 + 0.28 * 400 + 0.36 * 500 = 380."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for step in (100, 200, 300, 400, 500):
+        torch.save(_state(step), folder / f"step-{step}.pt")
+    code, out, _ = _cli(capsys, folder, "--wsm", "cosine", "--window", "3", "--out", tmp_path / "wsm.pt")
+    assert code == 0 and _value(tmp_path / "wsm.pt") == pytest.approx(400) and "WSM cosine" in out
+    code, _, _ = _cli(capsys, folder, "--wsm", "linear", "--window", "2", "--out", tmp_path / "linear.pt")
+    assert code == 0 and _value(tmp_path / "linear.pt") == pytest.approx(450)  # the mean of the last 2
+    code, out, _ = _cli(capsys, folder, "--power-gamma", "1", "--out", tmp_path / "power.pt")
+    assert code == 0 and _value(tmp_path / "power.pt") == pytest.approx(380) and "power EMA, gamma 1" in out
+    for argv, pattern in ((["--wsm", "cosine"], "--wsm SHAPE and --window K go together"),
+                          (["--wsm", "step", "--window", "2"], "--wsm takes a decay shape: linear, cosine, 1-sqrt"),
+                          (["--wsm", "linear", "--window", "5"], r"1 <= K < 5 here; got 5"),
+                          (["--power-gamma", "0"], "--power-gamma needs a number > 0"),
+                          (["--power-gamma", "1", "--lawa", "2"], "choose one average")):
+        code, _, err = _cli(capsys, folder, *argv, "--out", tmp_path / "never.pt")
+        _one_error(code, err, pattern)
+    assert not (tmp_path / "never.pt").exists()

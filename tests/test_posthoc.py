@@ -237,3 +237,26 @@ def test_posthoc_evaluates_a_language_models_snapshots_with_nothing_to_re_estima
     assert final["test_loss"] == pytest.approx(summary["final_test_loss"], rel=1e-5)  # nothing re-estimated
     table = (tmp_path / "gpt" / "posthoc" / "posthoc.md").read_text()
     assert "nothing re-estimated (the model has no BatchNorm)" in table
+
+
+def test_wsm_and_power_families_are_evaluated_when_asked_and_linear_wsm_is_the_uniform_mean(tmp_path, capsys):
+    """`rbwa posthoc --families ... wsm power`: every WSM shape and window and every power EMA is a row; WSM with a
+    linear decay over the last k intervals is the uniform mean of the last k snapshots, which SWA from the k-th
+    last snapshot also is: the two rows agree exactly."""
+    run, _ = digits(tmp_path, "sgd", snapshots_per_epoch=2)  # 10 steps an epoch, 4 epochs: 8 snapshots
+    assert main(["posthoc", str(run), "--families", "swa", "wsm", "power", "--wsm-windows", "2", "3",
+                 "--gammas", "3", "15", "--quiet"]) == 0
+    rows = read_results(run)
+    assert {r["family"] for r in rows} == {"swa", "lawa", "wsm", "power"}  # lawa: the final weights alone
+    assert [r["label"] for r in rows if r["family"] == "lawa"] == ["LAWA, last 1 epoch ends"]
+    assert sorted(r["label"] for r in rows if r["family"] == "wsm") == sorted(
+        f"WSM {shape}, last {k} snapshot intervals" for shape in ("linear", "cosine", "1-sqrt") for k in (2, 3))
+    assert [r["value"] for r in rows if r["family"] == "power"] == [3.0, 15.0]
+    wsm = next(r for r in rows if r["label"] == "WSM linear, last 3 snapshot intervals")
+    swa = next(r for r in rows if r["family"] == "swa" and r["value"] == 2.5)  # snapshots at epochs 2.5, 3, 3.5, 4
+    swa3 = next(r for r in rows if r["family"] == "swa" and r["value"] == 3.0)  # the last 3: epochs 3, 3.5, 4
+    assert wsm["snapshots"] == swa3["snapshots"] == "3" and swa["snapshots"] == "4"
+    assert (wsm["test_acc"], wsm["test_loss"]) == (swa3["test_acc"], swa3["test_loss"])
+    assert swa["test_loss"] != swa3["test_loss"]
+    assert main(["posthoc", str(run), "--families", "bogus"]) == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from rbwa.config import CHOICES, HELP, TrainConfig, load_yaml, make_config
+from rbwa.config import CHOICES, DEFAULT_POSTHOC_FAMILIES, HELP, POSTHOC_FAMILIES, TrainConfig, load_yaml, make_config
 from rbwa.errors import UserError
 
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
@@ -147,14 +147,15 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def cmd_posthoc(ns: argparse.Namespace) -> int:
     from rbwa.posthoc import evaluate_run, write_results
 
-    for name in ("lawa", "half_lives"):
+    for name in ("lawa", "half_lives", "wsm_windows", "gammas"):
         if any(v <= 0 for v in getattr(ns, name) or []):
             raise UserError(f"--{name.replace('_', '-')} takes numbers > 0, got {getattr(ns, name)}")
     if ns.device not in CHOICES["device"]:
         raise UserError(f"--device must be one of {', '.join(CHOICES['device'])}, got {ns.device!r}")
     if ns.bn_images is not None and ns.bn_images < 1:
         raise UserError(f"--bn-images must be >= 1, got {ns.bn_images}")
-    grid = {"lawa_windows": ns.lawa, "half_lives": ns.half_lives}
+    grid = {"lawa_windows": ns.lawa, "half_lives": ns.half_lives, "families": tuple(ns.families),
+            "wsm_windows": ns.wsm_windows, "gammas": ns.gammas}
     rows = evaluate_run(ns.run, ns.dataset, ns.data_dir, ns.cache_dir, grid, ns.bn_images, ns.device,
                         progress=False if ns.quiet else None)
     print(f"wrote {write_results(ns.run, rows, ns.out)}")
@@ -164,7 +165,11 @@ def cmd_posthoc(ns: argparse.Namespace) -> int:
 def cmd_merge(ns: argparse.Namespace) -> int:
     from rbwa.merge import merge
 
-    done = merge(ns.checkpoints, ns.out, ns.swa_from, ns.lawa, ns.ema_half_life, in_order=ns.in_order)
+    if (ns.wsm is None) != (ns.window is None):
+        raise UserError("--wsm SHAPE and --window K go together: the decay's shape over the last K intervals")
+    wsm = None if ns.wsm is None else (ns.wsm, ns.window)
+    done = merge(ns.checkpoints, ns.out, ns.swa_from, ns.lawa, ns.ema_half_life, in_order=ns.in_order, wsm=wsm,
+                 power_gamma=ns.power_gamma)
     used = [c for c, w in zip(done.checkpoints, done.weights, strict=True) if w]
     print(f"{done.label}: {len(used)} of {len(done.checkpoints)} {done.kind} checkpoints, from {used[0].path.name} to "
           f"{used[-1].path.name}; wrote {ns.out}")
@@ -255,6 +260,15 @@ def parser() -> argparse.ArgumentParser:
                     help="LAWA windows, in epoch-end snapshots (default: every window)")
     ph.add_argument("--half-lives", type=float, nargs="+", default=None, metavar="STEPS",
                     help="EMA half-lives, in steps (default: 1/8 to 8 epochs, doubling)")
+    ph.add_argument("--families", nargs="+", default=list(DEFAULT_POSTHOC_FAMILIES), choices=POSTHOC_FAMILIES,
+                    metavar="FAMILY", help=f"which averages to evaluate, of {', '.join(POSTHOC_FAMILIES)} (default: "
+                                           f"{' '.join(DEFAULT_POSTHOC_FAMILIES)}"
+                         "); the final weights alone are always evaluated")
+    ph.add_argument("--wsm-windows", type=int, nargs="+", default=None, metavar="K",
+                    help="WSM windows, in snapshot intervals after the start epoch, each merged under a linear, cosine "
+                         "and 1-sqrt decay (default: 2, 4, 8, ...)")
+    ph.add_argument("--gammas", type=float, nargs="+", default=None, metavar="G",
+                    help="power-EMA exponents (default: 1, 3, 7, 15, 31, 63: sigma_rel 0.24 to 0.015)")
     ph.add_argument("--bn-images", type=int, default=None,
                     help="re-estimate BatchNorm on a class-balanced subset of this many training images (default: "
                          "all, as the trainer does)")
@@ -281,6 +295,16 @@ def parser() -> argparse.ArgumentParser:
                          "from the first checkpoint, which stands for everything before it: with a half-life long "
                          "next to the series it weighs the most (10 checkpoints 500 steps apart, half-life 5000: "
                          "0.536)")
+    mg.add_argument("--wsm", default=None, metavar="SHAPE",
+                    help="WSM (Tian et al. 2026): the merge that equals taking the last --window K checkpoint "
+                         "intervals again under a decay of this shape (linear, cosine, 1-sqrt) where gradients do not "
+                         "depend on the weights; linear is the uniform mean of the last K checkpoints")
+    mg.add_argument("--window", type=int, default=None, metavar="K",
+                    help="with --wsm: the last K checkpoint intervals (K + 1 checkpoints, evenly spaced)")
+    mg.add_argument("--power-gamma", type=float, default=None, metavar="G",
+                    help="EDM2's power-function EMA (Karras et al. 2024): the weights after step t weighted in "
+                         "proportion to t^G (G > 0; sigma_rel 0.10 is G = 6.94, 0.05 is G = 16.97); each checkpoint "
+                         "stands for the steps since the one before it")
     mg.add_argument("--in-order", action="store_true",
                     help="take the checkpoints in the order given, oldest first, for a series whose steps are not "
                          "recorded or named; each path is one checkpoint, and only --lawa applies (steps unknown)")

@@ -100,6 +100,10 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 # the allowed values of the keys that are a choice
+# rbwa posthoc's families of side averages, and those it evaluates unless asked (wsm and power on demand)
+POSTHOC_FAMILIES = ("swa", "lawa", "ema", "wsm", "power")
+DEFAULT_POSTHOC_FAMILIES = ("swa", "lawa", "ema")
+
 CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "model": MODELS, "lr_schedule": LR_SCHEDULES,
                                        "augment": AUGMENTS, "counter": COUNTERS, "implementation": IMPLEMENTATIONS,
                                        "device": DEVICES, "amp": AMP, "compile_mode": COMPILE_MODES,

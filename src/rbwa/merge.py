@@ -50,7 +50,16 @@ import torch
 from torch import Tensor
 
 from rbwa import snapshots
-from rbwa.averaging.weights import combine, ema_weights, lawa_weights, swa_weights
+from rbwa.averaging.weights import (
+    DECAY_SHAPES,
+    combine,
+    ema_weights,
+    lawa_weights,
+    power_weights,
+    sigma_rel,
+    swa_weights,
+    wsm_weights,
+)
 from rbwa.errors import UserError
 from rbwa.io import atomic_folder, atomic_torch_save
 
@@ -187,11 +196,11 @@ class Series:
     def steps(self) -> list[int | None]:
         return [c.step for c in self.checkpoints]
 
-    def weights(self, swa_from: int | None = None, lawa: int | None = None,
-                ema_half_life: float | None = None) -> tuple[str, np.ndarray]:
+    def weights(self, swa_from: int | None = None, lawa: int | None = None, ema_half_life: float | None = None,
+                wsm: tuple[str, int] | None = None, power_gamma: float | None = None) -> tuple[str, np.ndarray]:
         """:func:`weights_of` over this series."""
         unordered = None if self.in_order else next((c.path for c in self.checkpoints if c.step is None), None)
-        return weights_of(self.steps, swa_from, lawa, ema_half_life, unordered)
+        return weights_of(self.steps, swa_from, lawa, ema_half_life, unordered, wsm, power_gamma)
 
 
 def find(paths: list[str | Path], in_order: bool = False) -> Series:
@@ -296,13 +305,17 @@ def _no_step(path: Path) -> str:
 # ---- the weights of an average ----
 
 def weights_of(steps: list[int | None], swa_from: int | None = None, lawa: int | None = None,
-               ema_half_life: float | None = None, unordered: Path | None = None) -> tuple[str, np.ndarray]:
-    """The label and the weights over the series of one average (exactly one of the three). ``unordered``: a
-    checkpoint whose place in the series is unknown (no step), refused by every average but the uniform mean of the
-    whole series, which any order gives. Pure but for errors."""
+               ema_half_life: float | None = None, unordered: Path | None = None, wsm: tuple[str, int] | None = None,
+               power_gamma: float | None = None) -> tuple[str, np.ndarray]:
+    """The label and the weights over the series of one average (exactly one of them; ``wsm``: a decay shape and a
+    window of K checkpoint intervals). ``unordered``: a checkpoint whose place in the series is unknown (no step),
+    refused by every average but the uniform mean of the whole series, which any order gives. Pure but for errors."""
     n = len(steps)
-    if sum(x is not None for x in (swa_from, lawa, ema_half_life)) != 1:
-        raise UserError("choose one average: --swa-from STEP, --lawa K or --ema-half-life STEPS")
+    if sum(x is not None for x in (swa_from, lawa, ema_half_life, wsm, power_gamma)) != 1:
+        raise UserError("choose one average: --swa-from STEP, --lawa K, --ema-half-life STEPS, --wsm SHAPE --window K "
+                        "or --power-gamma G")
+    if wsm is not None or power_gamma is not None:
+        return _decay_merge(steps, unordered, wsm, power_gamma)
     if lawa is not None:
         if lawa < 1:
             raise UserError(f"--lawa K must be >= 1 (the last K checkpoints), got {lawa}")
@@ -326,6 +339,28 @@ def weights_of(steps: list[int | None], swa_from: int | None = None, lawa: int |
     if not (math.isfinite(ema_half_life) and ema_half_life > 0):
         raise UserError(f"--ema-half-life must be a number of steps > 0, got {ema_half_life}")
     return f"EMA, half-life {ema_half_life:g} steps", ema_weights(steps, 0.5 ** (1 / ema_half_life), 0)
+
+
+def _decay_merge(steps: list[int | None], unordered: Path | None, wsm: tuple[str, int] | None,
+                 power_gamma: float | None) -> tuple[str, np.ndarray]:
+    """WSM's merge of the last K intervals (evenly spaced: each interval one step of the decay), or the power EMA."""
+    if unordered is not None:
+        raise UserError(_no_step(unordered))
+    if wsm is not None:
+        shape, k = wsm
+        if shape not in DECAY_SHAPES:
+            raise UserError(f"--wsm takes a decay shape: {', '.join(DECAY_SHAPES)}; got {shape!r}")
+        if k is None or not 1 <= k < len(steps):
+            raise UserError(f"--wsm needs --window K, the last K checkpoint intervals (K + 1 checkpoints): "
+                            f"1 <= K < {len(steps)} here; got {k}")
+        window = np.zeros(len(steps))
+        window[len(steps) - k - 1:] = 1.0  # the k + 1 checkpoints of the k intervals, each one step of the decay
+        _evenly_spaced(steps, window)
+        return f"WSM {shape}, last {k} checkpoint intervals", wsm_weights(len(steps), k, shape)
+    if any(s is None for s in steps) or not (math.isfinite(power_gamma) and power_gamma > 0):
+        raise UserError(f"--power-gamma needs a number > 0 (got {power_gamma}) and the step of every checkpoint")
+    return (f"power EMA, gamma {power_gamma:g} (sigma_rel {sigma_rel(power_gamma):.3f})",
+            power_weights(steps, power_gamma))
 
 
 def _evenly_spaced(steps: list[int | None], weights: np.ndarray) -> np.ndarray:
@@ -373,14 +408,16 @@ def _same_model(found: dict[str, Tensor], path: Path, shapes: dict[str, tuple], 
 
 
 def candidates(paths: list[str | Path], swa_from: list[int] = (), lawa: list[int] = (),
-               ema_half_life: list[float] = (), in_order: bool = False) -> dict[str, dict[str, Tensor]]:
+               ema_half_life: list[float] = (), in_order: bool = False, wsm: list[tuple[str, int]] = (),
+               power_gamma: list[float] = ()) -> dict[str, dict[str, Tensor]]:
     """Every average asked for, by label, as a state dict of the checkpoints' tensors: evaluate each with your own
     data and code (re-estimate BatchNorm with :func:`reestimate_bn` first) and keep the best. Streams: each average
     reads its checkpoints one at a time (the series is read once per average), so memory holds the averages made
     and one checkpoint."""
     series = find(paths, in_order)
     asked = ([{"swa_from": s} for s in swa_from] + [{"lawa": k} for k in lawa]
-             + [{"ema_half_life": h} for h in ema_half_life])
+             + [{"ema_half_life": h} for h in ema_half_life] + [{"wsm": tuple(x)} for x in wsm]
+             + [{"power_gamma": g} for g in power_gamma])
     averages = [series.weights(**kw) for kw in asked]  # every one checked before any is made
     return {label: combine(reader(series), w) for label, w in averages}
 
@@ -411,12 +448,13 @@ class Merged:
 
 
 def merge(paths: list[str | Path], out: str | Path, swa_from: int | None = None, lawa: int | None = None,
-          ema_half_life: float | None = None, in_order: bool = False) -> Merged:
+          ema_half_life: float | None = None, in_order: bool = False, wsm: tuple[str, int] | None = None,
+          power_gamma: float | None = None) -> Merged:
     """Average a series of checkpoints and write the result at ``out`` (a new path) in their format, atomically.
     Everything the command line says is checked before any checkpoint is read; a failed write leaves nothing."""
     out = Path(out)
     series = find(paths, in_order)
-    label, w = series.weights(swa_from, lawa, ema_half_life)
+    label, w = series.weights(swa_from, lawa, ema_half_life, wsm, power_gamma)
     _check_out(out)
     merged = combine(reader(series), w)
     last = series.checkpoints[-1].path  # every average weights the last checkpoint: it was read

@@ -30,30 +30,46 @@ import numpy as np
 import torch
 
 from rbwa import snapshots
-from rbwa.averaging.weights import combine, ema_weights, lawa_weights, swa_weights
-from rbwa.config import TrainConfig, make_config
+from rbwa.averaging.weights import (
+    DECAY_SHAPES,
+    combine,
+    ema_weights,
+    lawa_weights,
+    power_weights,
+    sigma_rel,
+    swa_weights,
+    wsm_weights,
+)
+from rbwa.config import DEFAULT_POSTHOC_FAMILIES, POSTHOC_FAMILIES, TrainConfig, make_config
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_bytes
 from rbwa.rundir import CONFIG, SUMMARY
 
 WRITE_BACK_METHODS = ("rbwa", "rbwa-e", "rswa", "lookahead", "sema")
-FAMILIES = ("swa", "lawa", "ema")
+FAMILIES, DEFAULT_FAMILIES = POSTHOC_FAMILIES, DEFAULT_POSTHOC_FAMILIES
 HALF_LIVES_IN_EPOCHS = (0.125, 0.25, 0.5, 1, 2, 4, 8)  # the default EMA grid, in epochs of the run
+POWER_GAMMAS = (1.0, 3.0, 7.0, 15.0, 31.0, 63.0)  # the default power-EMA grid: sigma_rel 0.24 down to 0.015
 
 
 @dataclass
 class Candidate:
-    family: str  # swa, lawa, ema
-    value: float  # SWA: the start, in epochs; LAWA: the window, in snapshots; EMA: the half-life, in steps
+    family: str  # swa, lawa, ema, wsm, power
+    # SWA: the start, in epochs; LAWA: the window, in epoch ends; EMA: the half-life, in steps; WSM: the window, in
+    # snapshot intervals (its decay shape in the label); power: the exponent gamma
+    value: float
     label: str
     weights: np.ndarray
 
 
 def candidates(steps: list[int], steps_per_epoch: int, start_step: int, lawa_windows: list[int] | None = None,
-               half_lives: list[float] | None = None) -> list[Candidate]:
-    """The grid over a series of snapshots taken after ``steps`` steps: SWA from every snapshot after
-    ``start_step``, LAWA of every window (or ``lawa_windows``), and EMA from the first snapshot after
-    ``start_step`` at each half-life in steps (default: 1/8 to 8 epochs). Pure."""
+               half_lives: list[float] | None = None, families: tuple[str, ...] = DEFAULT_FAMILIES,
+               wsm_windows: list[int] | None = None, gammas: list[float] | None = None) -> list[Candidate]:
+    """The grid over a series of snapshots taken after ``steps`` steps, of each of ``families``: SWA from every
+    snapshot after ``start_step``, LAWA of every window of epoch ends (or ``lawa_windows``), EMA from the first
+    snapshot after ``start_step`` at each half-life in steps (default: 1/8 to 8 epochs), WSM of each decay shape over
+    the last k snapshot intervals after the start (k = 2, 4, 8, ..., or ``wsm_windows``), and the power EMA of the
+    whole series at each gamma (default :data:`POWER_GAMMAS`). The final weights alone (LAWA over the last epoch
+    end) are always evaluated: every candidate is compared with them. Pure."""
     n = len(steps)
     first = next((i for i, s in enumerate(steps) if s > start_step), None)
     if first is None:
@@ -61,13 +77,21 @@ def candidates(steps: list[int], steps_per_epoch: int, start_step: int, lawa_win
     epoch_ends = [i for i, s in enumerate(steps) if s % steps_per_epoch == 0 and i >= first]
     # a window of 1 is the final weights alone: always evaluated, the baseline every candidate is compared with
     windows = sorted({1, *lawa_windows}) if lawa_windows else list(range(1, len(epoch_ends) + 1))
+    if "lawa" not in families:
+        windows = [1]
     lives = half_lives or [h * steps_per_epoch for h in HALF_LIVES_IN_EPOCHS]
+    intervals = n - 1 - first  # snapshot intervals after the first snapshot past the start
+    spans = wsm_windows or [2 ** j for j in range(1, 64) if 2 ** j <= intervals]
     found = [Candidate("swa", steps[i] / steps_per_epoch, f"SWA from epoch {steps[i] / steps_per_epoch:.3g}",
-                       swa_weights(n, i)) for i in range(first, n)]
+                       swa_weights(n, i)) for i in range(first, n) if "swa" in families]
     found += [Candidate("lawa", k, f"LAWA, last {k} epoch ends", lawa_weights(epoch_ends, n, k))
               for k in windows if k <= len(epoch_ends)]
     found += [Candidate("ema", h, f"EMA, half-life {h:g} steps", ema_weights(steps, 0.5 ** (1 / h), first))
-              for h in lives]
+              for h in lives if "ema" in families]
+    found += [Candidate("wsm", k, f"WSM {shape}, last {k} snapshot intervals", wsm_weights(n, k, shape))
+              for shape in DECAY_SHAPES for k in spans if "wsm" in families and 1 <= k <= intervals]
+    found += [Candidate("power", g, f"power EMA, gamma {g:g} (sigma_rel {sigma_rel(g):.3f})", power_weights(steps, g))
+              for g in (gammas or POWER_GAMMAS) if "power" in families]
     return found
 
 
