@@ -50,6 +50,11 @@ LM_ROWS = [("adamw", {"method": "sgd", "snapshots_per_epoch": 4}),  # "sgd": no 
            ("schedule-free adamw", {"method": "schedulefree"})]
 
 
+LM_TUNED_ROWS = [("adamw (snapshots)", {"method": "sgd", "snapshots_per_epoch": 16}),
+                 ("adamw (cosine LR)", {"method": "sgd", "lr_schedule": "cosine"}),
+                 ("adamw (wsd, decay 0.2)", {"method": "sgd", "lr_schedule": "wsd"})]
+
+
 EXPERIMENTS: dict[str, dict[str, Any]] = {
     "fig3": {"title": "Figure 3/4: CIFAR-10, ResNet-18 and VGG-16, SGD vs RBWA", "setting": "model",
              "grid": _models("cifar10")},
@@ -102,6 +107,19 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     "lm": {"title": "A GPT on Tiny Shakespeare with AdamW: RBWA, its twin, schedules and averages", "setting": "model",
            "grid": [("gpt", label, {"dataset": "shakespeare", "model": "gpt", "optimizer": "adamw",
                                     "train_subset": None, "test_subset": None, **o}) for label, o in LM_ROWS]},
+    # the fair comparison (issue 40): every schedule at three peak learning rates, WSD's decay fraction at three, the
+    # constant-LR runs storing their weights 16 times an epoch (a window of 10% of training holds 8 snapshots) for
+    # `rbwa posthoc --families swa lawa ema wsm power`; each method's learning rate is chosen on the other seeds
+    "lm-tuned": {"title": "A GPT on Tiny Shakespeare with AdamW: averages against decays, each tuned on the other "
+                          "seeds", "setting": "model",
+                 "grid": [("gpt", f"{label}, lr {lr:g}", {"dataset": "shakespeare", "model": "gpt",
+                                                          "optimizer": "adamw", "train_subset": None,
+                                                          "test_subset": None, "lr": lr, **o})
+                          for lr in (5e-4, 1e-3, 2e-3) for label, o in LM_TUNED_ROWS]
+                         + [("gpt", f"adamw (wsd, decay {f:g}), lr 0.001",
+                             {"dataset": "shakespeare", "model": "gpt", "optimizer": "adamw", "train_subset": None,
+                              "test_subset": None, "lr": 1e-3, "method": "sgd", "lr_schedule": "wsd",
+                              "decay_fraction": f}) for f in (0.1, 0.4)]},
     "controls": {"title": "RBWA against learning-rate annealing controls, ResNet-18, CIFAR-10", "setting": "model",
                  "grid": [("resnet18", label, {"model": "resnet18", **o}) for label, o in [
                      ("sgd", {"method": "sgd"}),
