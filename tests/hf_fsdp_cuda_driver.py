@@ -9,7 +9,7 @@ import sys
 import torch
 import transformers
 
-from rbwa.hf import STATE_FILE, RBWACallback
+from rbwa.hf import RBWACallback
 
 
 class Pairs(torch.utils.data.Dataset):
@@ -51,7 +51,7 @@ def main() -> None:
     full = {n: a.full_tensor() if hasattr(a, "full_tensor") else a for n, a in straight.averages.items()}
     again = {n: a.full_tensor() if hasattr(a, "full_tensor") else a for n, a in resumed.averages.items()}
     steps = straight.steps_per_epoch
-    saved = torch.load(os.path.join(out, "resumed", f"checkpoint-{2 * steps}", STATE_FILE), weights_only=True)
+    saved = torch.load(os.path.join(out, "resumed", f"checkpoint-{2 * steps}", resumed.state_file), weights_only=True)
     found = {"sharded": all(type(a).__name__ == "DTensor" for a in straight.averages.values()),
              "folds": [straight.folds, resumed.folds],
              "saved whole": all(type(a) is torch.Tensor and a.shape == full[n].shape

@@ -109,7 +109,7 @@ def hf_callback_hooks(rank: int, world: int, out: str) -> dict:
     resumed by a new callback (cut back into shards), against one unsharded RBWA process on the same batches."""
     import transformers
 
-    from rbwa.hf import STATE_FILE, RBWACallback
+    from rbwa.hf import RBWACallback
 
     recipes = {
         "rbwa": (lambda: RBWACallback.rbwa(1), {}),
@@ -147,7 +147,8 @@ def hf_callback_hooks(rank: int, world: int, out: str) -> dict:
                 state.stateful_callbacks = shared[0]
                 callback.on_save(args, state, control)
                 dist.barrier()
-                saved = torch.load(os.path.join(args.output_dir, f"checkpoint-{t}", STATE_FILE), weights_only=True)
+                saved = torch.load(os.path.join(args.output_dir, f"checkpoint-{t}", callback.state_file),
+                                   weights_only=True)
                 callback = recipe()  # a new process's callback, resuming from that checkpoint
                 state = transformers.TrainerState(max_steps=STEPS, global_step=t, is_world_process_zero=rank == 0,
                                                   stateful_callbacks=state.stateful_callbacks)

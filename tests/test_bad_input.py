@@ -139,7 +139,7 @@ CASES = {
     "zero lr": (plain("train", "--lr", "0"), "lr must be > 0"),
     "beta 1": (plain("train", "--method", "rbwa-e", "--beta", "1"), r"beta must be in \[0, 1\)"),
     "negative beta": (plain("train", "--beta", "-0.5"), r"beta must be in \[0, 1\)"),
-    "start epoch = epochs": (plain("train", "--epochs", "5", "--start-epoch", "5"),
+    "start epoch = epochs": (plain("train", "--method", "rbwa", "--epochs", "5", "--start-epoch", "5"),
                              r"start epoch must be in \[0, epochs\) = \[0, 5\), got 5"),
     "zero width": (plain("train", "--width", "0"), "width must be > 0"),
     "negative width": (plain("train", "--width", "-1"), "width must be > 0"),

@@ -6,7 +6,7 @@ from rbwa.errors import UserError
 
 
 def test_defaults_follow_the_paper():
-    cfg = TrainConfig()
+    cfg = resolve(TrainConfig())
     assert (cfg.epochs, cfg.batch_size, cfg.start_epoch, cfg.augment, cfg.lr_schedule) == (50, 64, 10, "none",
                                                                                           "constant")
 
@@ -48,7 +48,7 @@ def test_resolve_fills_environment_defaults(monkeypatch):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"epochs": 0}, "epochs must be > 0"),
-    ({"start_epoch": 50}, "start epoch must be in"),
+    ({"start_epoch": 50, "method": "rbwa"}, "start epoch must be in"),
     ({"beta": 1.0}, "beta must be in"),
     ({"width": 0.0}, "width must be > 0"),
     ({"method": "adam"}, "unknown method 'adam'"),
@@ -65,7 +65,7 @@ def test_presets_are_valid_configs():
     for name in PRESETS:
         validate(resolve(make_config(**preset_defaults(name))))
     cpu = preset_defaults("cpu")
-    assert cpu["start_epoch"] / cpu["epochs"] == TrainConfig().start_epoch / TrainConfig().epochs
+    assert cpu["start_epoch"] / cpu["epochs"] == resolve(TrainConfig()).start_epoch / TrainConfig().epochs == 0.2
     # cpu-full: the paper's step count, all of CIFAR-10 at batch 64 = 782 batches an epoch, averaging from 20%
     full = preset_defaults("cpu-full")
     assert full.get("train_subset") is None and full.get("test_subset") is None
@@ -73,3 +73,21 @@ def test_presets_are_valid_configs():
     assert (full["width"], full["augment"] if "augment" in full else TrainConfig().augment) == (0.125, "none")
     with pytest.raises(UserError, match="unknown preset 'huge'"):
         preset_defaults("huge")
+
+
+def test_the_start_epoch_follows_the_runs_length_and_stops_only_the_methods_that_use_it(tmp_path):
+    """Issue 41: `rbwa train --epochs 5` was refused for every method (the default start epoch 10 was checked first),
+    and a missing text file was reported as a bad start epoch."""
+    from rbwa.config import resolve, validate
+    from rbwa.errors import UserError
+
+    assert resolve(make_config(epochs=5)).start_epoch == 1 and resolve(make_config(epochs=50)).start_epoch == 10
+    assert resolve(make_config(epochs=15, start_epoch=0)).start_epoch == 0
+    validate(make_config(epochs=5))  # every method, the default start
+    validate(make_config(epochs=2, start_epoch=5, method="sgd"))  # plain SGD at a constant LR never uses it
+    with pytest.raises(UserError, match=r"start epoch must be in \[0, epochs\) = \[0, 2\), got 5 \(--method rbwa"):
+        validate(make_config(epochs=2, start_epoch=5, method="rbwa"))
+    with pytest.raises(UserError, match="--method sgd, --lr-schedule step start there"):
+        validate(make_config(epochs=2, start_epoch=5, method="sgd", lr_schedule="step"))
+    with pytest.raises(UserError, match=f"--dataset text:{tmp_path}/none.txt: the file .* does not exist"):
+        validate(make_config(dataset=f"text:{tmp_path}/none.txt", model="gpt", epochs=1, start_epoch=7))

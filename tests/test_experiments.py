@@ -9,7 +9,7 @@ from rbwa.experiments import EXPERIMENTS, expand, reproduce
 
 @pytest.mark.parametrize(("experiment", "points"), [("fig3", 4), ("fig5", 4), ("table1", 10), ("variants", 8),
                                                     ("controls", 7), ("alternatives", 6),
-                                                    ("writeback", 5), ("posthoc", 2), ("posthoc-cifar100", 2),
+                                                    ("writeback", 5), ("posthoc", 3), ("posthoc-cifar100", 3),
                                                     ("lm", 8)])
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-full", "paper"])
 def test_grid_expansion(tmp_path, experiment, points, preset):
@@ -41,20 +41,29 @@ def test_grid_contents(tmp_path):
     assert (writeback["ema (never written back)"].write_back, writeback["sema (every epoch)"].method) == (0, "sema")
     assert "-wb100-" in writeback["ema, every 100 steps"].out
     for name, dataset in (("posthoc", "cifar10"), ("posthoc-cifar100", "cifar100")):
-        constant, cosine = expand(name, "cpu-full", 1, tmp_path)
-        assert {(r.config.snapshots_per_epoch, r.config.method, r.config.dataset) for r in (constant, cosine)} == {
+        constant, cosine, wsd = expand(name, "cpu-full", 1, tmp_path)
+        assert {(r.config.snapshots_per_epoch, r.config.method, r.config.dataset) for r in (constant, cosine, wsd)} == {
             (4, "sgd", dataset)}
-        assert (constant.config.lr_schedule, cosine.config.lr_schedule) == ("constant", "cosine")
+        assert (constant.config.lr_schedule, cosine.config.lr_schedule, wsd.config.lr_schedule) == (
+            "constant", "cosine", "wsd")
+        assert wsd.config.decay_fraction == 0.2 and "-sgd-wsd-snap4-s0-" in wsd.name
         assert "-sgd-snap4-s0-" in constant.name and "-sgd-cosine-snap4-s0-" in cosine.name
     # a user's --dataset (an image folder of CIFAR-10, as here) replaces the grid's
-    (named,) = [r for r in expand("posthoc", "cpu-full", 1, tmp_path, {"dataset": "digits"}) if "cosine" not in r.name]
+    (named,) = [r for r in expand("posthoc", "cpu-full", 1, tmp_path, {"dataset": "digits"})
+                if r.config.lr_schedule == "constant"]
     assert named.config.dataset == "digits"
     lm = {r.label: r.config for r in expand("lm", "cpu-lm", 1, tmp_path)}
     assert {(c.model, c.dataset, c.optimizer, c.train_subset) for c in lm.values()} == {("gpt", "shakespeare", "adamw",
                                                                                          None)}
     assert (lm["adamw"].snapshots_per_epoch, lm["adamw (wsd)"].lr_schedule, lm["rbwa"].start_epoch) == (4, "wsd", 1)
+    tuned = {r.label: r.config for r in expand("lm-tuned", "cpu-lm", 1, tmp_path)}
+    assert len(tuned) == 11 and {c.lr for c in tuned.values()} == {5e-4, 1e-3, 2e-3}
+    assert tuned["adamw (snapshots), lr 0.002"].snapshots_per_epoch == 16
+    assert tuned["adamw (wsd, decay 0.4), lr 0.001"].decay_fraction == 0.4
+    # the 1e-3 cosine and WSD runs are the lm experiment's own: trained once
+    assert tuned["adamw (cosine LR), lr 0.001"].out == lm["adamw (cosine LR)"].out
     assert set(EXPERIMENTS) == {"fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback",
-                                "posthoc", "posthoc-cifar100", "lm"}
+                                "posthoc", "posthoc-cifar100", "lm", "lm-tuned"}
 
 
 def test_runs_go_seed_by_seed_within_a_setting(tmp_path):

@@ -151,3 +151,14 @@ def test_what_fsdp_refuses_in_one_line():
         validate(make_config(fsdp=True))
     with pytest.raises(UserError, match="--fsdp does not run --method ema .* use --method rbwa-e --write-back 0"):
         validate(make_config(fsdp=True, model="gpt", dataset="shakespeare", augment="none", method="ema"))
+
+
+def test_fsdp_without_torchrun_says_in_one_line_that_it_trains_whole(tmp_path, text):
+    """Issue 41: `--fsdp` in one process trained unsharded without a word."""
+    lines: list[str] = []
+    train(make_config(**{**COMMON, "epochs": 1, "start_epoch": 0}, dataset=text, out=str(tmp_path / "one")),
+          progress=False, log=lines.append)
+    said = [line for line in lines if "--fsdp" in line]
+    assert said == ["warning: --fsdp with one process (not started by torchrun): nothing to shard, the model trains "
+                    "whole; run under `torchrun --nproc-per-node N` to shard it"]
+    assert said[0] in (tmp_path / "one" / "train.log").read_text()

@@ -7,7 +7,9 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from rbwa.averaging import RBWA  # noqa: E402
-from rbwa.hf import STATE_FILE, RBWACallback  # noqa: E402
+from rbwa.hf import RBWACallback  # noqa: E402
+
+STATE_FILE = RBWACallback(start_epoch=1).state_file  # the callbacks of these tests: their state file
 
 
 class Pairs(torch.utils.data.Dataset):
@@ -123,7 +125,7 @@ def test_resuming_after_averaging_began_from_a_checkpoint_without_the_state_is_r
     state = torch.load(checkpoint / STATE_FILE, weights_only=True)
     (checkpoint / STATE_FILE).unlink()
     with pytest.raises(ValueError, match=f"resuming from {checkpoint} \\(step 5, after averaging began\\), but this "
-                                         f"process finds no {STATE_FILE} there"):
+                                         f"process finds no {STATE_FILE} there \\(this callback's state\\)"):
         _train(tmp_path, "second", RBWACallback(start_epoch=1), resume=str(checkpoint))
     torch.save({**state, "token": "another"}, checkpoint / STATE_FILE)  # a state from another checkpoint
     with pytest.raises(ValueError, match=f"finds that the {STATE_FILE} there belongs to another checkpoint"):
@@ -232,16 +234,18 @@ def test_fsdp1_and_deepspeed_are_refused_in_one_line_and_fsdp2_is_not(tmp_path):
 
 def test_snapshots_every_n_steps_land_in_output_dir_and_merge_reads_them(tmp_path):
     """9 optimizer steps (3 epochs of 3): snapshots at 3, 6, 9 in output_dir/snapshots, the last the final weights."""
+    from rbwa import snapshots
     from rbwa.hf import SnapshotCallback
     from rbwa.merge import merge
 
     model, _ = _train(tmp_path, "run", SnapshotCallback(every_n_steps=3))
     folder = tmp_path / "run" / "snapshots"
-    assert sorted(p.name for p in folder.iterdir()) == ["step-3.pt", "step-6.pt", "step-9.pt"]
-    last = torch.load(folder / "step-9.pt", weights_only=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["00000003.pt", "00000006.pt", "00000009.pt"]
+    last = snapshots.state_dict(torch.load(folder / "00000009.pt", weights_only=True))
+    assert set(last) == set(model.state_dict())
     assert all(torch.equal(last[name], p) for name, p in model.state_dict().items())
     merge([folder], tmp_path / "swa.pt", swa_from=6)
-    middle = torch.load(folder / "step-6.pt", weights_only=True)
+    middle = snapshots.state_dict(torch.load(folder / "00000006.pt", weights_only=True))
     merged = torch.load(tmp_path / "swa.pt", weights_only=True)
     name = "classifier.weight"
     assert torch.allclose(merged[name], ((middle[name].double() + last[name].double()) / 2).float())
@@ -266,3 +270,53 @@ def test_a_side_average_leaves_training_alone_equals_the_wrapper_and_is_evaluate
     fresh = _model()
     fresh.load_state_dict(callback.averaged_state_dict(model))
     assert torch.equal(fresh.classifier.weight, callback.averages["classifier.weight"])
+
+
+def test_two_callbacks_keep_their_own_state_files_and_resume_each(tmp_path):
+    """Review: an EMA and an SWA callback in one Trainer both wrote checkpoint-N/rbwa_callback.pt; the first was lost
+    and the resume refused. Each now has its own file (named by its settings) and resumes as if uninterrupted."""
+    def pair():
+        return [RBWACallback.ema(beta=0.8, start_epoch=1), RBWACallback.swa(3, start_epoch=1)]
+
+    straight, resumed = pair(), pair()
+    for name, callbacks, kw in (("straight", straight, {}), ("resumed", pair(), {"save_steps": 5}),
+                                ("resumed", resumed, {"save_steps": 5,
+                                                      "resume": str(tmp_path / "resumed" / "checkpoint-5")})):
+        model = _model()
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / name), num_train_epochs=3, per_device_train_batch_size=4,
+            gradient_accumulation_steps=2, learning_rate=0.05, lr_scheduler_type="constant", max_grad_norm=0.0,
+            weight_decay=0.0, save_strategy="steps", save_steps=kw.get("save_steps", 100), logging_strategy="no",
+            report_to=[], use_cpu=True, seed=0, data_seed=0)
+        transformers.Trainer(model=model, args=args, train_dataset=Pairs(), callbacks=callbacks,
+                             optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None)
+                             ).train(resume_from_checkpoint=kw.get("resume"))
+    files = sorted(p.name for p in (tmp_path / "resumed" / "checkpoint-5").glob("rbwa_callback*"))
+    assert files == sorted(c.state_file for c in resumed) and len(set(files)) == 2
+    for a, b in zip(straight, resumed, strict=True):
+        assert a.folds == b.folds > 0
+        assert all(torch.equal(a.averages[n], b.averages[n]) for n in a.averages)
+
+
+def test_a_state_saved_by_rbwa_0_3_resumes(tmp_path):
+    """Review: 0.3's state file (rbwa_callback.pt, settings without the ones added since) was refused."""
+    straight, _ = _train(tmp_path, "straight", RBWACallback(start_epoch=1))
+    _train(tmp_path, "old", RBWACallback(start_epoch=1), save_steps=5)
+    checkpoint = tmp_path / "old" / "checkpoint-5"
+    new = checkpoint / RBWACallback(start_epoch=1).state_file
+    state = torch.load(new, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "more_settings"}, checkpoint / "rbwa_callback.pt")
+    new.unlink()
+    callback = RBWACallback(start_epoch=1)
+    resumed, _ = _train(tmp_path, "old", callback, resume=str(checkpoint), save_steps=5)
+    assert callback.folds == 6 and all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
+
+
+def test_a_callback_given_to_a_second_run_starts_its_own_averages(tmp_path):
+    """Review: a callback reused for a run from step 0 (hyperparameter search, model_init) kept the first run's
+    averages and changed the second run's trajectory."""
+    callback = RBWACallback(start_epoch=1)
+    first, _ = _train(tmp_path, "first", callback)
+    assert callback.folds == 6
+    second, _ = _train(tmp_path, "second", callback)
+    assert callback.folds == 6 and all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))

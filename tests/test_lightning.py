@@ -102,6 +102,42 @@ def test_callback_resumes_from_a_lightning_checkpoint(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
+def test_an_ema_and_an_swa_share_a_trainer_and_resume_each_also_from_rbwa_0_3s_key(tmp_path):
+    """Review: Lightning refused two RBWACallbacks in one Trainer (one state key); each now has a key of its settings,
+    and a checkpoint of rbwa 0.3 (the state under "RBWACallback") still resumes."""
+    def pair():
+        return [RBWACallback.ema(beta=0.8, start_epoch=START_EPOCH),
+                RBWACallback.swa(STEPS_PER_EPOCH, start_epoch=START_EPOCH)]
+
+    straight = pair()
+    trainer(4, tmp_path / "straight", callbacks=[*straight], enable_checkpointing=False).fit(Tiny())
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(2, tmp_path, callbacks=[*pair(), ckpt]).fit(Tiny())
+    resumed = pair()
+    trainer(4, tmp_path, callbacks=[*resumed]).fit(Tiny(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    for a, b in zip(straight, resumed, strict=True):
+        assert a.folds == b.folds > 0 and all(torch.equal(a.averages[n], b.averages[n]) for n in a.averages)
+    # rbwa 0.3 wrote the one callback's state under its class's name
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    ema_key = pair()[0].state_key
+    saved["callbacks"] = {"RBWACallback": saved["callbacks"][ema_key]}
+    torch.save(saved, tmp_path / "old.ckpt")
+    old = RBWACallback.ema(beta=0.8, start_epoch=START_EPOCH)
+    trainer(4, tmp_path, callbacks=[old]).fit(Tiny(), ckpt_path=tmp_path / "old.ckpt")
+    assert old.folds == straight[0].folds and all(torch.equal(old.averages[n], a)
+                                                  for n, a in straight[0].averages.items())
+
+
+def test_a_callback_given_to_a_second_fit_starts_its_own_averages(tmp_path):
+    """Review: the same callback in a new Trainer kept the first run's averages, changing the second trajectory."""
+    callback = RBWACallback(start_epoch=START_EPOCH)
+    first, second = Tiny(), Tiny()
+    trainer(3, tmp_path, callbacks=[callback], enable_checkpointing=False).fit(first)
+    trainer(3, tmp_path, callbacks=[callback], enable_checkpointing=False).fit(second)
+    assert callback.folds == 2 * STEPS_PER_EPOCH
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters(), strict=True))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="beta"):
         RBWACallback(beta=1.0)

@@ -571,3 +571,22 @@ def test_wsm_and_the_power_ema_write_what_their_weights_say_by_hand(tmp_path, ca
         code, _, err = _cli(capsys, folder, *argv, "--out", tmp_path / "never.pt")
         _one_error(code, err, pattern)
     assert not (tmp_path / "never.pt").exists()
+
+
+def test_a_merge_output_left_in_the_input_folder_is_never_taken_for_a_checkpoint(tmp_path, capsys):
+    """Review: `rbwa merge ck --lawa 2 --out ck/lawa2.pt`, then `rbwa merge ck --ema-half-life 10`, took lawa2.pt
+    for the checkpoint at step 2 (24.65 where the series gives 22.5); beside checkpoints named step-N it has no
+    step, and every average refuses it, the mean of the whole series too."""
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    for step in (10, 20, 30):
+        torch.save(_state(step), folder / f"step-{step}.pt")
+    code, _, _ = _cli(capsys, folder, "--lawa", "2", "--out", folder / "lawa2.pt")
+    assert code == 0
+    for argv in (["--ema-half-life", "10"], ["--lawa", "4"], ["--swa-from", "0"]):
+        code, _, err = _cli(capsys, folder, *argv, "--out", tmp_path / "again.pt")
+        _one_error(code, err, r"lawa2.pt: no step recorded in it, nor one its name states beside checkpoints that "
+                              r"record or mark theirs \(step-N\) \(a bare number is not taken for one\)")
+    (folder / "lawa2.pt").unlink()
+    code, _, _ = _cli(capsys, folder, "--ema-half-life", "10", "--out", tmp_path / "ema.pt")
+    assert code == 0 and _value(tmp_path / "ema.pt") == pytest.approx(22.5)  # 10/4 + 20/4 + 30/2

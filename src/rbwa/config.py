@@ -69,7 +69,9 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     # averaging
-    start_epoch: int = 10  # averaging starts with the first batch after this many complete epochs
+    # averaging starts with the first batch after this many complete epochs; None: a fifth of the epochs (the
+    # paper's 10 of 50), resolved into config.json
+    start_epoch: int | None = None
     beta: float = 0.9  # rbwa-e
     counter: str = "folds"  # rbwa: n in 1/(n+1) counts folds ("folds", Eq. 2) or epochs since the start
     implementation: str = "copy"  # rbwa/rbwa-e: "copy" or the zero-memory "lr_scale"
@@ -148,7 +150,8 @@ HELP: dict[str, str] = {
     "decay_fraction": "wsd: the final fraction of training over which the LR decays linearly to 0",
     "adam_beta1": "adamw's first-moment coefficient",
     "adam_beta2": "adamw's second-moment coefficient",
-    "start_epoch": "complete epochs before averaging starts (the paper: 10 of 50)",
+    "start_epoch": "complete epochs before averaging (and the step schedule's decay) starts, for the methods and "
+                   "schedules that use it (default: a fifth of --epochs, as the paper's 10 of 50)",
     "beta": "EMA coefficient of rbwa-e, in [0, 1) (the paper: 0.9)",
     "counter": "rbwa's n in 1/(n+1): folds (Eq. 2, every batch) or epochs since the start",
     "implementation": "rbwa/rbwa-e: copy (keeps the average) or lr_scale (same trajectory, no extra memory)",
@@ -265,12 +268,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the defaults that depend on the environment or on other keys, so config.json says everything."""
+    start = cfg.start_epoch if cfg.start_epoch is not None else cfg.epochs // 5
     return dataclasses.replace(
         cfg,
         data_dir=cfg.data_dir or default_dir("RBWA_DATA"),
         cache_dir=cfg.cache_dir or default_dir("RBWA_CACHE"),
-        lr_milestones=cfg.lr_milestones if cfg.lr_milestones is not None else [cfg.start_epoch],
+        start_epoch=start,
+        lr_milestones=cfg.lr_milestones if cfg.lr_milestones is not None else [start],
     )
+
+
+def uses_start(cfg: TrainConfig) -> bool:
+    """Whether the start epoch changes what a run trains: an averaging method, or a schedule that starts there."""
+    return cfg.method not in ("sgd", "schedulefree") or cfg.lr_schedule in ("step", "harmonic", "rbwa-e")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -283,6 +293,11 @@ def validate(cfg: TrainConfig) -> None:
     from rbwa.data import check_dataset_name
 
     check_dataset_name(cfg.dataset)
+    for kind in ("text", "folder"):  # the data first: what the numbers below depend on
+        given = Path(cfg.dataset[len(kind) + 1:]).expanduser() if cfg.dataset.startswith(f"{kind}:") else None
+        if given is not None and not (given.is_file() if kind == "text" else given.is_dir()):
+            raise UserError(f"--dataset {cfg.dataset}: the {'file' if kind == 'text' else 'folder'} {given} does not "
+                            "exist")
     _choice("model", cfg.model, MODELS)
     _choice("method", cfg.method, METHODS)
     _choice("lr schedule", cfg.lr_schedule, LR_SCHEDULES)
@@ -341,8 +356,10 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise UserError(f"{name.replace('_', ' ')} must be >= 1, got {value}")
-    if not 0 <= cfg.start_epoch < cfg.epochs:
-        raise UserError(f"start epoch must be in [0, epochs) = [0, {cfg.epochs}), got {cfg.start_epoch}")
+    start = cfg.start_epoch if cfg.start_epoch is not None else cfg.epochs // 5
+    if start < 0 or (uses_start(cfg) and start >= cfg.epochs):
+        raise UserError(f"start epoch must be in [0, epochs) = [0, {cfg.epochs}), got {start} (--method {cfg.method}, "
+                        f"--lr-schedule {cfg.lr_schedule} start there)")
     if not 0.0 <= cfg.beta < 1.0:
         raise UserError(f"beta must be in [0, 1), got {cfg.beta}")
     if not 0.0 <= cfg.ema_decay < 1.0:

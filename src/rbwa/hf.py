@@ -21,7 +21,9 @@ FSDP2 loop, the Trainer run by a ``cuda`` test.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 import uuid
 from typing import Any
@@ -36,7 +38,7 @@ from rbwa.averaging.named import SHARDED_CALLBACK, CallbackAverages
 from rbwa.io import atomic_torch_save
 from rbwa.snapshots import check_snapshot_args
 
-STATE_FILE = "rbwa_callback.pt"
+STATE_FILE = "rbwa_callback.pt"  # rbwa 0.3's name; each callback now has its own (RBWACallback.state_file)
 
 
 def refused_sharding(args: TrainingArguments) -> str | None:
@@ -69,11 +71,12 @@ def resumed_checkpoint() -> str | None:
     return None
 
 
-def recorded_token(state: TrainerState) -> str | None:
-    """The token that the resumed ``trainer_state.json`` records for this callback (None where it records none)."""
+def recorded_tokens(state: TrainerState) -> list[str]:
+    """The tokens that the resumed ``trainer_state.json`` records for the RBWACallbacks of the run (one each)."""
     stored = (state.stateful_callbacks or {}).get("RBWACallback")
-    stored = stored[0] if isinstance(stored, list) and stored else stored
-    return (stored or {}).get("attributes", {}).get("checkpoint_token") if isinstance(stored, dict) else None
+    stored = stored if isinstance(stored, list) else [stored]
+    return [s["attributes"]["checkpoint_token"] for s in stored
+            if isinstance(s, dict) and s.get("attributes", {}).get("checkpoint_token")]
 
 
 def replaced_callback(cls: type) -> Any:
@@ -121,13 +124,15 @@ class RBWACallback(TrainerCallback, ExportableState, CallbackAverages):
         self.named, self.start_epoch, self.steps_per_epoch = named, start_epoch, steps_per_epoch
         self.checkpoint_token: str | None = None  # the token of the checkpoint being saved, or last resumed
 
-    def _settings(self) -> list[Any]:
-        named = self.named
-        settings = [self.start_epoch, named.average, named.beta, named.every, named.counter]
-        # added in 0.3 and 0.4: absent (their defaults) from states saved before
-        return (settings + ([named.write_back] if named.write_back != 1 else [])
-                + ([self.steps_per_epoch] if self.steps_per_epoch is not None else [])
-                + ([str(named.average_dtype)] if named.average_dtype is not None else []))
+    def _more_settings(self) -> dict[str, Any]:
+        return {**super()._more_settings(), "steps_per_epoch": self.steps_per_epoch}
+
+    @property
+    def state_file(self) -> str:
+        """This callback's state file in each checkpoint folder, named by its settings, so that callbacks of other
+        settings (an EMA beside an SWA) each keep their own."""
+        key = json.dumps([self._settings(), CallbackAverages._more_settings(self)], sort_keys=True)  # as given
+        return f"rbwa_callback-{hashlib.sha256(key.encode()).hexdigest()[:8]}.pt"
 
     def state(self) -> dict[str, Any]:
         """What the Trainer stores in ``trainer_state.json`` as it saves a checkpoint (``ExportableState``): every
@@ -152,25 +157,28 @@ class RBWACallback(TrainerCallback, ExportableState, CallbackAverages):
                 raise ValueError("RBWACallback cannot tell the steps per epoch from a max_steps-bounded run; "
                                  "pass steps_per_epoch=")
             self.steps_per_epoch = state.max_steps // int(epochs)
-        if state.global_step == 0:
+        if state.global_step == 0:  # a new run (the same callback given to another train()): its own averages
+            self.named.reset()
             return
-        token = recorded_token(state)
+        tokens = recorded_tokens(state)
         started = state.global_step > self.start_epoch * self.steps_per_epoch  # averaging had begun
         where = resumed_checkpoint() or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if token is None:
+        if not tokens:
             if started:
                 raise ValueError(f"resuming at step {state.global_step}, after averaging began, from a checkpoint "
                                  "whose trainer_state.json records no RBWACallback token: it was saved without this "
                                  "callback (or by rbwa < 0.3); resume from a checkpoint saved with it")
             return
-        saved = os.path.join(where, STATE_FILE)
+        name = next((n for n in (self.state_file, STATE_FILE) if os.path.exists(os.path.join(where, n))),
+                    self.state_file)
+        saved = os.path.join(where, name)
         found = torch.load(saved, map_location="cpu", weights_only=True) if os.path.exists(saved) else None
-        if found is not None and found.get("token") == token:
+        if found is not None and found.get("token") in tokens:
             self.load_state_dict(found, state.global_step)
-            self.checkpoint_token = token
+            self.checkpoint_token = found["token"]
         elif started:
-            why = (f"finds no {STATE_FILE} there" if found is None
-                   else f"finds that the {STATE_FILE} there belongs to another checkpoint (its token is not the "
+            why = (f"finds no {self.state_file} there (this callback's state)" if found is None
+                   else f"finds that the {name} there belongs to another checkpoint (its token is not the "
                         "resumed state's)")
             raise ValueError(f"resuming from {where} (step {state.global_step}, after averaging began), but this "
                              f"process {why}: resume from a checkpoint saved with RBWACallback, on a filesystem every "
@@ -188,22 +196,17 @@ class RBWACallback(TrainerCallback, ExportableState, CallbackAverages):
         saved = self.state_dict()  # under FSDP2 every process gathers
         if writer and os.path.isdir(folder):
             atomic_torch_save({**saved, "global_step": state.global_step, "token": self.checkpoint_token},
-                              os.path.join(folder, STATE_FILE))
+                              os.path.join(folder, self.state_file))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.named.state_dict(), "settings": self._settings()}
+        return self._state()
 
     def load_state_dict(self, state_dict: dict[str, Any], global_step: int | None = None) -> None:
         """Restore a saved state; ``global_step``, when given, must be the step it was saved at."""
-        if list(state_dict["settings"]) != self._settings():
-            raise ValueError("RBWACallback state was saved with different settings")
-        if not isinstance(state_dict["averages"], dict) and state_dict["averages"] is not None:
-            raise ValueError("RBWACallback state was saved by rbwa < 0.3, which kept averages by position, not by "
-                             "name; resume from a checkpoint saved with this version")
         if global_step is not None and state_dict.get("global_step") != global_step:
-            raise ValueError(f"the {STATE_FILE} found was saved at step {state_dict.get('global_step')}, not at the "
-                             f"resumed step {global_step}; it belongs to another checkpoint")
-        self.named.load_state_dict({**state_dict, "settings": {}})
+            raise ValueError(f"the {self.state_file} found was saved at step {state_dict.get('global_step')}, not at "
+                             f"the resumed step {global_step}; it belongs to another checkpoint")
+        self._load(state_dict)
 
 
 class SnapshotCallback(TrainerCallback):

@@ -52,6 +52,9 @@ class RBWACallback(pl.Callback, CallbackAverages):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_global_step = trainer.global_step
+        if trainer.global_step == 0:  # a new run (the same callback given to another fit): its own averages
+            self.named.reset()
+            self.steps_since_start = 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -89,26 +92,26 @@ class RBWACallback(pl.Callback, CallbackAverages):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._swap_out()
 
-    def _settings(self) -> list[Any]:
-        named = self.named
-        settings = [self.start_epoch, named.average, named.beta, named.every, named.counter]
-        # added in 0.3 and 0.4: absent (their defaults) from states saved before
-        return (settings + ([named.write_back] if named.write_back != 1 else [])
-                + ([str(named.average_dtype)] if named.average_dtype is not None else []))
+    @property
+    def state_key(self) -> str:
+        """Where Lightning keeps this callback's state in a checkpoint: one key per settings, so that callbacks of
+        other settings (an EMA beside an SWA) share a Trainer."""
+        return self._generate_state_key(settings=self._settings(), more=self._more_settings())
 
     def state_dict(self) -> dict[str, Any]:
         """The state Lightning checkpoints; FSDP2 shards gathered whole (Lightning writes a callback's state from the
         first process alone), cut back into shards when training resumes."""
-        return {**self.named.state_dict(), "steps_since_start": self.steps_since_start, "settings": self._settings()}
+        return {**self._state(), "steps_since_start": self.steps_since_start}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if list(state_dict["settings"]) != self._settings():
-            raise ValueError("RBWACallback state was saved with different settings")
-        if not isinstance(state_dict["averages"], dict) and state_dict["averages"] is not None:
-            raise ValueError("RBWACallback state was saved by rbwa < 0.3, which kept averages by position, not by "
-                             "name; resume from a checkpoint saved with this version")
+        self._load(state_dict)
         self.steps_since_start = state_dict["steps_since_start"]
-        self.named.load_state_dict({**state_dict, "settings": {}})
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("callbacks", {})
+        if self.state_key not in saved and "RBWACallback" in saved:  # rbwa 0.3 kept it under the class's name
+            self.load_state_dict(saved["RBWACallback"])
 
 
 class SnapshotCallback(pl.Callback):

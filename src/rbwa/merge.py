@@ -78,6 +78,7 @@ _STEP_WORD = re.compile(r"(?<![a-z])(?:step|checkpoint)[-_=]?(\d+)", re.IGNORECA
 class Checkpoint:
     path: Path
     step: int | None  # the optimizer step it was saved at (None: unknown: neither recorded nor named, or in_order)
+    marked: bool = True  # the step is recorded in it or marked in its name (step-N), not a name's bare number
 
 
 # ---- formats: one reader and one writer each ----
@@ -200,6 +201,13 @@ class Series:
                 wsm: tuple[str, int] | None = None, power_gamma: float | None = None) -> tuple[str, np.ndarray]:
         """:func:`weights_of` over this series."""
         unordered = None if self.in_order else next((c.path for c in self.checkpoints if c.step is None), None)
+        if unordered is not None and any(c.marked for c in self.checkpoints):
+            # some record their step: one that does not is not of this series (a final model, a merge's output)
+            bare = re.search(r"\d", unordered.name) is not None
+            raise UserError(f"{unordered}: no step recorded in it, nor one its name states beside checkpoints that "
+                            f"record or mark theirs (step-N){' (a bare number is not taken for one)' * bare}; leave "
+                            "it out (a final model, or a merge's output?), or name the checkpoints oldest first with "
+                            "--in-order")
         return weights_of(self.steps, swa_from, lawa, ema_half_life, unordered, wsm, power_gamma)
 
 
@@ -224,7 +232,8 @@ def find(paths: list[str | Path], in_order: bool = False) -> Series:
     if len(kinds) > 1:
         which = ", ".join(f"{m} is {k}" for k, m in kinds.items())
         raise UserError(f"the checkpoints are of different formats ({which}); merge one series of one format")
-    checkpoints = [Checkpoint(m, None) for m in members] if in_order else _by_step([(m, s) for m, _, s in probed])
+    checkpoints = ([Checkpoint(m, None, False) for m in members] if in_order
+                   else _by_step([(m, s) for m, _, s in probed]))
     return Series(probed[0][1], checkpoints, in_order, notes)
 
 
@@ -278,12 +287,18 @@ def name_step(name: str) -> tuple[int | None, str | None]:
 def _by_step(found: list[tuple[Path, int | None]]) -> list[Checkpoint]:
     """The checkpoints in order of the step each records, else of the one its name states (those with neither
     last, as given); refuses names whose only number may count different things, and two checkpoints at one step."""
-    checkpoints, templates = [], {}
+    checkpoints, templates, bare = [], {}, []
     for path, recorded in found:
         step, template = (recorded, None) if recorded is not None else \
             name_step(path.name if path.is_dir() else path.stem)
+        checkpoints.append(Checkpoint(path, step, template is None and step is not None))
+        bare.append(template is not None)
         templates.setdefault(template, path)
-        checkpoints.append(Checkpoint(path, step))
+    if any(c.step is not None and not b for c, b in zip(checkpoints, bare)):
+        # beside checkpoints whose step is recorded or marked (step-N), a bare number in a name (lawa2.pt, a
+        # merge's output) is no step: such a checkpoint is refused by every average, never slipped into the order
+        checkpoints = [Checkpoint(c.path, None, False) if b else c for c, b in zip(checkpoints, bare)]
+        templates = {}
     templates.pop(None, None)
     if len(templates) > 1:
         a, b = list(templates.values())[:2]

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import update_bn
 
 from rbwa.averaging import RBWA, fold_weight, lookahead, rswa, sema
 from rbwa.averaging.named import NamedAverages
-from rbwa.config import TrainConfig
+from rbwa.config import TrainConfig, resolve
 
 # LR schedules that a recurrent average is algebraically equal to: the fold weight of RBWA (mean) or
 # RBWA-E (ema) at every step from the start, so SGD on them takes exactly the recurrent method's steps.
@@ -190,6 +190,7 @@ def base_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
 
 def build(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Setup:
     """The optimizer (wrapped for the recurrent methods), LR schedule and side average of ``cfg.method``."""
+    cfg = resolve(cfg)  # the start epoch's default follows the run's length
     start = cfg.start_epoch * steps_per_epoch
     if cfg.method == "schedulefree":
         import schedulefree

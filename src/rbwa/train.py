@@ -404,6 +404,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     show_bar = sys.stderr.isatty() if progress is None else progress
     warning = version_warning(ckpt.get("versions", {}), provenance) if ckpt is not None else None
+    if cfg.fsdp and world == 1:
+        warning = "\n".join(filter(None, [warning, "warning: --fsdp with one process (not started by torchrun): "
+                                           "nothing to shard, the model trains whole; run under `torchrun "
+                                           "--nproc-per-node N` to shard it"]))
     if warning and main:
         say(warning)
         _log_line(out, warning)

@@ -56,15 +56,18 @@ def averaged_state_dict(module: torch.nn.Module, averages: dict[str, Tensor]) ->
 
 
 @contextlib.contextmanager
-def swapped(module: torch.nn.Module, params: list[Tensor], averages: list[Tensor],
-            report_live: bool = False) -> Iterator[None]:
+def swapped(module: torch.nn.Module, params: list[Tensor], averages: list[Tensor], report_live: bool = False,
+            bn_batches: Iterable | None = None) -> Iterator[None]:
     """Put each average into its parameter for the block, the live weights back after, also on an error. Under
     FSDP2 each process swaps its own shards, resharding first and after: no unsharded copy of the live weights may
     outlive the swap, nor one of the averages outlive the block. With ``report_live``, ``module.state_dict()`` inside
     the block reports the live weights, under every name a tied parameter has, so that a checkpoint written there
-    stores them, never the averages in their place."""
+    stores them, never the averages in their place. With ``bn_batches`` (inputs, or (input, target) batches),
+    BatchNorm's running statistics are re-estimated on the averages (``swa_utils.update_bn``) inside the block and
+    the live ones restored after."""
     reshard(module)
     live = {id(p): p.detach().clone() for p in params}
+    buffers = [b.detach().clone() for b in module.buffers()] if bn_batches is not None else None
 
     def report(mod: torch.nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
         for name, p in mod.named_parameters(remove_duplicate=False):
@@ -74,12 +77,20 @@ def swapped(module: torch.nn.Module, params: list[Tensor], averages: list[Tensor
     hook = module.register_state_dict_post_hook(report) if report_live else None
     fold_(params, averages, 1.0)  # params <- averages, rounded to the parameters' dtype
     try:
+        if bn_batches is not None:
+            from torch.optim.swa_utils import update_bn
+
+            update_bn(bn_batches, module)
         yield
     finally:
         if hook is not None:
             hook.remove()
         reshard(module)
         fold_(params, [live[id(p)] for p in params], 1.0)
+        if buffers is not None:
+            with torch.no_grad():
+                for b, saved in zip(module.buffers(), buffers, strict=True):
+                    b.copy_(saved)
 
 
 class NamedAverages:
@@ -102,6 +113,10 @@ class NamedAverages:
         self.averages: dict[str, Tensor] = {}  # parameter name -> its average
         self.counts: dict[str, int] = {}  # parameter name -> folds of its average so far
         self.folds = 0
+
+    def reset(self) -> None:
+        """Forget every average: a new run from step 0 starts its own."""
+        self.averages, self.counts, self.folds = {}, {}, 0
 
     def settings(self) -> dict[str, Any]:
         return {"average": self.average, "beta": self.beta, "every": self.every, "counter": self.counter,
@@ -148,21 +163,10 @@ class NamedAverages:
             yield unwrap(module)
             return
         module = self._matched(module)
-        buffers = [b.detach().clone() for b in module.buffers()] if bn_batches is not None else None
         reshard(module)  # first: an unsharded FSDP2 module lists its unsharded copies, which resharding frees
         named = [(p, self.averages[name]) for name, p in module.named_parameters() if name in self.averages]
-        with swapped(module, [p for p, _ in named], [a for _, a in named], report_live):
-            try:
-                if bn_batches is not None:
-                    from torch.optim.swa_utils import update_bn
-
-                    update_bn(bn_batches, module)
-                yield module
-            finally:
-                if buffers is not None:
-                    with torch.no_grad():
-                        for b, saved in zip(module.buffers(), buffers, strict=True):
-                            b.copy_(saved)
+        with swapped(module, [p for p, _ in named], [a for _, a in named], report_live, bn_batches):
+            yield module
 
     def averaged_state_dict(self, module: torch.nn.Module) -> dict[str, Tensor]:
         """``module``'s state dict with each average (in its parameter's dtype) in place of the parameter, under every
@@ -261,6 +265,28 @@ class CallbackAverages(Recipes):
     @property
     def folds(self) -> int:
         return self.named.folds
+
+    def _settings(self) -> list[Any]:
+        """The settings as rbwa 0.3 saved them (write_back only where it is not 1), compared on resume."""
+        n = self.named
+        return [self.start_epoch, n.average, n.beta, n.every, n.counter] + ([n.write_back] if n.write_back != 1 else [])
+
+    def _more_settings(self) -> dict[str, Any]:
+        """The settings added since 0.3, compared on resume where a state records them."""
+        return {"average_dtype": self.named.settings()["average_dtype"]}
+
+    def _state(self) -> dict[str, Any]:
+        return {**self.named.state_dict(), "settings": self._settings(), "more_settings": self._more_settings()}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`_state` (or one saved by rbwa 0.3), refusing other settings in one line."""
+        if list(state["settings"]) != self._settings() or \
+                state.get("more_settings", self._more_settings()) != self._more_settings():
+            raise ValueError("RBWACallback state was saved with different settings")
+        if not isinstance(state["averages"], dict) and state["averages"] is not None:
+            raise ValueError("RBWACallback state was saved by rbwa < 0.3, which kept averages by position, not by "
+                             "name; resume from a checkpoint saved with this version")
+        self.named.load_state_dict({**state, "settings": {}})
 
     def averaged_state_dict(self, module: torch.nn.Module) -> dict[str, Tensor]:
         """``module``'s state dict with each average in place of its parameter (``NamedAverages.averaged_state_dict``):

@@ -294,19 +294,8 @@ class RBWA(Optimizer):
         if self.averages is None:
             yield module
             return
-        buffers = [b.detach().clone() for b in module.buffers()] if bn_batches is not None else None
-        with swapped(module, self._params(), self.averages, report_live=True):
-            try:
-                if bn_batches is not None:
-                    from torch.optim.swa_utils import update_bn
-
-                    update_bn(bn_batches, module)
-                yield module
-            finally:
-                if buffers is not None:
-                    with torch.no_grad():
-                        for b, saved_b in zip(module.buffers(), buffers, strict=True):
-                            b.copy_(saved_b)
+        with swapped(module, self._params(), self.averages, report_live=True, bn_batches=bn_batches):
+            yield module
 
     def _settings(self) -> dict[str, Any]:
         return {
