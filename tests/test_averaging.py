@@ -215,6 +215,21 @@ def test_bad_arguments_name_the_argument(tiny_resnet, kwargs, name):
         RBWA(torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
 
 
+def test_what_the_constructor_cannot_run_is_refused_there(tiny_resnet):
+    """Issue 41: RBWA(model) failed with an AttributeError, average_dtype="float32" at the first step with "Invalid
+    device string", average_dtype=torch.int32 in a kernel, and RBWA(RBWA(opt)) trained silently."""
+    model = tiny_resnet()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="RBWA wraps a torch.optim.Optimizer, got TinyResNet"):
+        RBWA(model)
+    with pytest.raises(TypeError, match=r"RBWA\(RBWA\(...\)\) would fold twice"):
+        RBWA(RBWA(sgd))
+    for dtype in ("float32", torch.int32):
+        with pytest.raises(ValueError, match="average_dtype must be None or a floating-point torch.dtype"):
+            RBWA(sgd, average_dtype=dtype)
+    assert RBWA(sgd, average_dtype=torch.float64).average_dtype == torch.float64
+
+
 def test_recipes():
     p = [torch.zeros(2, requires_grad=True)]
     assert (rbwa_e(torch.optim.SGD(p, lr=0.1)).average, rbwa_e(torch.optim.SGD(p, lr=0.1)).beta) == ("ema", 0.9)

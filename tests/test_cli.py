@@ -166,3 +166,21 @@ def test_help_says_each_default_once_and_that_presets_set_the_sweep_defaults(cap
     text = " ".join(capsys.readouterr().out.split())
     assert "--epochs EPOCHS number of epochs to train (default: the preset's)" in text
     assert "(default: the preset's)" in text.split("--width WIDTH")[2][:120] and "(default: 1.0)" not in text
+
+
+def test_train_takes_a_preset_and_names_a_language_models_measures(tmp_path, capsys):
+    """Issue 41: `rbwa train` had no --preset (the cpu-lm configuration took ten flags); a GPT run printed "final
+    test accuracy" and an AdamW run was labelled "sgd"."""
+    text = tmp_path / "text.txt"
+    text.write_text("to be, or not to be: that is the question.\n" * 40)
+    code, out, err = run_cli(capsys, ["train", "--preset", "cpu-lm", "--dataset", f"text:{text}", "--model", "gpt",
+                                      "--optimizer", "adamw", "--epochs", "1", "--layers", "1", "--embedding", "16",
+                                      "--heads", "2", "--context", "16", "--out", str(tmp_path / "lm")])
+    saved = json.loads((tmp_path / "lm" / "config.json").read_text())
+    assert code == 0 and (saved["lr"], saved["batch_size"], saved["weight_decay"], saved["warmup_steps"]) == (
+        1e-3, 12, 0.1, 100)  # the preset's; the flags win where given
+    assert saved["layers"] == 1 and saved["epochs"] == 1
+    assert out.startswith("adamw: final validation loss ") and "bits per character" in out
+    assert "adamw epoch 1/1: train loss" in err and "validation loss" in err and "test acc" not in err
+    code, _, err = run_cli(capsys, ["train", "--preset", "huge", "--out", str(tmp_path / "x")])
+    assert code == 2 and "unknown preset 'huge'" in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import types
@@ -62,10 +63,12 @@ def given(ns: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    from rbwa.config import preset_defaults
     from rbwa.rundir import CONFIG, claim
     from rbwa.train import end_distributed, stop_distributed, train
 
-    values = load_yaml(ns.config) if ns.config else {}
+    values = preset_defaults(ns.preset) if ns.preset else {}
+    values.update(load_yaml(ns.config) if ns.config else {})
     values.update(given(ns))
     cfg = make_config(**values)
     # one process trains a run directory at a time: a sweep's worker or another `rbwa train` holds its lock
@@ -81,9 +84,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
         stop_distributed()
         raise
     if os.environ.get("RANK", "0") == "0":
-        print(f"{summary.get('method', '')}: final test accuracy {summary['final_test_acc']:.2f}%, "
-              f"best {summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}), final train loss "
-              f"{summary['final_train_loss']:.4g}; run directory {values.get('out', TrainConfig.out)}")
+        from rbwa.train import method_label
+
+        label, where = method_label(cfg), f"run directory {values.get('out', TrainConfig.out)}"
+        if "vocab" in summary:  # a language model: its measure is the validation loss
+            print(f"{label}: final validation loss {summary['final_test_loss']:.4f} nats "
+                  f"({summary['final_test_loss'] / math.log(2):.3f} bits per character), final train loss "
+                  f"{summary['final_train_loss']:.4g}; {where}")
+        else:
+            print(f"{label}: final test accuracy {summary['final_test_acc']:.2f}%, best "
+                  f"{summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}), final train loss "
+                  f"{summary['final_train_loss']:.4g}; {where}")
     end_distributed(0)  # under torchrun: does not return
     return 0
 
@@ -200,6 +211,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="train one model with one method; writes a run directory")
+    t.add_argument("--preset", default=None, metavar="NAME",
+                   help="start from a preset's settings, as rbwa reproduce does (cpu-lm: nanoGPT's CPU GPT with "
+                        "AdamW; cpu-full, cpu, paper, smoke); --config and flags win over it")
     t.add_argument("--config", help="YAML file of config keys (flags given on the command line win)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -253,7 +267,8 @@ def parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
     ph = sub.add_parser("posthoc", help="side averages chosen after training, from a run's snapshots (SWA, LAWA, EMA)")
     ph.add_argument("run", help="a finished run directory with snapshots (rbwa train --snapshots-per-epoch K)")
-    ph.add_argument("--dataset", default=None, help="folder:PATH of the run's image folder (its path is not recorded)")
+    ph.add_argument("--dataset", default=None, help="folder:PATH of the run's image folder, or text:PATH of its text "
+                                                    "file (their paths are not recorded)")
     ph.add_argument("--data-dir", default=None, help="where the official CIFAR data lies (as for rbwa train)")
     ph.add_argument("--cache-dir", default=None, help="where decoded image folders are cached (as for rbwa train)")
     ph.add_argument("--lawa", type=int, nargs="+", default=None, metavar="K",
@@ -268,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
                     help="WSM windows, in snapshot intervals after the start epoch, each merged under a linear, cosine "
                          "and 1-sqrt decay (default: 2, 4, 8, ...)")
     ph.add_argument("--gammas", type=float, nargs="+", default=None, metavar="G",
-                    help="power-EMA exponents (default: 1, 3, 7, 15, 31, 63: sigma_rel 0.24 to 0.015)")
+                    help="the power EMA's exponents gamma (default: 1, 3, 7, 15, 31, 63: sigma_rel 0.24 to 0.015)")
     ph.add_argument("--bn-images", type=int, default=None,
                     help="re-estimate BatchNorm on a class-balanced subset of this many training images (default: "
                          "all, as the trainer does)")

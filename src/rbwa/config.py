@@ -116,7 +116,8 @@ HELP: dict[str, str] = {
     "dataset": "cifar10, cifar100 (official archives), digits (scikit-learn), folder:PATH "
                "(PATH/{train,test}/<class>/*.png|jpg), or for --model gpt shakespeare (DATA_DIR/tinyshakespeare/"
                "input.txt) or text:PATH (any UTF-8 file)",
-    "data_dir": "where the official CIFAR archives are looked for and downloaded ($RBWA_DATA, else ~/.cache/rbwa)",
+    "data_dir": "where the official CIFAR archives and tinyshakespeare/input.txt are looked for (the archives also "
+                "downloaded) ($RBWA_DATA, else ~/.cache/rbwa)",
     "cache_dir": "where decoded image folders are cached ($RBWA_CACHE, else ~/.cache/rbwa)",
     "image_size": "resize every image of a folder dataset to this many pixels square",
     "train_subset": "train on a class-balanced subset of this many training images",
@@ -138,7 +139,7 @@ HELP: dict[str, str] = {
     "batch_size": "images per optimizer step (under torchrun: the global batch)",
     "lr": "base learning rate (the base optimizer's)",
     "momentum": "SGD momentum coefficient, in [0, 1)",
-    "weight_decay": "SGD weight decay (L2)",
+    "weight_decay": "weight decay: SGD's L2 on every parameter, or AdamW's decoupled decay on the weight matrices",
     "nesterov": "use Nesterov momentum",
     "lr_schedule": "constant, step (x lr-gamma at each milestone), cosine, harmonic (RBWA's exact equivalent), "
                    "rbwa-e (RBWA-E's exact equivalent) or wsd (warmup-stable-decay), per step",

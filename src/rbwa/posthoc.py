@@ -104,6 +104,9 @@ def refuse(run_dir: Path, config: dict[str, Any]) -> None:
                         "averaging needs a run whose averages stay on the side (sgd, swa, ema, schedulefree, or "
                         "--write-back 0)")
     if not snapshots.taken(run_dir):
+        if config.get("snapshots_per_epoch") or config.get("snapshot_every"):
+            raise UserError(f"{run_dir} was trained with snapshots, but they are not here (results/ commits no "
+                            f"snapshots: they cost their weights' bytes each); train the run again to have them")
         raise UserError(f"{run_dir} has no snapshots; train it with --snapshot-every N or --snapshots-per-epoch K")
 
 
@@ -208,15 +211,18 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]], out: Path | None = 
                      f"{row['test_acc'] - own:+.2f} | {row['test_loss']:.4f} | {row['test_loss'] - own_loss:+.4f} |")
     lines += ["", "Best of each family (a maximum over this grid on this seed: choose on other seeds before "
               "trusting it):", ""]
+    text = config.get("model") == "gpt"  # a language model: its validation loss is the measure, ranked first
     for family in FAMILIES:
         best = max((r for r in rows if r["family"] == family), key=lambda r: r["test_acc"], default=None)
         lowest = min((r for r in rows if r["family"] == family), key=lambda r: r["test_loss"], default=None)
-        if best:
+        if best and text:
+            lines.append(f"- {family}: lowest validation loss: {lowest['label']}, {lowest['test_loss']:.4f} nats; "
+                         f"best next-character accuracy: {best['label']}, {best['test_acc']:.2f}%")
+        elif best:
             lines.append(f"- {family}: {best['label']}, {best['test_acc']:.2f}%; lowest test loss: "
                          f"{lowest['label']}, {lowest['test_loss']:.4f}")
     atomic_write_bytes(out / "posthoc.md", ("\n".join(lines) + "\n").encode())
     schedule = config.get("lr_schedule", "constant")
-    text = config.get("model") == "gpt"  # a language model: its validation loss is the measure
     plot_posthoc(rows, own_loss if text else own, out / "posthoc.png", f"Post-hoc side averages, {Path(run_dir).name}",
                  own_label=("the final weights" + ("" if text else ", BatchNorm re-estimated") if last
                             else recorded_as(config))

@@ -76,6 +76,13 @@ def _this_cpu() -> str:
     return cpu_kind(cpuinfo, torch.backends.cpu.get_cpu_capability(), platform.processor())
 
 
+def method_label(cfg: TrainConfig) -> str:
+    """What a run trains, in words: its method, with the base optimizer named where the method is none (``sgd``
+    with AdamW is plain AdamW) and a schedule other than constant. Pure."""
+    base = cfg.optimizer if cfg.method == "sgd" else cfg.method
+    return base + ("" if cfg.lr_schedule == "constant" else f" ({cfg.lr_schedule} LR)")
+
+
 def prepare_data(cfg: TrainConfig) -> tuple[Split, Split]:
     train, test = load_dataset(cfg.dataset, Path(cfg.data_dir or "."), Path(cfg.cache_dir or "."), cfg.image_size)
     if cfg.train_subset is not None:
@@ -433,8 +440,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
                             "checkpoint is intact: free some space and rerun with --resume") from e
         train_part = "" if record["train_loss"] is None else (
             f"train loss {record['train_loss']:.4f} train acc {record['train_acc']:.2f}%, ")
-        line = (f"{cfg.method} epoch {epoch}/{cfg.epochs}: {train_part}test loss {record['test_loss']:.4f} "
-                f"test acc {record['test_acc']:.2f}% ({record['seconds']:.1f} s)")
+        measured = (f"validation loss {record['test_loss']:.4f} nats ({record['test_bpc']:.3f} bits per character), "
+                    f"next-character accuracy {record['test_acc']:.2f}%" if task.text else
+                    f"test loss {record['test_loss']:.4f} test acc {record['test_acc']:.2f}%")
+        line = f"{method_label(cfg)} epoch {epoch}/{cfg.epochs}: {train_part}{measured} ({record['seconds']:.1f} s)"
         _log_line(out, line)
         say(line)
 
@@ -458,7 +467,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         if show_bar:
             from tqdm import tqdm
 
-            batches = tqdm(train_loader, desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}", leave=False)
+            batches = tqdm(train_loader, desc=f"{method_label(cfg)} epoch {epoch}/{cfg.epochs}", leave=False)
         totals, lr = train_epoch(model, forward, setup, batches, (epoch - 1) * steps, amp,
                                  train_loader.loss_weights() if world > 1 else None, take_snapshot)
         if world > 1:
