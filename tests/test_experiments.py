@@ -213,3 +213,18 @@ def test_two_sweeps_started_together_keep_every_run_in_the_manifest(tmp_path):
     assert first.wait(timeout=60) == 0 and second.wait(timeout=60) == 0
     listed = json.loads((tmp_path / "fig3.json").read_text())["runs"]
     assert sorted({r["seed"] for r in listed}) == [0, 1, 2] and len(listed) == 12
+
+
+def test_the_smoke_preset_trains_every_experiment_in_seconds_the_language_model_too(tmp_path, shared_data):
+    """Issue 41: `rbwa reproduce lm --preset smoke` trained 8 runs of 2 epochs on the whole text (16 minutes). The
+    smoke preset's subsets now cut a text to its first windows and its GPT is one narrow layer: checked by what it
+    trains (200 windows of 32 characters at batch 32 = 7 steps an epoch), not by a timer."""
+    from rbwa.cli import main
+
+    data = shared_data("tinyshakespeare").parent
+    assert main(["reproduce", "lm", "--preset", "smoke", "--seeds", "1", "--out", str(tmp_path),
+                 "--data-dir", str(data), "--cpus-per-run", "1"]) == 0
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("runs/*/summary.json"))]
+    assert len(summaries) == len(EXPERIMENTS["lm"]["grid"]) == 8
+    for s in summaries:
+        assert (s["steps_per_epoch"], s["train_size"], s["test_size"], s["epochs"]) == (7, 200 * 32, 100 * 32, 2)

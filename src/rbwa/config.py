@@ -37,8 +37,8 @@ class TrainConfig:
     data_dir: str | None = None  # official archives; None -> $RBWA_DATA, else ~/.cache/rbwa
     cache_dir: str | None = None  # decoded image folders; None -> $RBWA_CACHE, else ~/.cache/rbwa
     image_size: int | None = None  # resize every image of a folder dataset to this square size
-    train_subset: int | None = None  # class-stratified subset of the training split
-    test_subset: int | None = None  # class-stratified subset of the test split
+    train_subset: int | None = None  # class-stratified subset of the training split (text: its first N windows)
+    test_subset: int | None = None  # class-stratified subset of the test split (text: its first N windows)
     subset_seed: int = 0  # the subsets stay fixed across --seed, so seeds vary only init and order
     augment: str = "none"  # the paper's regime (PAPER.md); "standard" = crop from 4-pixel padding + flip
     # model
@@ -120,8 +120,10 @@ HELP: dict[str, str] = {
                 "downloaded) ($RBWA_DATA, else ~/.cache/rbwa)",
     "cache_dir": "where decoded image folders are cached ($RBWA_CACHE, else ~/.cache/rbwa)",
     "image_size": "resize every image of a folder dataset to this many pixels square",
-    "train_subset": "train on a class-balanced subset of this many training images",
-    "test_subset": "test on a class-balanced subset of this many test images",
+    "train_subset": "train on a class-balanced subset of this many training images (text: its first N windows of "
+                    "--context characters)",
+    "test_subset": "test on a class-balanced subset of this many test images (text: the first N windows of the "
+                   "validation split)",
     "subset_seed": "seed of the subsets (fixed across --seed, so seeds vary only init and batch order)",
     "augment": "none (the paper's regime) or standard (random crop from 4-pixel padding + horizontal flip)",
     "model": "the network: resnet18 or vgg16 (CIFAR variants), or gpt (a character language model)",
@@ -333,8 +335,8 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"the embedding width {cfg.embedding} must be divisible by the {cfg.heads} heads")
         if not 0.0 <= cfg.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {cfg.dropout}")
-        if cfg.augment != "none" or cfg.train_subset is not None or cfg.test_subset is not None:
-            raise UserError("--augment and the subsets apply to images, not to text")
+        if cfg.augment != "none":
+            raise UserError("--augment applies to images, not to text")
     if cfg.warmup_steps < 0:
         raise UserError(f"warmup steps must be >= 0, got {cfg.warmup_steps}")
     if not 0.0 < cfg.decay_fraction <= 1.0:
@@ -417,7 +419,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                "context": 256, "layers": 6, "heads": 6, "embedding": 384, "dropout": 0.2, "eval_batch_size": 256},
     # Seconds, for tests: tiny models, tiny subsets, 2 epochs.
     "smoke": {"epochs": 2, "batch_size": 32, "start_epoch": 1, "width": 0.0625, "train_subset": 200,
-              "test_subset": 100},
+              "test_subset": 100, "context": 32, "layers": 1, "heads": 2, "embedding": 32},
 }
 
 

@@ -105,20 +105,19 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     # a character GPT on Tiny Shakespeare with AdamW: the paper's claims and the post-hoc answer beyond CNNs (the
     # constant-LR runs store their weights 4 times an epoch for `rbwa posthoc`); text has no subsets
     "lm": {"title": "A GPT on Tiny Shakespeare with AdamW: RBWA, its twin, schedules and averages", "setting": "model",
-           "grid": [("gpt", label, {"dataset": "shakespeare", "model": "gpt", "optimizer": "adamw",
-                                    "train_subset": None, "test_subset": None, **o}) for label, o in LM_ROWS]},
+           "grid": [("gpt", label, {"dataset": "shakespeare", "model": "gpt", "optimizer": "adamw", **o})
+                    for label, o in LM_ROWS]},
     # the fair comparison (issue 40): every schedule at three peak learning rates, WSD's decay fraction at three, the
     # constant-LR runs storing their weights 16 times an epoch (a window of 10% of training holds 8 snapshots) for
     # `rbwa posthoc --families swa lawa ema wsm power`; each method's learning rate is chosen on the other seeds
     "lm-tuned": {"title": "A GPT on Tiny Shakespeare with AdamW: averages against decays, each tuned on the other "
                           "seeds", "setting": "model",
                  "grid": [("gpt", f"{label}, lr {lr:g}", {"dataset": "shakespeare", "model": "gpt",
-                                                          "optimizer": "adamw", "train_subset": None,
-                                                          "test_subset": None, "lr": lr, **o})
+                                                          "optimizer": "adamw", "lr": lr, **o})
                           for lr in (5e-4, 1e-3, 2e-3) for label, o in LM_TUNED_ROWS]
                          + [("gpt", f"adamw (wsd, decay {f:g}), lr 0.001",
-                             {"dataset": "shakespeare", "model": "gpt", "optimizer": "adamw", "train_subset": None,
-                              "test_subset": None, "lr": 1e-3, "method": "sgd", "lr_schedule": "wsd",
+                             {"dataset": "shakespeare", "model": "gpt", "optimizer": "adamw", "lr": 1e-3,
+                              "method": "sgd", "lr_schedule": "wsd",
                               "decay_fraction": f}) for f in (0.1, 0.4)]},
     "controls": {"title": "RBWA against learning-rate annealing controls, ResNet-18, CIFAR-10", "setting": "model",
                  "grid": [("resnet18", label, {"model": "resnet18", **o}) for label, o in [

@@ -125,6 +125,7 @@ def prepare_task(cfg: TrainConfig, device: torch.device, rank: int = 0, world: i
         from rbwa.models.gpt import GPT
 
         corpus = load_text(cfg.dataset, Path(cfg.data_dir or "."))
+        corpus = corpus.first(cfg.train_subset, cfg.test_subset, cfg.context)
         torch.manual_seed(cfg.seed)
         model = GPT(len(corpus.vocab), cfg.context, cfg.layers, cfg.heads, cfg.embedding, cfg.dropout)
         model = model.to(getattr(torch, cfg.param_dtype))  # initialised in float32, then held in this dtype

@@ -30,6 +30,14 @@ class Corpus:
     train: torch.Tensor  # int64 token ids
     val: torch.Tensor
 
+    def first(self, train_windows: int | None, val_windows: int | None, context: int) -> Corpus:
+        """The corpus cut to the first windows of ``context`` tokens of each split (None: the whole split): a
+        text's subsets, for a run measured in seconds."""
+        def cut(tokens: torch.Tensor, n: int | None) -> torch.Tensor:
+            return tokens if n is None else tokens[:n * context + 1]
+
+        return Corpus(self.vocab, cut(self.train, train_windows), cut(self.val, val_windows))
+
     def encode(self, text: str) -> torch.Tensor:
         index = {c: i for i, c in enumerate(self.vocab)}
         unknown = sorted(set(text) - set(index))
