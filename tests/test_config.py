@@ -87,7 +87,22 @@ def test_the_start_epoch_follows_the_runs_length_and_stops_only_the_methods_that
     validate(make_config(epochs=2, start_epoch=5, method="sgd"))  # plain SGD at a constant LR never uses it
     with pytest.raises(UserError, match=r"start epoch must be in \[0, epochs\) = \[0, 2\), got 5 \(--method rbwa"):
         validate(make_config(epochs=2, start_epoch=5, method="rbwa"))
-    with pytest.raises(UserError, match="--method sgd, --lr-schedule step start there"):
+    with pytest.raises(UserError, match="--method sgd, --lr-schedule step and the snapshots"):
         validate(make_config(epochs=2, start_epoch=5, method="sgd", lr_schedule="step"))
     with pytest.raises(UserError, match=f"--dataset text:{tmp_path}/none.txt: the file .* does not exist"):
         validate(make_config(dataset=f"text:{tmp_path}/none.txt", model="gpt", epochs=1, start_epoch=7))
+
+
+def test_second_review_cases_of_the_start_epoch_and_the_data(tmp_path):
+    from rbwa.config import validate
+
+    with pytest.raises(UserError, match="start epoch must be >= 0, got -1"):
+        validate(make_config(start_epoch=-1))
+    # a run storing snapshots: rbwa posthoc averages those after the start epoch
+    with pytest.raises(UserError, match=r"= \[0, 2\), got 9 \(--method sgd"):
+        validate(make_config(epochs=2, start_epoch=9, snapshots_per_epoch=2, dataset="digits"))
+    (tmp_path / "text.txt").write_text("abc")
+    with pytest.raises(UserError, match=f"--dataset text:{tmp_path}: {tmp_path} is a folder, not a file"):
+        validate(make_config(dataset=f"text:{tmp_path}", model="gpt"))
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        validate(make_config(dataset=f"folder:{tmp_path / 'text.txt'}"))

@@ -228,3 +228,11 @@ def test_the_smoke_preset_trains_every_experiment_in_seconds_the_language_model_
     assert len(summaries) == len(EXPERIMENTS["lm"]["grid"]) == 8
     for s in summaries:
         assert (s["steps_per_epoch"], s["train_size"], s["test_size"], s["epochs"]) == (7, 200 * 32, 100 * 32, 2)
+
+
+def test_runs_named_when_the_start_epochs_default_was_10_keep_their_names(tmp_path):
+    """Review: the start epoch's default became a fifth of the epochs, and every run at start epoch 10 (the paper
+    preset's) got a new name, so finished sweeps read "not started". The names, as rbwa 0.3 gave them."""
+    names = [r.name for r in expand("fig3", "paper", 1, tmp_path, {"dataset": "digits"})]
+    assert names == ["resnet18-bs64-sgd-s0-2e31df83", "resnet18-bs64-rbwa-s0-ddaebc96", "vgg16-bs64-sgd-s0-2b5955b2",
+                     "vgg16-bs64-rbwa-s0-f4ef4c7d"]

@@ -320,3 +320,29 @@ def test_a_callback_given_to_a_second_run_starts_its_own_averages(tmp_path):
     assert callback.folds == 6
     second, _ = _train(tmp_path, "second", callback)
     assert callback.folds == 6 and all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+
+
+def test_a_rebuild_pairs_callbacks_given_in_another_order_by_their_settings(tmp_path):
+    """Review: with restore_callback_states_from_checkpoint=True, an EMA and an SWA saved in that order and given
+    back as [swa, ema] were refused ("different settings"): the Trainer pairs them with the saved arguments in
+    order; the rebuild now hands back the user's callback whose settings those are."""
+    def run(name, callbacks, save_steps=100, resume=None):
+        model = _model()
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / name), num_train_epochs=3, per_device_train_batch_size=4,
+            gradient_accumulation_steps=2, learning_rate=0.05, lr_scheduler_type="constant", max_grad_norm=0.0,
+            weight_decay=0.0, save_strategy="steps", save_steps=save_steps, logging_strategy="no", report_to=[],
+            use_cpu=True, seed=0, data_seed=0, restore_callback_states_from_checkpoint=True)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=Pairs(), callbacks=callbacks,
+                                       optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    straight = [RBWACallback.ema(beta=0.8, start_epoch=1), RBWACallback.swa(3, start_epoch=1)]
+    run("straight", straight)
+    run("resumed", [RBWACallback.ema(beta=0.8, start_epoch=1), RBWACallback.swa(3, start_epoch=1)], save_steps=5)
+    swa, ema = RBWACallback.swa(3, start_epoch=1), RBWACallback.ema(beta=0.8, start_epoch=1)
+    trainer = run("resumed", [swa, ema], save_steps=5, resume=str(tmp_path / "resumed" / "checkpoint-5"))
+    assert {id(c) for c in trainer.callback_handler.callbacks if isinstance(c, RBWACallback)} == {id(swa), id(ema)}
+    for mine, want in ((ema, straight[0]), (swa, straight[1])):
+        assert mine.folds == want.folds > 0 and all(torch.equal(mine.averages[n], a) for n, a in want.averages.items())

@@ -124,6 +124,10 @@ def test_an_ema_and_an_swa_share_a_trainer_and_resume_each_also_from_rbwa_0_3s_k
     torch.save(saved, tmp_path / "old.ckpt")
     old = RBWACallback.ema(beta=0.8, start_epoch=START_EPOCH)
     trainer(4, tmp_path, callbacks=[old]).fit(Tiny(), ckpt_path=tmp_path / "old.ckpt")
+    # other settings than the checkpoint's are refused, not restarted silently (review)
+    with pytest.raises(ValueError, match="RBWACallback state was saved with different settings"):
+        trainer(4, tmp_path, callbacks=[RBWACallback.ema(beta=0.7, start_epoch=START_EPOCH)]).fit(
+            Tiny(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert old.folds == straight[0].folds and all(torch.equal(old.averages[n], a)
                                                   for n, a in straight[0].averages.items())
 

@@ -567,7 +567,8 @@ def test_wsm_and_the_power_ema_write_what_their_weights_say_by_hand(tmp_path, ca
                           (["--wsm", "step", "--window", "2"], "--wsm takes a decay shape: linear, cosine, 1-sqrt"),
                           (["--wsm", "linear", "--window", "5"], r"1 <= K < 5 here; got 5"),
                           (["--power-gamma", "0"], "--power-gamma needs a number > 0"),
-                          (["--power-gamma", "1", "--lawa", "2"], "choose one average")):
+                          (["--power-gamma", "1", "--lawa", "2"], "choose one average"),
+                          (["--power-gamma", "inf"], "--power-gamma needs a number > 0")):
         code, _, err = _cli(capsys, folder, *argv, "--out", tmp_path / "never.pt")
         _one_error(code, err, pattern)
     assert not (tmp_path / "never.pt").exists()
@@ -590,3 +591,11 @@ def test_a_merge_output_left_in_the_input_folder_is_never_taken_for_a_checkpoint
     (folder / "lawa2.pt").unlink()
     code, _, _ = _cli(capsys, folder, "--ema-half-life", "10", "--out", tmp_path / "ema.pt")
     assert code == 0 and _value(tmp_path / "ema.pt") == pytest.approx(22.5)  # 10/4 + 20/4 + 30/2
+
+
+def test_a_power_ema_of_a_series_that_ends_at_step_0_is_refused(tmp_path, capsys):
+    """Review: a lone step-0 checkpoint with --power-gamma wrote a NaN model, exit 0."""
+    torch.save(_state(1.0), tmp_path / "step-0.pt")
+    code, _, err = _cli(capsys, tmp_path / "step-0.pt", "--power-gamma", "1", "--out", tmp_path / "p.pt")
+    _one_error(code, err, "the last after step 0")
+    assert not (tmp_path / "p.pt").exists()

@@ -260,3 +260,7 @@ def test_wsm_and_power_families_are_evaluated_when_asked_and_linear_wsm_is_the_u
     assert swa["test_loss"] != swa3["test_loss"]
     assert main(["posthoc", str(run), "--families", "bogus"]) == 2
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    assert main(["posthoc", str(run), "--families", "power", "--gammas", "nan"]) == 2
+    assert "--gammas takes numbers > 0, got [nan]" in capsys.readouterr().err
+    assert main(["posthoc", str(run), "--families", "wsm", "--wsm-windows", "2", "100"]) == 2
+    assert "--wsm-windows 100: the run has 5 snapshot intervals after its start epoch" in capsys.readouterr().err

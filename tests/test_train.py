@@ -295,3 +295,15 @@ def test_bfloat16_weights_train_with_float32_averages(tmp_path):
     assert metrics[-1]["test_loss"] < metrics[0]["test_loss"] - 0.3
     with pytest.raises(UserError, match="--param-dtype bfloat16 applies to --model gpt"):
         train(digits_config(tmp_path / "img", param_dtype="bfloat16"), progress=False)
+
+
+def test_a_resumed_run_keeps_the_start_epoch_it_was_made_with(tmp_path):
+    """Review: a run made when the default start epoch was 10, resumed without --start-epoch, was refused as another
+    config; not given, the start epoch is the run's own."""
+    from rbwa.config import make_config
+    from rbwa.train import train
+
+    values = {"dataset": "digits", "width": 0.0625, "epochs": 2, "batch_size": 32, "train_subset": 64,
+              "test_subset": 32, "method": "rbwa", "out": str(tmp_path / "run")}
+    first = train(make_config(**values, start_epoch=1), progress=False, log=lambda line: None)
+    assert train(make_config(**values), resume=True, progress=False, log=lambda line: None) == first

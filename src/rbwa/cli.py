@@ -159,7 +159,7 @@ def cmd_posthoc(ns: argparse.Namespace) -> int:
     from rbwa.posthoc import evaluate_run, write_results
 
     for name in ("lawa", "half_lives", "wsm_windows", "gammas"):
-        if any(v <= 0 for v in getattr(ns, name) or []):
+        if any(not (math.isfinite(v) and v > 0) for v in getattr(ns, name) or []):
             raise UserError(f"--{name.replace('_', '-')} takes numbers > 0, got {getattr(ns, name)}")
     if ns.device not in CHOICES["device"]:
         raise UserError(f"--device must be one of {', '.join(CHOICES['device'])}, got {ns.device!r}")
@@ -212,8 +212,9 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one model with one method; writes a run directory")
     t.add_argument("--preset", default=None, metavar="NAME",
-                   help="start from a preset's settings, as rbwa reproduce does (cpu-lm: nanoGPT's CPU GPT with "
-                        "AdamW; cpu-full, cpu, paper, smoke); --config and flags win over it")
+                   help="start from a preset's settings, as rbwa reproduce does: the scale, not the model (cpu-lm: "
+                        "nanoGPT's CPU GPT's sizes and AdamW settings, with --dataset shakespeare --model gpt "
+                        "--optimizer adamw; cpu-full, cpu, paper, smoke); --config and flags win over it")
     t.add_argument("--config", help="YAML file of config keys (flags given on the command line win)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

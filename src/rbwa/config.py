@@ -282,8 +282,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 
 def uses_start(cfg: TrainConfig) -> bool:
-    """Whether the start epoch changes what a run trains: an averaging method, or a schedule that starts there."""
-    return cfg.method not in ("sgd", "schedulefree") or cfg.lr_schedule in ("step", "harmonic", "rbwa-e")
+    """Whether the start epoch matters to a run: an averaging method, a schedule that starts there, or snapshots
+    (``rbwa posthoc`` averages those after it)."""
+    return (cfg.method not in ("sgd", "schedulefree") or cfg.lr_schedule in ("step", "harmonic", "rbwa-e")
+            or cfg.snapshots_per_epoch is not None or cfg.snapshot_every is not None)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -298,9 +300,12 @@ def validate(cfg: TrainConfig) -> None:
     check_dataset_name(cfg.dataset)
     for kind in ("text", "folder"):  # the data first: what the numbers below depend on
         given = Path(cfg.dataset[len(kind) + 1:]).expanduser() if cfg.dataset.startswith(f"{kind}:") else None
-        if given is not None and not (given.is_file() if kind == "text" else given.is_dir()):
-            raise UserError(f"--dataset {cfg.dataset}: the {'file' if kind == 'text' else 'folder'} {given} does not "
-                            "exist")
+        want = "file" if kind == "text" else "folder"
+        if given is not None and not given.exists():
+            raise UserError(f"--dataset {cfg.dataset}: the {want} {given} does not exist")
+        if given is not None and given.is_dir() != (kind == "folder"):
+            raise UserError(f"--dataset {cfg.dataset}: {given} is a {'folder' if given.is_dir() else 'file'}, not "
+                            f"a {want}")
     _choice("model", cfg.model, MODELS)
     _choice("method", cfg.method, METHODS)
     _choice("lr schedule", cfg.lr_schedule, LR_SCHEDULES)
@@ -360,9 +365,11 @@ def validate(cfg: TrainConfig) -> None:
         if value is not None and value < 1:
             raise UserError(f"{name.replace('_', ' ')} must be >= 1, got {value}")
     start = cfg.start_epoch if cfg.start_epoch is not None else cfg.epochs // 5
-    if start < 0 or (uses_start(cfg) and start >= cfg.epochs):
+    if start < 0:
+        raise UserError(f"start epoch must be >= 0, got {start}")
+    if uses_start(cfg) and start >= cfg.epochs:
         raise UserError(f"start epoch must be in [0, epochs) = [0, {cfg.epochs}), got {start} (--method {cfg.method}, "
-                        f"--lr-schedule {cfg.lr_schedule} start there)")
+                        f"--lr-schedule {cfg.lr_schedule} and the snapshots' averages start there)")
     if not 0.0 <= cfg.beta < 1.0:
         raise UserError(f"beta must be in [0, 1), got {cfg.beta}")
     if not 0.0 <= cfg.ema_decay < 1.0:

@@ -138,8 +138,9 @@ def run_name(cfg: TrainConfig) -> str:
     The hash sees the dataset as what it is (``identify``), never where it lies, so any copy of the data,
     given by any path, finds the same runs.
     """
-    # only keys that differ from the defaults enter the hash, so adding a config key keeps every name
-    defaults = TrainConfig().to_dict()
+    # only keys that differ from the defaults enter the hash, so adding a config key keeps every name; the start
+    # epoch's default was 10 when runs were first named (now a fifth of the epochs, resolved): 10 stays out
+    defaults = {**TrainConfig().to_dict(), "start_epoch": 10}
     keys = {k: v for k, v in identify(cfg).items() if v != defaults[k]}
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
     extra = "" if cfg.optimizer == "sgd" else f"-{cfg.optimizer}"

@@ -79,7 +79,7 @@ def recorded_tokens(state: TrainerState) -> list[str]:
             if isinstance(s, dict) and s.get("attributes", {}).get("checkpoint_token")]
 
 
-def replaced_callback(cls: type) -> Any:
+def replaced_callback(cls: type, args: dict[str, Any]) -> Any:
     """The user's callback that the Trainer is rebuilding from its saved arguments, or None.
 
     With ``restore_callback_states_from_checkpoint=True`` the Trainer's ``_load_callback_state`` builds a new
@@ -90,8 +90,13 @@ def replaced_callback(cls: type) -> Any:
     frame = inspect.currentframe()
     while frame is not None:
         if frame.f_code.co_name == "_load_callback_state":
-            found = frame.f_locals.get("callback")
-            return found if isinstance(found, cls) else None
+            # the Trainer pairs its callbacks with the saved arguments in order: given in another order, the one of
+            # these arguments is the one whose settings they are
+            found = [c for c in (frame.f_locals.get("duplicates") or [frame.f_locals.get("callback")])
+                     if isinstance(c, cls) and getattr(c, "named", None) is not None]
+            same = [c for c in found if all(v == c.arguments().get(k) for k, v in args.items()
+                                            if k != "steps_per_epoch")]
+            return (same or found or [None])[0]
         frame = frame.f_back
     return None
 
@@ -111,7 +116,7 @@ class RBWACallback(TrainerCallback, ExportableState, CallbackAverages):
 
     def __new__(cls, *args: Any, **kwargs: Any) -> RBWACallback:
         # the Trainer rebuilding the user's callback from its saved arguments gets the user's object back
-        return replaced_callback(cls) or super().__new__(cls)
+        return replaced_callback(cls, kwargs) or super().__new__(cls)
 
     def __init__(self, start_epoch: int = 0, average: str = "mean", beta: float = 0.9, every: int = 1,
                  counter: str = "folds", steps_per_epoch: int | None = None, write_back: int | None = 1,
@@ -138,12 +143,14 @@ class RBWACallback(TrainerCallback, ExportableState, CallbackAverages):
         """What the Trainer stores in ``trainer_state.json`` as it saves a checkpoint (``ExportableState``): every
         argument, and a new token that ``on_save``, called right after, writes into this checkpoint's state file."""
         self.checkpoint_token = uuid.uuid4().hex  # os.urandom: no random generator of training is touched
+        return {"args": self.arguments(), "attributes": {"checkpoint_token": self.checkpoint_token}}
+
+    def arguments(self) -> dict[str, Any]:
+        """The arguments that rebuild this callback (``average_dtype`` by its name)."""
         named = self.named
-        return {"args": {"start_epoch": self.start_epoch, "average": named.average, "beta": named.beta,
-                         "every": named.every, "counter": named.counter, "steps_per_epoch": self.steps_per_epoch,
-                         "write_back": named.write_back,
-                         "average_dtype": None if named.average_dtype is None else str(named.average_dtype)},
-                "attributes": {"checkpoint_token": self.checkpoint_token}}
+        return {"start_epoch": self.start_epoch, "average": named.average, "beta": named.beta, "every": named.every,
+                "counter": named.counter, "steps_per_epoch": self.steps_per_epoch, "write_back": named.write_back,
+                "average_dtype": None if named.average_dtype is None else str(named.average_dtype)}
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:

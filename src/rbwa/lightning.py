@@ -110,8 +110,15 @@ class RBWACallback(pl.Callback, CallbackAverages):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("callbacks", {})
-        if self.state_key not in saved and "RBWACallback" in saved:  # rbwa 0.3 kept it under the class's name
+        if self.state_key in saved:
+            return
+        if "RBWACallback" in saved:  # rbwa 0.3 kept it under the class's name
             self.load_state_dict(saved["RBWACallback"])
+            return
+        ours = {c.state_key for c in trainer.callbacks if isinstance(c, RBWACallback)}
+        if any(str(key).startswith("RBWACallback{") and key not in ours for key in saved):
+            raise ValueError("RBWACallback state was saved with different settings (the checkpoint holds an "
+                             "RBWACallback state under other settings, and none under these)")
 
 
 class SnapshotCallback(pl.Callback):

@@ -372,8 +372,9 @@ def _decay_merge(steps: list[int | None], unordered: Path | None, wsm: tuple[str
         window[len(steps) - k - 1:] = 1.0  # the k + 1 checkpoints of the k intervals, each one step of the decay
         _evenly_spaced(steps, window)
         return f"WSM {shape}, last {k} checkpoint intervals", wsm_weights(len(steps), k, shape)
-    if any(s is None for s in steps) or not (math.isfinite(power_gamma) and power_gamma > 0):
-        raise UserError(f"--power-gamma needs a number > 0 (got {power_gamma}) and the step of every checkpoint")
+    if any(s is None for s in steps) or not (math.isfinite(power_gamma) and power_gamma > 0) or not steps[-1] > 0:
+        raise UserError(f"--power-gamma needs a number > 0 (got {power_gamma}) and the step of every checkpoint, the "
+                        "last after step 0")
     return (f"power EMA, gamma {power_gamma:g} (sigma_rel {sigma_rel(power_gamma):.3f})",
             power_weights(steps, power_gamma))
 

@@ -43,6 +43,7 @@ from rbwa.averaging.weights import (
 from rbwa.config import DEFAULT_POSTHOC_FAMILIES, POSTHOC_FAMILIES, TrainConfig, make_config
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_bytes
+from rbwa.progress import Progress
 from rbwa.rundir import CONFIG, SUMMARY
 
 WRITE_BACK_METHODS = ("rbwa", "rbwa-e", "rswa", "lookahead", "sema")
@@ -82,6 +83,12 @@ def candidates(steps: list[int], steps_per_epoch: int, start_step: int, lawa_win
     lives = half_lives or [h * steps_per_epoch for h in HALF_LIVES_IN_EPOCHS]
     intervals = n - 1 - first  # snapshot intervals after the first snapshot past the start
     spans = wsm_windows or [2 ** j for j in range(1, 64) if 2 ** j <= intervals]
+    for name, asked, most in (("--lawa", lawa_windows if "lawa" in families else None, len(epoch_ends)),
+                              ("--wsm-windows", wsm_windows if "wsm" in families else None, intervals)):
+        beyond = sorted(k for k in asked or [] if k > most)
+        if beyond:
+            raise UserError(f"{name} {' '.join(map(str, beyond))}: the run has {most} "
+                            f"{'epoch ends' if name == '--lawa' else 'snapshot intervals'} after its start epoch")
     found = [Candidate("swa", steps[i] / steps_per_epoch, f"SWA from epoch {steps[i] / steps_per_epoch:.3g}",
                        swa_weights(n, i)) for i in range(first, n) if "swa" in families]
     found += [Candidate("lawa", k, f"LAWA, last {k} epoch ends", lawa_weights(epoch_ends, n, k))
@@ -139,7 +146,6 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, data_dir: str 
                  device: str = "cpu", progress: bool | None = None) -> list[dict[str, Any]]:
     """Every candidate of ``grid`` (``candidates``' keyword arguments) evaluated on the run's test split; rows."""
     from torch.optim.swa_utils import update_bn
-    from tqdm import tqdm
 
     from rbwa.data import is_text, stratified_indices
     from rbwa.data.loader import BatchLoader, channel_stats
@@ -164,7 +170,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, data_dir: str 
         test_loader = BatchLoader(test.images, test.labels, cfg.eval_batch_size, mean, std, device)
         model, bn_count = build_model(cfg.model, len(train.classes), cfg.width).to(device), len(bn_split.labels)
     rows = []
-    for c in tqdm(grid, desc=f"posthoc {run_dir.name}", disable=progress is False):
+    shown = Progress(len(grid), f"posthoc {run_dir.name}", progress, unit="candidates")
+    for c in grid:
         # the buffers are re-estimated below; a tied output layer is its embedding, stored once
         model.load_state_dict(combine(series.__getitem__, c.weights, torch.float32), strict=False)
         if bn_loader is not None:
@@ -174,6 +181,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, data_dir: str 
         rows.append({"family": c.family, "value": c.value, "label": c.label, "test_acc": acc, "test_loss": loss,
                      "snapshots": len(used), "first_step": steps[used[0]], "last_step": steps[used[-1]],
                      "bn_images": bn_count})
+        shown.step()
+    shown.close()
     return rows
 
 

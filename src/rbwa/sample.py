@@ -54,7 +54,8 @@ def _average(ckpt: dict[str, Any], model: torch.nn.Module, run: Path) -> dict[st
 
 
 def sample(run: str | Path, tokens: int = 500, prompt: str = "\n", seed: int = 0, average: bool = False,
-           dataset: str | None = None, data_dir: str | None = None, temperature: float = 1.0) -> str:
+           dataset: str | None = None, data_dir: str | None = None, temperature: float = 1.0,
+           progress: bool | None = None) -> str:
     """``prompt`` and ``tokens`` characters drawn from the run's model after it, with a generator seeded by
     ``seed``: the same arguments give the same text (on one machine)."""
     from rbwa.models.gpt import GPT
@@ -80,5 +81,10 @@ def sample(run: str | Path, tokens: int = 500, prompt: str = "\n", seed: int = 0
     if average:
         model.load_state_dict(_average(ckpt, model, run))
     model.eval()
-    out = model.generate(start[None, :], tokens, torch.Generator().manual_seed(seed), temperature)
+    from rbwa.progress import Progress
+
+    shown = Progress(tokens, f"sample {run.name}", progress, unit="characters")
+    with torch.no_grad():
+        out = model.generate(start[None, :], tokens, torch.Generator().manual_seed(seed), temperature, shown.step)
+    shown.close()
     return corpus.decode(out[0])

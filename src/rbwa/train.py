@@ -7,6 +7,8 @@ averaging state, the LR schedule, the side average, the loader's generator and t
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -32,6 +34,7 @@ from rbwa.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, re
 from rbwa.methods import Setup, build
 from rbwa.models import build_model
 from rbwa.models.syncbn import convert_global_bn
+from rbwa.progress import Progress
 from rbwa.resources import available_bytes, estimate_bytes, human
 from rbwa.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY
 
@@ -308,9 +311,11 @@ def _log_line(out: Path, line: str) -> None:
 
 def train_epoch(model: nn.Module, forward: nn.Module, setup: Setup, batches: Iterable, step: int,
                 amp: bool, loss_weights: list[float] | None = None,
-                after: Callable[[int], None] | None = None) -> tuple[torch.Tensor, float]:
+                after: Callable[[int], None] | None = None,
+                progress: Progress | None = None) -> tuple[torch.Tensor, float]:
     """One pass over ``batches``; returns (loss sum, correct, count) as one device tensor, and the last LR.
-    ``after(steps taken)`` is called after every step (snapshots).
+    ``after(steps taken)`` is called after every step (snapshots); ``progress`` is told of each step, with the
+    epoch's mean training loss so far read only when shown.
 
     Nothing here waits for the device: the sums stay on it until the epoch ends.
     """
@@ -336,12 +341,18 @@ def train_epoch(model: nn.Module, forward: nn.Module, setup: Setup, batches: Ite
         totals[0] += loss.detach().double() * len(y)
         totals[1] += (logits.detach().argmax(1) == y).sum()
         totals[2] += len(y)
+        if progress is not None:
+            progress.step(lambda: (totals[0] / totals[2]).item())
     return totals, float(lr)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
           log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one run; returns its summary. Raises UserError for bad input, Diverged on NaN/Inf loss."""
+    saved_config = Path(cfg.out) / CONFIG
+    if resume and cfg.start_epoch is None and saved_config.is_file():  # not given: the start the run was made with
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            cfg = dataclasses.replace(cfg, start_epoch=int(json.loads(saved_config.read_text())["start_epoch"]))
     cfg = resolve(cfg)
     validate(cfg)
     rank, world, device = init_distributed(cfg)
@@ -410,7 +421,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         snapshots.drop_after(out, (first_epoch - 1) * steps)
     provenance = versions()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    show_bar = sys.stderr.isatty() if progress is None else progress
+    show_bar = progress  # None: a bar on a terminal, plain lines every minute in a file (rbwa.progress)
     warning = version_warning(ckpt.get("versions", {}), provenance) if ckpt is not None else None
     if cfg.fsdp and world == 1:
         warning = "\n".join(filter(None, [warning, "warning: --fsdp with one process (not started by torchrun): "
@@ -464,13 +475,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        batches = train_loader
-        if show_bar:
-            from tqdm import tqdm
-
-            batches = tqdm(train_loader, desc=f"{method_label(cfg)} epoch {epoch}/{cfg.epochs}", leave=False)
-        totals, lr = train_epoch(model, forward, setup, batches, (epoch - 1) * steps, amp,
-                                 train_loader.loss_weights() if world > 1 else None, take_snapshot)
+        shown = Progress(steps, f"{method_label(cfg)} epoch {epoch}/{cfg.epochs}", show_bar if main else False)
+        totals, lr = train_epoch(model, forward, setup, train_loader, (epoch - 1) * steps, amp,
+                                 train_loader.loss_weights() if world > 1 else None, take_snapshot, shown)
+        shown.close()
         if world > 1:
             torch.distributed.all_reduce(totals)
         train_loss, train_acc = totals[0].item() / totals[2].item(), 100.0 * totals[1].item() / totals[2].item()

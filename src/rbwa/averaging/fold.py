@@ -35,6 +35,7 @@ Average = Literal["mean", "ema"]
 Counter = Literal["folds", "epochs"]
 
 AVERAGES = ("mean", "ema")
+AVERAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # those torch's lerp kernels take
 COUNTERS = ("folds", "epochs")
 
 
@@ -137,6 +138,6 @@ def check_write_back(write_back: int | None) -> None:
 
 def check_average_dtype(average_dtype: object) -> None:
     """An average's dtype: None (float32 for low-precision weights, else theirs) or a floating torch.dtype."""
-    if average_dtype is not None and not (isinstance(average_dtype, torch.dtype) and average_dtype.is_floating_point):
-        raise ValueError(f"average_dtype must be None or a floating-point torch.dtype (torch.float32), "
-                         f"got {average_dtype!r}")
+    if average_dtype is not None and average_dtype not in AVERAGE_DTYPES:
+        raise ValueError(f"average_dtype must be None or a floating-point torch.dtype the fold runs in "
+                         f"({', '.join(map(str, AVERAGE_DTYPES))}), got {average_dtype!r}")

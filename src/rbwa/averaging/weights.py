@@ -113,8 +113,11 @@ def power_weights(steps: Sequence[int], gamma: float) -> np.ndarray:
     weight is (s_j^(gamma+1) - s_(j-1)^(gamma+1)) / s_n^(gamma+1): with a snapshot after every step, the online
     power EMA exactly.
     """
-    if not gamma > 0:
-        raise ValueError(f"the power EMA's exponent gamma must be > 0, got {gamma!r}")
+    if not (np.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"the power EMA's exponent gamma must be a number > 0, got {gamma!r}")
+    if not steps[-1] > 0:
+        raise ValueError(f"the power EMA weights the steps taken: its last snapshot must come after step 0, got "
+                         f"{steps[-1]}")
     s = np.asarray(steps, dtype=float) / float(steps[-1])
     e = gamma + 1.0
     return s ** e - np.concatenate([[0.0], s[:-1]]) ** e

@@ -9,6 +9,7 @@ forward (the case ``RBWA.averaged`` reshards for).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -83,11 +84,13 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, tokens: int, generator: torch.Generator | None = None,
-                 temperature: float = 1.0) -> torch.Tensor:
+                 temperature: float = 1.0, after: Callable[[], None] | None = None) -> torch.Tensor:
         """``idx`` followed by ``tokens`` sampled tokens, each drawn from the softmax of the last logits (over the
-        last ``context`` tokens) with ``generator``: seeded, it is deterministic."""
+        last ``context`` tokens) with ``generator``: seeded, it is deterministic. ``after()`` follows each token."""
         for _ in range(tokens):
             logits = self(idx[:, -self.context:])[:, -1, :].float() / temperature
             nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
             idx = torch.cat([idx, nxt], dim=1)
+            if after is not None:
+                after()
         return idx
