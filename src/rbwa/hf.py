@@ -7,7 +7,8 @@
 The same arguments and fold rule as the Lightning callback and :class:`rbwa.RBWA`. It folds in
 ``on_step_end``, which the Trainer calls once per optimizer step, so with gradient accumulation it folds
 per optimizer step, not per micro-batch. Its state (the averages, by parameter name, and their counters) is
-saved beside every Trainer checkpoint (``checkpoint-N/rbwa_callback.pt``) with a random token that the Trainer's own
+saved beside every Trainer checkpoint (``checkpoint-N/rbwa_callback-<digest of its settings>.pt``, one file per
+callback) with a random token that the Trainer's own
 state (``trainer_state.json``, through ``ExportableState``) records too, so a resumed run loads only the file that
 belongs to the checkpoint it resumes: never one of another run or another step. Resuming after averaging began from
 a checkpoint whose file cannot be found, or does not match, is refused in one line.

@@ -575,7 +575,7 @@ def _read_hf_file(path: Path) -> dict[str, Tensor]:
 def model_files(folder: Path) -> list[Path]:
     """The files of an HF checkpoint folder a merged folder keeps: config, tokenizer, generation config, custom code;
     not the weights, nor any trainer or callback state (optimizer, scheduler, RNG, ``trainer_state.json``,
-    ``training_args.bin``, ``rbwa_callback.pt``)."""
+    ``training_args.bin``, the callbacks' ``rbwa_callback*.pt``)."""
     return [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix not in STATE_SUFFIXES
             and p.name not in (*TRAINER_FILES, *HF_INDEXES) and not p.name.startswith(".")]
 
