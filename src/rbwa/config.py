@@ -271,7 +271,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the defaults that depend on the environment or on other keys, so config.json says everything."""
-    start = cfg.start_epoch if cfg.start_epoch is not None else cfg.epochs // 5
+    start = start_epoch(cfg)
     return dataclasses.replace(
         cfg,
         data_dir=cfg.data_dir or default_dir("RBWA_DATA"),
@@ -279,6 +279,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         start_epoch=start,
         lr_milestones=cfg.lr_milestones if cfg.lr_milestones is not None else [start],
     )
+
+
+def start_epoch(cfg: TrainConfig) -> int:
+    """The start epoch: as given, else a fifth of the epochs (the paper's 10 of 50). Pure."""
+    return cfg.start_epoch if cfg.start_epoch is not None else cfg.epochs // 5
 
 
 def uses_start(cfg: TrainConfig) -> bool:
@@ -364,7 +369,7 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise UserError(f"{name.replace('_', ' ')} must be >= 1, got {value}")
-    start = cfg.start_epoch if cfg.start_epoch is not None else cfg.epochs // 5
+    start = start_epoch(cfg)
     if start < 0:
         raise UserError(f"start epoch must be >= 0, got {start}")
     if uses_start(cfg) and start >= cfg.epochs:

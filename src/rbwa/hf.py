@@ -148,10 +148,7 @@ class RBWACallback(TrainerCallback, ExportableState, CallbackAverages):
 
     def arguments(self) -> dict[str, Any]:
         """The arguments that rebuild this callback (``average_dtype`` by its name)."""
-        named = self.named
-        return {"start_epoch": self.start_epoch, "average": named.average, "beta": named.beta, "every": named.every,
-                "counter": named.counter, "steps_per_epoch": self.steps_per_epoch, "write_back": named.write_back,
-                "average_dtype": None if named.average_dtype is None else str(named.average_dtype)}
+        return {"start_epoch": self.start_epoch, **self.named.settings(), "steps_per_epoch": self.steps_per_epoch}
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:

@@ -421,7 +421,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
         snapshots.drop_after(out, (first_epoch - 1) * steps)
     provenance = versions()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    show_bar = progress  # None: a bar on a terminal, plain lines every minute in a file (rbwa.progress)
     warning = version_warning(ckpt.get("versions", {}), provenance) if ckpt is not None else None
     if cfg.fsdp and world == 1:
         warning = "\n".join(filter(None, [warning, "warning: --fsdp with one process (not started by torchrun): "
@@ -475,7 +474,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        shown = Progress(steps, f"{method_label(cfg)} epoch {epoch}/{cfg.epochs}", show_bar if main else False)
+        shown = Progress(steps, f"{method_label(cfg)} epoch {epoch}/{cfg.epochs}", progress if main else False)
         totals, lr = train_epoch(model, forward, setup, train_loader, (epoch - 1) * steps, amp,
                                  train_loader.loss_weights() if world > 1 else None, take_snapshot, shown)
         shown.close()

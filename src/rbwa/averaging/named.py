@@ -93,6 +93,9 @@ def swapped(module: torch.nn.Module, params: list[Tensor], averages: list[Tensor
                     b.copy_(saved)
 
 
+SETTINGS = ("average", "beta", "every", "counter", "write_back", "average_dtype")  # NamedAverages' own
+
+
 class NamedAverages:
     """The averages of a module's trainable parameters, by name (see the module's docstring).
 
@@ -119,8 +122,8 @@ class NamedAverages:
         self.averages, self.counts, self.folds = {}, {}, 0
 
     def settings(self) -> dict[str, Any]:
-        return {"average": self.average, "beta": self.beta, "every": self.every, "counter": self.counter,
-                "write_back": self.write_back,
+        """Each of :data:`SETTINGS`, the dtype by its name (as saved in a state, and as a callback is rebuilt)."""
+        return {**{k: getattr(self, k) for k in SETTINGS},
                 "average_dtype": None if self.average_dtype is None else str(self.average_dtype)}
 
     def after_step(self, module: torch.nn.Module, t: int, epochs: int = 0) -> bool:
@@ -229,11 +232,6 @@ class Recipes:
 
 SHARDED_CALLBACK = ("RBWACallback does not run under {}; wrap the optimizer in rbwa.RBWA instead, which folds FSDP2 "
                     "shards in place (README: sharded training)")
-
-
-
-
-SETTINGS = ("average", "beta", "every", "counter", "write_back", "average_dtype")
 
 
 class CallbackAverages(Recipes):
