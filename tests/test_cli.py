@@ -97,8 +97,10 @@ def test_demo_writes_table_and_plot(tmp_path, capsys):
     pytest.importorskip("sklearn")
     code, out, _ = run_cli(capsys, ["demo", "--out", str(tmp_path / "a"), "--epochs", "1"])
     assert code == 0
+    assert "| method | final test loss | final test acc (%) | final train loss |" in out
     for method in ("sgd", "rbwa", "sgd (harmonic LR, = rbwa)", "rbwa-e", "swa"):
         assert f"| {method} |" in out
+    assert "\nLesson: RBWA is SGD on a harmonic learning-rate decay" in out
     assert (tmp_path / "a/demo.png").stat().st_size > 10_000 and (tmp_path / "a/demo.md").exists()
     assert (tmp_path / "a/demo.md").read_text() in out  # the table printed is the one written
 

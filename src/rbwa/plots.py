@@ -21,6 +21,7 @@ COLORS = {"sgd": "#444444", "rbwa": "#d62728", "rbwa-e": "#ff7f0e", "rswa": "#8c
 MARKERS = {"rbwa": "o", "rbwa-e": "s", "rswa": "D", "swa": "^", "ema": "v", "lookahead": "P", "schedulefree": "X"}
 # colours for lines that are not a method of their own (the controls: SGD on another LR schedule)
 EXTRA_COLORS = ("#bcbd22", "#e377c2", "#7f7f7f", "#aec7e8", "#98df8a")
+LM_LOSS = ("Validation loss", "cross-entropy (nats per token)", "linear")  # a language model's held-out loss panel
 
 
 def line_styles(labels: list[str]) -> dict[str, tuple[str | None, str]]:
@@ -62,9 +63,10 @@ def curve_band(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray
 
 
 def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, start_epoch: int | None = None,
-                metric: str = "test_acc") -> Path:
-    """Two panels (test accuracy, or a language model's validation loss with ``metric="test_loss"``; training loss,
-    log scale): mean over seeds, shaded min-max band."""
+                metric: str = "test_acc", loss_axis: tuple[str, str, str] = LM_LOSS) -> Path:
+    """Two panels (test accuracy, or with ``metric="test_loss"`` the held-out loss, its title, axis label and scale
+    from ``loss_axis``, zoomed to the epochs after the first and the start; training loss, log scale): mean over
+    seeds, shaded min-max band."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     n_seeds = sorted({len(runs) for runs in groups.values()})
     styles = line_styles(list(groups))
@@ -84,12 +86,17 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, sta
         band = "line: mean over the seeds each label names; band: min-max"
     else:
         band = f"line: mean of {n_seeds[0]} seeds; band: min-max" if n_seeds[0] > 1 else "single run"
-    if metric == "test_loss":  # a language model: validation loss, zoomed to the epochs after the first
-        acc_ax.set(title="Validation loss", xlabel="epoch", ylabel="cross-entropy (nats per token)")
-        late = [curve_band(runs, metric) for runs in groups.values()]
-        high = max((m[e >= 1].max() for e, m, _, _ in late if (e >= 1).any()), default=None)
-        if high is not None:
-            acc_ax.set_ylim(None, high + 0.1)
+    if metric == "test_loss":  # the held-out loss, zoomed to the epochs from the start (and after the first)
+        acc_ax.set(title=loss_axis[0], xlabel="epoch", ylabel=loss_axis[1], yscale=loss_axis[2])
+        first = max(1, start_epoch or 1)
+        late = [m[e >= first] for e, m, _, _ in (curve_band(runs, metric) for runs in groups.values())]
+        late = [m for m in late if len(m)]
+        if late:
+            high, low = max(m.max() for m in late), min(m.min() for m in late)
+            if loss_axis[2] == "log":
+                acc_ax.set_ylim(low / 1.1, high * 1.1)
+            else:
+                acc_ax.set_ylim(None, high + min(0.1, 0.1 * (high - low)))
     else:
         acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
     if start_epoch is not None and metric == "test_acc":  # zoom on the part where the methods differ
