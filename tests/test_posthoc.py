@@ -237,6 +237,10 @@ def test_posthoc_evaluates_a_language_models_snapshots_with_nothing_to_re_estima
     assert final["test_loss"] == pytest.approx(summary["final_test_loss"], rel=1e-5)  # nothing re-estimated
     table = (tmp_path / "gpt" / "posthoc" / "posthoc.md").read_text()
     assert "nothing re-estimated (the model has no BatchNorm)" in table
+    # a language model's measure comes first and is named as such: validation loss in nats, next-character accuracy
+    assert f"validation loss {float(final['test_loss']):.4f} nats, " in table and "test accuracy" not in table
+    assert "| family | candidate | snapshots | validation loss (nats) | vs the final weights | next-character acc" in table
+    assert f"| lawa | LAWA, last 1 epoch ends | 1 | {float(final['test_loss']):.4f} | +0.0000 |" in table
 
 
 def test_wsm_and_power_families_are_evaluated_when_asked_and_linear_wsm_is_the_uniform_mean(tmp_path, capsys):

@@ -209,18 +209,26 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]], out: Path | None = 
     own_loss = float(last["test_loss"]) if last else summary["final_test_loss"]
     baseline = ("the final weights (the last snapshot alone, evaluated like every candidate)" if last
                 else f"{recorded_as(config)} as the run recorded it")
+    text = config.get("model") == "gpt"  # a language model: its validation loss is the measure, shown first
+    if text:
+        measured = (f"validation loss {own_loss:.4f} nats, {own:.2f}% next-character accuracy. The run itself "
+                    f"recorded {summary['final_test_loss']:.4f} nats")
+        columns = "validation loss (nats) | vs the final weights | next-character acc (%) | vs the final weights"
+    else:
+        measured = (f"{own:.2f}% test accuracy, test loss {own_loss:.4f}. The run itself recorded "
+                    f"{summary['final_test_acc']:.2f}%")
+        columns = "test acc (%) | vs the final weights | test loss | vs the final weights"
     lines = [f"# Post-hoc side averages of {Path(run_dir).name}", "",
              f"Every candidate is a weighted mean of the run's snapshots, {bn_phrase(rows)}, and is compared with "
-             f"{baseline}: {own:.2f}% test accuracy, test loss {own_loss:.4f}. The run itself recorded "
-             f"{summary['final_test_acc']:.2f}% for {recorded_as(config)}.", "",
-             "| family | candidate | snapshots | test acc (%) | vs the final weights | test loss | "
-             "vs the final weights |", "|---|---|---|---|---|---|---|"]
+             f"{baseline}: {measured} for {recorded_as(config)}.", "",
+             f"| family | candidate | snapshots | {columns} |", "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['family']} | {row['label']} | {row['snapshots']} | {row['test_acc']:.2f} | "
-                     f"{row['test_acc'] - own:+.2f} | {row['test_loss']:.4f} | {row['test_loss'] - own_loss:+.4f} |")
+        acc = f"{row['test_acc']:.2f} | {row['test_acc'] - own:+.2f}"
+        loss = f"{row['test_loss']:.4f} | {row['test_loss'] - own_loss:+.4f}"
+        lines.append(f"| {row['family']} | {row['label']} | {row['snapshots']} | "
+                     f"{f'{loss} | {acc}' if text else f'{acc} | {loss}'} |")
     lines += ["", "Best of each family (a maximum over this grid on this seed: choose on other seeds before "
               "trusting it):", ""]
-    text = config.get("model") == "gpt"  # a language model: its validation loss is the measure, ranked first
     for family in FAMILIES:
         best = max((r for r in rows if r["family"] == family), key=lambda r: r["test_acc"], default=None)
         lowest = min((r for r in rows if r["family"] == family), key=lambda r: r["test_loss"], default=None)
