@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from rbwa.__main__ import busy_cores, settle_threads
+from rbwa.__main__ import busy_cores, settle_threads, sign_in
 
 
 def test_busy_cores_sums_each_cores_busy_share():
@@ -41,3 +41,39 @@ def test_the_entry_point_and_the_package_load_no_torch_until_a_name_is_used():
         import rbwa
 
         rbwa.nope  # noqa: B018
+
+
+def test_rbwa_commands_see_each_other_and_forget_those_that_ended(tmp_path):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (tmp_path / str(ended.pid)).touch()  # signed in, then killed before it could sign out
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as alive:
+        try:
+            (tmp_path / str(alive.pid)).touch()
+            others = sign_in(tmp_path, 10**9)  # no process has that number: it is only a name here
+            assert (tmp_path / str(10**9)).exists()
+            assert others() == [alive.pid] and not (tmp_path / str(ended.pid)).exists()
+        finally:
+            alive.kill()
+    alive.wait()
+    assert others() == []
+
+
+def test_threads_sleep_beside_another_rbwa_command_even_on_idle_cores():
+    env = {}
+    note = settle_threads(["demo"], env, measure=lambda: 0.0, peers=lambda: [123])
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"} and note.startswith("note: 1 other rbwa command running,")
+
+
+def test_two_demos_started_together_both_sleep(tmp_path):
+    """Two processes started at once, each signed in before it measures (the measure here is a 2-second sleep on idle
+    cores), each see the other: both choose sleeping threads, and both sign out at exit."""
+    code = ("import os, sys, time, rbwa.__main__ as m; from pathlib import Path; "
+            "others = m.sign_in(Path(sys.argv[1]), os.getpid()); "
+            "chose = m.settle_threads(['train'], {}, measure=lambda: time.sleep(2) or 0.0, peers=others); "
+            "print(chose is not None, flush=True); "
+            "time.sleep(3)")  # a run goes on after it has chosen
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert outs == ["True\n", "True\n"] and list(tmp_path.iterdir()) == []  # both signed out at exit
