@@ -22,7 +22,28 @@ from rbwa.snapshots import check_snapshot_args
 REFUSED = ("FSDPStrategy", "DeepSpeedStrategy")  # FSDP1, DeepSpeed: shardings the callbacks cannot gather or fold
 
 
-class RBWACallback(pl.Callback, CallbackAverages):
+class StepWatch(pl.Callback):
+    """What both callbacks share: FSDP1 and DeepSpeed refused before training (``refusal``, where the strategy's
+    name goes), and whether a batch's end follows an optimizer step (not under gradient accumulation)."""
+
+    refusal = "{} is refused"
+    _last_global_step: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        name = type(trainer.strategy).__name__
+        if name in REFUSED:
+            raise ValueError(self.refusal.format(f"Lightning's {name}"))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_global_step = trainer.global_step
+
+    def stepped(self, trainer: pl.Trainer) -> bool:
+        """True once per optimizer step, at the end of the batch that took it."""
+        stepped, self._last_global_step = trainer.global_step != self._last_global_step, trainer.global_step
+        return stepped
+
+
+class RBWACallback(StepWatch, CallbackAverages):
     """Fold the trainable parameters into their average every ``every`` optimizer steps from ``start_epoch`` on, and
     write the average back every ``write_back`` folds (1: the paper's family; None: never, a side average such as an
     EMA or SWA, which validation and testing then see: it is swapped in before them and the live weights back after;
@@ -35,32 +56,25 @@ class RBWACallback(pl.Callback, CallbackAverages):
     ``averaged(module)`` swaps them in for an evaluation by hand. Both unwrap DDP and ``torch.compile``.
     """
 
+    refusal = (SHARDED_CALLBACK.format("{}") + "; or train with FSDP2 (ModelParallelStrategy), whose shards the "
+               "callback folds")
+
     def __init__(self, start_epoch: int = 0, average: str = "mean", beta: float = 0.9, every: int = 1,
                  counter: str = "folds", write_back: int | None = 1, average_dtype: torch.dtype | None = None) -> None:
         self.named = self._checked(start_epoch, average, beta, every, counter, write_back, average_dtype)
         self.start_epoch = start_epoch
         self._swap: Any = None  # the averages swapped in for an evaluation, undone at its end
         self.steps_since_start = 0  # optimizer steps taken since averaging began
-        self._last_global_step: int | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Refuse FSDP1 and DeepSpeed before training starts; FSDP2 (ModelParallelStrategy) folds its shards."""
-        name = type(trainer.strategy).__name__
-        if name in REFUSED:
-            raise ValueError(SHARDED_CALLBACK.format(f"Lightning's {name}") + "; or train with FSDP2 "
-                             "(ModelParallelStrategy), whose shards the callback folds")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_global_step = trainer.global_step
+        super().on_train_start(trainer, pl_module)
         if trainer.global_step == 0:  # a new run (the same callback given to another fit): its own averages
             self.named.reset()
             self.steps_since_start = 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        stepped = trainer.global_step != self._last_global_step
-        self._last_global_step = trainer.global_step
-        if not stepped or trainer.current_epoch < self.start_epoch:
+        if not self.stepped(trainer) or trainer.current_epoch < self.start_epoch:
             return
         self.steps_since_start += 1
         self.named.after_step(pl_module, self.steps_since_start - 1, trainer.current_epoch - self.start_epoch)
@@ -121,30 +135,22 @@ class RBWACallback(pl.Callback, CallbackAverages):
                              "RBWACallback state under other settings, and none under these)")
 
 
-class SnapshotCallback(pl.Callback):
+class SnapshotCallback(StepWatch):
     """Store the model's weights every ``every_n_steps`` optimizer steps as ``dirpath/<step, 8 digits>.pt``, rbwa's
     one snapshot format (:mod:`rbwa.snapshots`: the step, the parameters in ``dtype``, the buffers and the ties; no
     optimizer state, so a snapshot costs its weights' bytes), for ``rbwa merge dirpath``: every side average of the
     run, chosen after training. Under FSDP2 every process gathers the shards and the first writes the whole model;
     FSDP1 and DeepSpeed are refused in one line."""
 
+    refusal = "SnapshotCallback cannot gather the weights under {}; train with FSDP2 (ModelParallelStrategy) or DDP"
+
     def __init__(self, dirpath: str, every_n_steps: int, dtype: str = "float32") -> None:
         check_snapshot_args(every_n_steps, dtype)
         self.dirpath, self.every_n_steps, self.dtype = dirpath, every_n_steps, dtype
-        self._last_global_step: int | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        name = type(trainer.strategy).__name__
-        if name in REFUSED:
-            raise ValueError(f"SnapshotCallback cannot gather the weights under Lightning's {name}; train with "
-                             "FSDP2 (ModelParallelStrategy) or DDP")
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_global_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        stepped, self._last_global_step = step != self._last_global_step, step
-        if stepped and step % self.every_n_steps == 0:  # every process: under FSDP2 saving gathers the shards
+        # every process: under FSDP2 saving gathers the shards
+        if self.stepped(trainer) and step % self.every_n_steps == 0:
             snapshots.store(pl_module, self.dirpath, step, self.dtype, write=trainer.is_global_zero)
