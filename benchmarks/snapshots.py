@@ -5,7 +5,7 @@
 ``resnet18``: ResNet-18 at batch 64 on CIFAR-shaped inputs, SGD with momentum, an epoch of 782 steps (CIFAR's
 50,000 images), K = 1 and 4 (the `posthoc` experiment's). ``gpt``: the `cpu-lm` preset's GPT (4 layers, 4 heads, 128
 wide, context 64, batch 12), AdamW, an epoch of as many steps as the preset takes on Tiny Shakespeare's training
-split (DATA_DIR/tinyshakespeare/input.txt; 1,306 on the file we use), K = 4 and 16 (the `lm-tuned` experiment's).
+split (DATA_DIR/tinyshakespeare/input.txt; 1,307 on the file we use), K = 4 and 16 (the `lm-tuned` experiment's).
 Measured side by side: the median time of one training step (forward, backward, optimizer step) and of one
 snapshot (parameters and buffers copied to the CPU and written atomically, with fsync, as the trainer does); the
 bytes of one snapshot file in float32 and in bfloat16. Prints each and the ratios: a snapshot's time in training

@@ -1,5 +1,6 @@
-"""The entry point: how torch's threads wait is settled before torch loads, and only when other processes are busy."""
+"""The entry point: how torch's threads wait is settled before torch loads, and only when the cores are shared."""
 
+import os
 import subprocess
 import sys
 
@@ -17,19 +18,35 @@ def test_busy_cores_sums_each_cores_busy_share():
     assert busy_cores(after, after) == 0.0  # no ticks passed: nothing known busy
 
 
-def test_threads_sleep_only_for_computing_commands_on_busy_cores():
-    env = {}
-    note = settle_threads(["train", "--epochs", "1"], env, measure=lambda: 1.3)
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"} and "1.3 cores busy" in note
-    for argv, busy in ((["train"], 0.4), (["train"], None), (["report", "x"], 2.0), ([], 2.0)):
-        env = {}
-        assert settle_threads(argv, env, measure=lambda b=busy: b) is None and env == {}
+def settle(argv, busy, peers=(), cores=2, **env):
+    env = {"OMP_NUM_THREADS": "2", **env}
+    why = settle_threads(argv, env, measure=lambda: busy, peers=lambda: list(peers), cores=cores)
+    return why, env.get("OMP_WAIT_POLICY")
 
 
-@pytest.mark.parametrize("chosen", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "1000"}])
+def test_threads_sleep_only_where_the_others_leave_too_few_cores_for_them():
+    assert settle(["train", "--epochs", "1"], 1.3) == ("other processes keep 1.3 of 2 cores busy", "PASSIVE")
+    assert settle(["train"], 0.4) == (None, None) and settle(["train"], None) == (None, None)
+    # 8 threads on 64 cores: crowded only once fewer than 7.5 are free
+    assert settle(["train"], 56.0, cores=64, OMP_NUM_THREADS="8") == (None, None)
+    assert settle(["train"], 57.0, cores=64, OMP_NUM_THREADS="8")[1] == "PASSIVE"
+
+
+@pytest.mark.parametrize("argv", [["report", "x"], [], ["train", "--help"], ["demo", "-h"]])
+def test_commands_that_do_not_compute_are_not_even_measured(argv):
+    assert settle_threads(argv, {"OMP_NUM_THREADS": "2"}, measure=lambda: pytest.fail("measured")) is None
+
+
+@pytest.mark.parametrize("chosen", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "1000"},
+                                    {"OMP_NUM_THREADS": "1"}])  # one thread: no team, nothing waits
 def test_the_users_choice_wins_and_is_not_even_measured(chosen):
-    env = dict(chosen)
-    assert settle_threads(["demo"], env, measure=lambda: pytest.fail("measured")) is None and env == chosen
+    env = {"OMP_NUM_THREADS": "2", **chosen}
+    before = dict(env)
+    assert settle_threads(["demo"], env, measure=lambda: pytest.fail("measured")) is None and env == before
+
+
+def test_threads_sleep_beside_another_rbwa_command_even_on_idle_cores():
+    assert settle(["demo"], 0.0, peers=[123]) == ("1 other rbwa command running", "PASSIVE")
 
 
 def test_the_entry_point_and_the_package_load_no_torch_until_a_name_is_used():
@@ -37,43 +54,55 @@ def test_the_entry_point_and_the_package_load_no_torch_until_a_name_is_used():
             "from rbwa import RBWA, rbwa_e; import torch; assert issubclass(RBWA, torch.optim.Optimizer); "
             "assert callable(rbwa_e) and rbwa.__version__")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        import rbwa
+    # a dotted path through the package imports the submodule on the way, as it did before the package was lazy
+    subprocess.run([sys.executable, "-c", "import rbwa; rbwa.averaging.named.NamedAverages; rbwa.averaging.fold_"],
+                   check=True, timeout=120)
+    import rbwa
 
+    assert {"RBWA", "rbwa_e", "__version__", "__file__", "__path__"} <= set(dir(rbwa)) and "_importlib" not in dir(rbwa)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
         rbwa.nope  # noqa: B018
 
 
-def test_rbwa_commands_see_each_other_and_forget_those_that_ended(tmp_path):
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()
-    (tmp_path / str(ended.pid)).touch()  # signed in, then killed before it could sign out
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as alive:
+SIGN_IN = ("import os, sys, time, rbwa.__main__ as m; from pathlib import Path; "
+           "others = m.sign_in(Path(sys.argv[1]), os.getpid()); ")
+
+
+def test_a_sign_in_lasts_as_long_as_its_process_however_it_ends(tmp_path):
+    folder = tmp_path / "in"
+    # one that ended without its exit handlers (os._exit, as torchrun's workers end): its file stays, unlocked
+    subprocess.run([sys.executable, "-c", SIGN_IN + "os._exit(0)", str(folder)], check=True, timeout=120)
+    (ended,) = [f.name for f in folder.iterdir()]
+    with subprocess.Popen([sys.executable, "-c", SIGN_IN + "print('in', flush=True); time.sleep(60)", str(folder)],
+                          stdout=subprocess.PIPE, text=True) as alive:
         try:
-            (tmp_path / str(alive.pid)).touch()
-            others = sign_in(tmp_path, 10**9)  # no process has that number: it is only a name here
-            assert (tmp_path / str(10**9)).exists()
-            assert others() == [alive.pid] and not (tmp_path / str(ended.pid)).exists()
+            assert alive.stdout.readline() == "in\n"
+            others = sign_in(folder, 10**9)  # a number no process has: a name here
+            assert others() == [alive.pid] and not (folder / ended).exists()  # the ended one's file is removed
         finally:
             alive.kill()
     alive.wait()
-    assert others() == []
+    assert others() == [] and sorted(f.name for f in folder.iterdir()) == [str(10**9)]
 
 
-def test_threads_sleep_beside_another_rbwa_command_even_on_idle_cores():
-    env = {}
-    note = settle_threads(["demo"], env, measure=lambda: 0.0, peers=lambda: [123])
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"} and note.startswith("note: 1 other rbwa command running,")
+def test_a_sign_in_folder_that_is_not_the_users_private_directory_is_refused(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError, match="not a private directory"):
+        sign_in(tmp_path / "link", 1)
+    (tmp_path / "open").mkdir(mode=0o777)
+    os.chmod(tmp_path / "open", 0o777)
+    with pytest.raises(OSError, match="not a private directory"):
+        sign_in(tmp_path / "open", 1)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
-def test_two_demos_started_together_both_sleep(tmp_path):
+def test_two_commands_started_together_both_sleep(tmp_path):
     """Two processes started at once, each signed in before it measures (the measure here is a 2-second sleep on idle
     cores), each see the other: both choose sleeping threads, and both sign out at exit."""
-    code = ("import os, sys, time, rbwa.__main__ as m; from pathlib import Path; "
-            "others = m.sign_in(Path(sys.argv[1]), os.getpid()); "
-            "chose = m.settle_threads(['train'], {}, measure=lambda: time.sleep(2) or 0.0, peers=others); "
-            "print(chose is not None, flush=True); "
-            "time.sleep(3)")  # a run goes on after it has chosen
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    code = SIGN_IN + ("chose = m.settle_threads(['train'], {'OMP_NUM_THREADS': '2'}, measure=lambda: time.sleep(2) "
+                      "or 0.0, peers=others, cores=2); print(chose, flush=True); time.sleep(3)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "in")], stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert outs == ["True\n", "True\n"] and list(tmp_path.iterdir()) == []  # both signed out at exit
+    assert outs == ["1 other rbwa command running\n"] * 2 and list((tmp_path / "in").iterdir()) == []

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from rbwa.plots import COLORS, curve_band, legend_label, line_styles, plot_curves, plot_gain
@@ -62,3 +63,19 @@ def test_methods_whose_curves_coincide_stay_visible_by_their_hollow_markers(tmp_
     lines = {line.get_label(): line for line in kept[0].axes[0].get_lines()}
     assert (lines["rbwa"].get_marker(), lines["rbwa-e"].get_marker()) == ("o", "s")
     assert lines["rbwa"].get_markerfacecolor() == "none" and lines["sgd (harmonic LR, = rbwa)"].get_marker() == "None"
+
+
+def test_the_loss_panel_holds_every_band_and_skips_what_it_cannot_draw():
+    from rbwa.plots import loss_limits
+
+    e = np.array([0, 1, 2, 3])
+    band = (e, np.array([9.0, 2.0, 1.5, 1.2]), np.array([8.0, 1.8, 1.4, 1.0]), np.array([10.0, 2.2, 1.6, 1.3]))
+    assert loss_limits([band], 1, "linear") == (None, pytest.approx(2.2 + 0.1))  # the band's top, not the mean's
+    assert loss_limits([band], 3, "linear") == (None, pytest.approx(1.3 + 0.03))  # a tenth of the range 1.0..1.3
+    assert loss_limits([band], 1, "log") == (pytest.approx(1.0 / 1.1), pytest.approx(2.2 * 1.1))
+    flat = (e[:2], np.array([1.5, 1.5]), np.array([1.5, 1.5]), np.array([1.5, 1.5]))
+    assert loss_limits([flat], 1, "linear") == (None, pytest.approx(1.6))  # one value: not on the frame
+    odd = (e, np.array([1.0, 0.0, np.nan, np.inf]), np.array([1.0, 0.0, np.nan, np.inf]),
+           np.array([1.0, 0.5, np.nan, np.inf]))
+    assert loss_limits([odd], 1, "log") == (pytest.approx(0.5 / 1.1), pytest.approx(0.5 * 1.1))
+    assert loss_limits([odd], 2, "log") is None and loss_limits([], 1, "linear") is None

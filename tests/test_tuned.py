@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rbwa.findings import Experiment, Finding, Run
-from rbwa.tuned import setting, tune, tuned_claims
+from rbwa.tuned import complete, setting, tune, tuned_claims
 
 
 def test_each_seed_gets_the_setting_lowest_on_the_others_and_its_optimism():
@@ -19,10 +19,14 @@ def test_each_seed_gets_the_setting_lowest_on_the_others_and_its_optimism():
     assert t.optimism == {0: 1.0, 1: 0.5, 2: 0.0}
 
 
-def test_a_seed_missing_a_setting_waits_and_ties_go_to_the_order():
-    # seed 2 has not run "b" yet: it takes no part (else the others' choice would shrink to "a")
-    assert tune({0: {"a": 1.0, "b": 0.5}, 1: {"a": 1.0, "b": 0.5}, 2: {"a": 0.1}}).picks == {0: "b", 1: "b"}
-    assert tune({0: {"a": 1.0, "b": 0.5}, 2: {"a": 0.1}}) is None  # one full seed: nothing to choose on
+def test_a_seed_missing_a_run_of_the_grid_waits_and_ties_go_to_the_order():
+    # seed 2 has not run "lr 2" yet: it waits (else the others' choice would shrink to "lr 1"); an extra setting
+    # that one seed holds (a candidate the others' grid lacks) stops no one: the common ones compete
+    by_seed = {0: {"lr 1: a": 1.0, "lr 2: a": 0.5}, 1: {"lr 1: a": 1.0, "lr 2: a": 0.5, "lr 2: b": 0.1},
+               2: {"lr 1: a": 0.1}}
+    ready, waiting = complete(by_seed, {"lr 1", "lr 2"})
+    assert waiting == [2] and tune(ready).picks == {0: "lr 2: a", 1: "lr 2: a"}
+    assert tune({0: {"a": 1.0, "b": 0.5}}) is None  # one seed: nothing to choose on
     tie = {0: {"a": 1.0, "b": 1.0}, 1: {"a": 1.0, "b": 1.0}}
     assert tune(tie).picks == {0: "a", 1: "a"} and tune(tie, {"a": 2.0, "b": 1.0}).picks == {0: "b", 1: "b"}
 
@@ -80,3 +84,13 @@ def test_the_claims_compare_each_methods_held_out_choice_by_seed(tmp_path):
     # SWA at 1e-3 (1.50, 1.51) against the WSM chosen (1.54, 1.55): 0.04 each
     assert f"below the choice made on the others) {(0.04 + 0.04 + 0.11) / 3:.4f} nats on average" in avg
     assert all(not math.isnan(f.final[s]) for f in findings.values() for s in f.final)
+    # a seed whose cosine run at 2e-3 has not finished waits for cosine, and only for cosine
+    runs.append(Run(tmp_path / "unfinished", "gpt", "cosine, lr 0.002", 3, {"lr": 2e-3, "lr_schedule": "cosine"},
+                    [], None))
+    runs.append(fake_run(tmp_path, 3, "cosine", 1e-3, 1.0))
+    out = tuned_claims(Experiment("lm-tuned", "t", "model", "cpu-lm", runs=runs))
+    line = next(x for x in out if isinstance(x, str) and ": cosine: chosen " in x)
+    assert line.endswith("seed 3 still lacks a run of the grid (unfinished, diverged or without post-hoc rows) "
+                         "and waits")
+    again = next(f for f in out if isinstance(f, Finding) and f.what == "cosine - WSD")
+    assert again.final == findings["cosine - WSD"].final

@@ -7,6 +7,7 @@ another CPU or thread count rounds differently, which training amplifies into a 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rbwa.config import make_config
@@ -28,13 +29,17 @@ DEMO = {"dataset": "digits", "model": "resnet18", "width": 0.125, "epochs": 15, 
 def lesson(metrics: dict[str, list[dict]]) -> str:
     """What the runs show, in one sentence, from their per-epoch metrics (label -> metrics.jsonl rows). Pure."""
     end = {label: rows[-1] for label, rows in metrics.items()}
-    gap = max(abs(a[k] - b[k]) for a, b in zip(metrics["rbwa"], metrics[TWIN], strict=True)
-              for k in ("test_loss", "train_loss") if a[k] is not None)
-    twin = "the same numbers at every epoch" if gap == 0 else f"numbers within {gap:.1g} of RBWA's at every epoch"
+    pairs = [(a[k], b[k]) for a, b in zip(metrics["rbwa"], metrics[TWIN]) for k in ("test_loss", "train_loss")
+             if a.get(k) is not None and b.get(k) is not None]
+    gap = max((abs(x - y) for x, y in pairs), default=math.nan)
+    if len(metrics["rbwa"]) != len(metrics[TWIN]) or math.isnan(gap):
+        twin = "losses that cannot be set beside RBWA's (the runs differ in length or a loss is not a number)"
+    else:
+        twin = "the same losses at every epoch" if gap == 0 else f"losses within {gap:.1g} of RBWA's at every epoch"
     rbwa, sgd = end["rbwa"], end["sgd"]
     stall = ("and that decay stalls it" if rbwa["train_loss"] > sgd["train_loss"] else "and that decay does not "
              "stall it here") + f" (final training loss {rbwa['train_loss']:.4f} against SGD's {sgd['train_loss']:.4f})"
-    best = min(end, key=lambda label: end[label]["test_loss"])
+    best = min(end, key=lambda label: (math.isnan(end[label]["test_loss"]), end[label]["test_loss"]))
     side = (f"a side average of SGD's own run, SWA, ends lowest in test loss ({end['swa']['test_loss']:.4f} against "
             f"SGD's {sgd['test_loss']:.4f} and RBWA's {rbwa['test_loss']:.4f})" if best == "swa" else
             f"the lowest test loss is {best}'s ({end[best]['test_loss']:.4f}; SWA's side average "

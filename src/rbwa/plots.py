@@ -62,6 +62,21 @@ def curve_band(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray
     return np.array(epochs), values.mean(axis=1), values.min(axis=1), values.max(axis=1)
 
 
+def loss_limits(bands: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], first: int,
+                scale: str) -> tuple[float | None, float] | None:
+    """The held-out loss panel's y limits: every band (``curve_band``'s min-max over seeds) from epoch ``first`` on,
+    finite values only, and positive ones on a log axis; a linear axis keeps its own bottom and gets a margin on top
+    (0.1, or a tenth of the range where that is smaller but not 0). None where nothing is left to show. Pure."""
+    values = np.concatenate([np.concatenate([lo[e >= first], hi[e >= first]]) for e, _, lo, hi in bands] or [[]])
+    values = values[np.isfinite(values) & ((values > 0) if scale == "log" else True)]
+    if not len(values):
+        return None
+    high, low = float(values.max()), float(values.min())
+    if scale == "log":
+        return low / 1.1, high * 1.1
+    return None, high + (min(0.1, 0.1 * (high - low)) or 0.1)
+
+
 def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, start_epoch: int | None = None,
                 metric: str = "test_acc", loss_axis: tuple[str, str, str] = LM_LOSS) -> Path:
     """Two panels (test accuracy, or with ``metric="test_loss"`` the held-out loss, its title, axis label and scale
@@ -88,15 +103,10 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, title: str, sta
         band = f"line: mean of {n_seeds[0]} seeds; band: min-max" if n_seeds[0] > 1 else "single run"
     if metric == "test_loss":  # the held-out loss, zoomed to the epochs from the start (and after the first)
         acc_ax.set(title=loss_axis[0], xlabel="epoch", ylabel=loss_axis[1], yscale=loss_axis[2])
-        first = max(1, start_epoch or 1)
-        late = [m[e >= first] for e, m, _, _ in (curve_band(runs, metric) for runs in groups.values())]
-        late = [m for m in late if len(m)]
-        if late:
-            high, low = max(m.max() for m in late), min(m.min() for m in late)
-            if loss_axis[2] == "log":
-                acc_ax.set_ylim(low / 1.1, high * 1.1)
-            else:
-                acc_ax.set_ylim(None, high + min(0.1, 0.1 * (high - low)))
+        limits = loss_limits([curve_band(runs, metric) for runs in groups.values()], max(1, start_epoch or 1),
+                             loss_axis[2])
+        if limits:
+            acc_ax.set_ylim(*limits)
     else:
         acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
     if start_epoch is not None and metric == "test_acc":  # zoom on the part where the methods differ

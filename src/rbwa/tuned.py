@@ -43,14 +43,21 @@ class Tuned:
 
 def tune(losses: dict[int, dict[str, float]], order: dict[str, float] | None = None) -> Tuned | None:
     """Seed -> setting -> loss, tuned on the other seeds (the lowest mean loss over them; a tie to the lowest
-    ``order``, then the name). Only seeds that hold every setting any seed holds take part; None below 2 such seeds.
-    Pure."""
-    every = set().union(*losses.values()) if losses else set()
-    full = {s: d for s, d in losses.items() if set(d) == every}
-    picks = choose_on_others({s: {c: -v for c, v in d.items()} for s, d in full.items()}, order)
+    ``order``, then the name), over the settings every seed holds; None below 2 seeds. Pure."""
+    common = set.intersection(*(set(d) for d in losses.values())) if losses else set()
+    picks = choose_on_others({s: {c: -v for c, v in d.items() if c in common} for s, d in losses.items()}, order)
     if len(picks) < 2:
         return None
-    return Tuned(picks, {s: full[s][c] for s, c in picks.items()}, {s: min(full[s].values()) for s in picks})
+    return Tuned(picks, {s: losses[s][c] for s, c in picks.items()},
+                 {s: min(losses[s][c] for c in common) for s in picks})
+
+
+def complete(losses: dict[int, dict[str, float]], grid: set[str]) -> tuple[dict[int, dict[str, float]], list[int]]:
+    """(the seeds whose settings cover every run setting of the ``grid``, the seeds still waiting for some), where a
+    setting "lr X: candidate" belongs to the run setting "lr X". Pure."""
+    def covers(d: dict[str, float]) -> bool:
+        return grid <= {c.split(": ")[0] for c in d}
+    return {s: d for s, d in losses.items() if covers(d)}, sorted(s for s, d in losses.items() if not covers(d))
 
 
 def setting(cfg: dict[str, Any]) -> str:
@@ -62,14 +69,21 @@ def setting(cfg: dict[str, Any]) -> str:
 Losses = dict[str, dict[int, dict[str, float]]]  # method -> seed -> setting -> final validation loss
 
 
-def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, str], Run]]]:
-    """(method -> seed -> setting -> final validation loss, method -> (seed, setting) -> the run it came from) for
-    the finished runs of ``exp``. A constant-LR run with post-hoc rows gives its final weights (the last snapshot
-    alone), each candidate ("lr X: label") to "an average (any family)", and its WSM candidates to "WSM"."""
+METHODS = {"cosine": ("cosine",), "WSD": ("wsd",), "constant LR, final weights": ("constant",),
+           "an average (any family)": ("constant",), "WSM": ("constant",)}  # method -> the LR schedule of its runs
+
+
+def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, str], Run]], dict[str, set[str]]]:
+    """(method -> seed -> setting -> final validation loss, method -> (seed, setting) -> the run it came from,
+    method -> the run settings of its grid, run or not) for ``exp``. A finished constant-LR run with post-hoc rows
+    gives its final weights (the last snapshot alone), each candidate ("lr X: label") to "an average (any family)",
+    and its WSM candidates to "WSM"."""
     from rbwa.posthoc import final_reestimated
 
     losses: dict[str, dict[int, dict[str, float]]] = {}
     runs: dict[str, dict[tuple[int, str], Run]] = {}
+    grid = {m: {setting(r.config) for r in exp.runs if r.config and r.config.get("lr_schedule", "constant") in kinds}
+            for m, kinds in METHODS.items()}
 
     def add(method: str, seed: int, name: str, loss: float, run: Run) -> None:
         losses.setdefault(method, {}).setdefault(seed, {})[name] = loss
@@ -91,7 +105,7 @@ def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, st
             add("an average (any family)", r.seed, f"{name}: {row['label']}", float(row["test_loss"]), r)
             if row["family"] == "wsm":
                 add("WSM", r.seed, f"{name}: {row['label']}", float(row["test_loss"]), r)
-    return losses, runs
+    return losses, runs, grid
 
 
 # (A, B): does A, tuned, reach a lower validation loss than B, tuned?
@@ -102,16 +116,24 @@ QUESTIONS = [("an average (any family)", "cosine"), ("an average (any family)", 
 def tuned_claims(exp: Experiment) -> list[Finding | str]:
     """The tuned comparisons of ``exp``: each method's choices and optimism in a line, then a finding per question
     (positive differences: A's validation loss is the lower)."""
-    losses, runs = method_losses(exp)
-    tuned = {m: t for m, by_seed in losses.items() if (t := tune(by_seed)) is not None}
+    losses, runs, grid = method_losses(exp)
     where = "A GPT on text, every method tuned on the other seeds"
     out: list[Finding | str] = []
-    for method, t in tuned.items():
+    tuned = {}
+    for method, by_seed in losses.items():
+        ready, waiting = complete(by_seed, grid[method])
+        t = tune(ready)
+        if t is None:
+            continue
+        tuned[method] = t
         mean, lo, hi = mean_ci(list(t.optimism.values()))
         out.append(f"{where}: {method}: chosen {picks_text(t.picks)}; validation loss "
                    + "; ".join(f"seed {s}: {v:.4f}" for s, v in sorted(t.held.items()))
                    + f"; the leave-one-out optimism (the best on a seed's own runs below the choice made on the "
-                   f"others) {mean:.4f} nats on average [{lo:.4f}, {hi:.4f}]")
+                   f"others) {mean:.4f} nats on average [{lo:.4f}, {hi:.4f}]"
+                   + (f"; seed{'s' * (len(waiting) > 1)} {', '.join(map(str, waiting))} still "
+                      f"{'lack' if len(waiting) > 1 else 'lacks'} a run of the grid (unfinished, diverged or without "
+                      f"post-hoc rows) and wait{'' if len(waiting) > 1 else 's'}" if waiting else ""))
     for a, b in QUESTIONS:
         if a not in tuned or b not in tuned:
             continue
