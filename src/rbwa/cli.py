@@ -18,8 +18,16 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from rbwa.config import CHOICES, DEFAULT_POSTHOC_FAMILIES, HELP, POSTHOC_FAMILIES, TrainConfig, load_yaml, make_config
 from rbwa.errors import UserError
+from rbwa.training.config import (
+    CHOICES,
+    DEFAULT_POSTHOC_FAMILIES,
+    HELP,
+    POSTHOC_FAMILIES,
+    TrainConfig,
+    load_yaml,
+    make_config,
+)
 
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
 
@@ -63,9 +71,9 @@ def given(ns: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from rbwa.config import preset_defaults
-    from rbwa.rundir import CONFIG, claim
-    from rbwa.train import end_distributed, stop_distributed, train
+    from rbwa.training.config import preset_defaults
+    from rbwa.training.loop import end_distributed, stop_distributed, train
+    from rbwa.training.rundir import CONFIG, claim
 
     values = preset_defaults(ns.preset) if ns.preset else {}
     values.update(load_yaml(ns.config) if ns.config else {})
@@ -84,7 +92,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         stop_distributed()
         raise
     if os.environ.get("RANK", "0") == "0":
-        from rbwa.train import method_label
+        from rbwa.training.loop import method_label
 
         label, where = method_label(cfg), f"run directory {values.get('out', TrainConfig.out)}"
         if "vocab" in summary:  # a language model: its measure is the validation loss
@@ -107,8 +115,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(ns: argparse.Namespace) -> int:
-    from rbwa.experiments import reproduce
-    from rbwa.launch import require, slurm_parameters
+    from rbwa.experiments.grids import reproduce
+    from rbwa.experiments.launch import require, slurm_parameters
 
     require(ns.launcher)  # a missing optional package, before anything else
     if ns.cpus_per_run is not None and not ns.cpus_per_run > 0:
@@ -132,8 +140,8 @@ def cmd_reproduce(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    from rbwa.experiments import status
-    from rbwa.rundir import STATUSES
+    from rbwa.experiments.grids import status
+    from rbwa.training.rundir import STATUSES
 
     counts = status(ns.out)
     total = {s: sum(c[s] for c in counts.values()) for s in STATUSES}
@@ -148,7 +156,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
-    from rbwa.report import write_report
+    from rbwa.analysis.report import write_report
 
     path = write_report(ns.runs, ns.out or ns.runs)
     print(f"wrote {path}")
@@ -156,7 +164,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
 
 def cmd_posthoc(ns: argparse.Namespace) -> int:
-    from rbwa.posthoc import evaluate_run, write_results
+    from rbwa.analysis.posthoc import evaluate_run, write_results
 
     for name in ("lawa", "half_lives", "wsm_windows", "gammas"):
         if any(not (math.isfinite(v) and v > 0) for v in getattr(ns, name) or []):
@@ -174,7 +182,7 @@ def cmd_posthoc(ns: argparse.Namespace) -> int:
 
 
 def cmd_merge(ns: argparse.Namespace) -> int:
-    from rbwa.merge import merge
+    from rbwa.checkpoints.merge import merge
 
     if (ns.wsm is None) != (ns.window is None):
         raise UserError("--wsm SHAPE and --window K go together: the decay's shape over the last K intervals")
@@ -190,14 +198,14 @@ def cmd_merge(ns: argparse.Namespace) -> int:
 
 
 def cmd_sample(ns: argparse.Namespace) -> int:
-    from rbwa.sample import sample
+    from rbwa.training.sample import sample
 
     print(sample(ns.run, ns.tokens, ns.prompt, ns.seed, ns.average, ns.dataset, ns.data_dir, ns.temperature))
     return 0
 
 
 def cmd_migrate(ns: argparse.Namespace) -> int:
-    from rbwa.migrate import migrate
+    from rbwa.experiments.migrate import migrate
 
     renamed = migrate(ns.runs, ns.dataset)
     for old, new in renamed:
@@ -227,8 +235,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
     d.set_defaults(func=cmd_demo)
 
-    from rbwa.config import PRESETS
-    from rbwa.experiments import EXPERIMENTS
+    from rbwa.experiments.grids import EXPERIMENTS
+    from rbwa.training.config import PRESETS
 
     r = sub.add_parser("reproduce", help="run one of the paper's experiments as a resumable grid of runs")
     r.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
@@ -362,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
     except Exception as e:
-        from rbwa.train import Diverged
+        from rbwa.training.loop import Diverged
 
         if isinstance(e, Diverged):
             print(f"error: {e}", file=sys.stderr)

@@ -15,9 +15,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from rbwa import snapshots
 from rbwa.averaging.named import SHARDED_CALLBACK, CallbackAverages
-from rbwa.snapshots import check_snapshot_args
+from rbwa.checkpoints import snapshots
+from rbwa.checkpoints.snapshots import check_snapshot_args
 
 REFUSED = ("FSDPStrategy", "DeepSpeedStrategy")  # FSDP1, DeepSpeed: shardings the callbacks cannot gather or fold
 
@@ -123,10 +123,10 @@ class RBWACallback(pl.Callback, CallbackAverages):
 
 class SnapshotCallback(pl.Callback):
     """Store the model's weights every ``every_n_steps`` optimizer steps as ``dirpath/<step, 8 digits>.pt``, rbwa's
-    one snapshot format (:mod:`rbwa.snapshots`: the step, the parameters in ``dtype``, the buffers and the ties; no
-    optimizer state, so a snapshot costs its weights' bytes), for ``rbwa merge dirpath``: every side average of the
-    run, chosen after training. Under FSDP2 every process gathers the shards and the first writes the whole model;
-    FSDP1 and DeepSpeed are refused in one line."""
+    one snapshot format (:mod:`rbwa.checkpoints.snapshots`: the step, the parameters in ``dtype``, the buffers and the
+    ties; no optimizer state, so a snapshot costs its weights' bytes), for ``rbwa merge dirpath``: every side average
+    of the run, chosen after training. Under FSDP2 every process gathers the shards and the first writes the whole
+    model; FSDP1 and DeepSpeed are refused in one line."""
 
     def __init__(self, dirpath: str, every_n_steps: int, dtype: str = "float32") -> None:
         check_snapshot_args(every_n_steps, dtype)
