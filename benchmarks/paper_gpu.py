@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from rbwa.experiments.grids import plan
+from rbwa.experiments.runner import plan
 from rbwa.training.config import default_dir
 from rbwa.training.rundir import run_status
 

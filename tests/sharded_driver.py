@@ -249,7 +249,7 @@ def main() -> None:
     with open(os.path.join(out, f"{mode}-rank{rank}.json"), "w") as f:
         json.dump(found, f)
     dist.destroy_process_group()
-    os._exit(0)  # gloo's threads can race the interpreter's teardown (see rbwa.training.loop.end_distributed)
+    os._exit(0)  # gloo's threads can race the interpreter's teardown (see rbwa.training.distributed.end_distributed)
 
 
 if __name__ == "__main__":

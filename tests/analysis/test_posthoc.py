@@ -202,7 +202,7 @@ def test_bad_runs_are_refused_in_one_line(tmp_path, capsys, make, message):
 
 
 def test_a_run_on_an_image_folder_needs_that_folder(tmp_path, capsys):
-    from test_data import make_folder
+    from folder_data import make_folder
 
     folder = make_folder(tmp_path / "data", per_class=8)
     run, _ = digits(tmp_path, "run", dataset=f"folder:{folder}", cache_dir=str(tmp_path / "cache"), train_subset=None,

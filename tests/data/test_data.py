@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from folder_data import make_folder
 from rbwa.data import cifar, dataset_identity, folder, load_dataset, stratified_indices
 from rbwa.errors import UserError
 
@@ -255,16 +256,6 @@ def test_a_download_with_the_wrong_checksum_is_never_renamed_into_place(tmp_path
 
 
 # ---- image folders ------------------------------------------------------------------------------
-def make_folder(root: Path, classes=("a", "b"), per_class=3, size=8, ext=".png") -> Path:
-    for split in ("train", "test"):
-        for c, name in enumerate(classes):
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                value = 40 * c + i
-                Image.new("RGB", (size, size), (value, value + 1, value + 2)).save(root / split / name / f"{i}{ext}")
-    return root
-
-
 def test_folder_decodes_and_caches(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "data")
     train, test = load_dataset(f"folder:{root}", tmp_path, tmp_path / "cache")

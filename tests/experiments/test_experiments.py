@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from rbwa.errors import UserError
-from rbwa.experiments.grids import EXPERIMENTS, expand, reproduce
+from rbwa.experiments.grids import EXPERIMENTS, expand
+from rbwa.experiments.runner import reproduce
 
 
 @pytest.mark.parametrize(("experiment", "points"), [("fig3", 4), ("fig5", 4), ("table1", 10), ("variants", 8),
@@ -153,7 +154,7 @@ def test_a_diverged_run_does_not_stop_the_sweep(tmp_path, capsys):
 def test_a_second_sweep_only_adds_runs_to_the_manifest_and_another_preset_is_refused(tmp_path, capsys):
     pytest.importorskip("sklearn")
     from rbwa.cli import main
-    from rbwa.experiments.grids import status
+    from rbwa.experiments.runner import status
 
     overrides = {"dataset": "digits", "train_subset": 100, "test_subset": 50}
     reproduce("fig3", preset="smoke", seeds=2, out=tmp_path, overrides=overrides)
@@ -189,7 +190,7 @@ def test_relative_paths_are_made_absolute_for_workers_elsewhere(tmp_path, monkey
 
 SLOW_PLAN = """
 import sys, time
-import rbwa.experiments.grids as ex
+import rbwa.experiments.runner as ex
 read = ex.read_manifest
 def slow(path):  # a slow filesystem: the manifest read, then a pause before the merge is written
     found = read(path)

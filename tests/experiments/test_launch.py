@@ -12,8 +12,9 @@ import pytest
 
 from rbwa.cli import main
 from rbwa.errors import UserError
-from rbwa.experiments.grids import expand, reproduce, status
+from rbwa.experiments.grids import expand
 from rbwa.experiments.launch import launch_slurm, slurm_parameters
+from rbwa.experiments.runner import reproduce, status
 from rbwa.io import read_jsonl
 from rbwa.training.rundir import run_lock
 
@@ -182,7 +183,7 @@ def test_a_sweep_on_a_ray_cluster_writes_where_the_driver_was_told(tmp_path, ray
 def test_a_cluster_node_that_cannot_see_out_is_refused(tmp_path, ray_cluster, monkeypatch):
     import ray
 
-    from rbwa.experiments.grids import launch
+    from rbwa.experiments import launch
 
     ray.init(address="auto", log_to_driver=False)
     try:

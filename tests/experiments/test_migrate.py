@@ -4,13 +4,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_data import make_folder
 
+from folder_data import make_folder
 from rbwa.analysis.report import write_report
 from rbwa.cli import main
 from rbwa.errors import UserError
-from rbwa.experiments.grids import reproduce
 from rbwa.experiments.migrate import migrate
+from rbwa.experiments.runner import reproduce
 from rbwa.training.config import MACHINE_KEYS
 
 MACHINE_PATH = re.compile(r"(^|[\s\"'`(=:])/(work|root|home|tmp|Users|var|mnt)/")

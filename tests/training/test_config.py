@@ -2,7 +2,8 @@ import pytest
 
 from rbwa.data.loader import steps_per_epoch
 from rbwa.errors import UserError
-from rbwa.training.config import PRESETS, TrainConfig, load_yaml, make_config, preset_defaults, resolve, validate
+from rbwa.training.config import PRESETS, TrainConfig, load_yaml, make_config, preset_defaults, resolve
+from rbwa.training.validate import validate
 
 
 def test_defaults_follow_the_paper():
@@ -79,7 +80,8 @@ def test_the_start_epoch_follows_the_runs_length_and_stops_only_the_methods_that
     """Issue 41: `rbwa train --epochs 5` was refused for every method (the default start epoch 10 was checked first),
     and a missing text file was reported as a bad start epoch."""
     from rbwa.errors import UserError
-    from rbwa.training.config import resolve, validate
+    from rbwa.training.config import resolve
+    from rbwa.training.validate import validate
 
     assert resolve(make_config(epochs=5)).start_epoch == 1 and resolve(make_config(epochs=50)).start_epoch == 10
     assert resolve(make_config(epochs=15, start_epoch=0)).start_epoch == 0
@@ -94,7 +96,7 @@ def test_the_start_epoch_follows_the_runs_length_and_stops_only_the_methods_that
 
 
 def test_second_review_cases_of_the_start_epoch_and_the_data(tmp_path):
-    from rbwa.training.config import validate
+    from rbwa.training.validate import validate
 
     with pytest.raises(UserError, match="start epoch must be >= 0, got -1"):
         validate(make_config(start_epoch=-1))

@@ -17,6 +17,7 @@ DRIVER = textwrap.dedent("""
     import os, sys, torch
     import rbwa.training.loop as t
     from rbwa.training.config import make_config
+    from rbwa.training.distributed import end_distributed
     captured = {}
     real_build = t.build
     def build(cfg, model, steps):
@@ -32,7 +33,7 @@ DRIVER = textwrap.dedent("""
     rank = os.environ.get("RANK", "0")
     torch.save({"averages": opt.averages, "folds": opt.folds, "model": model.state_dict(), "writes": len(writes)},
                os.path.join(sys.argv[3], f"rank{rank}.pt"))
-    t.end_distributed(0)  # as `rbwa train` ends under torchrun
+    end_distributed(0)  # as `rbwa train` ends under torchrun
 """)
 
 
@@ -81,7 +82,7 @@ def test_two_processes_match_one_and_agree_with_each_other(tmp_path):
 def test_global_batch_must_split_evenly(monkeypatch):
     from rbwa.errors import UserError
     from rbwa.training.config import make_config
-    from rbwa.training.loop import init_distributed
+    from rbwa.training.distributed import init_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match=r"batch size 33 \(the global batch\) is not divisible by 2 processes"):
@@ -107,7 +108,7 @@ BN_DRIVER = textwrap.dedent("""
     if rank == 0:
         torch.save(out, sys.argv[1])
     dist.barrier()
-    from rbwa.training.loop import end_distributed
+    from rbwa.training.distributed import end_distributed
     end_distributed(0)  # the trainer's own exit: see its docstring
 """)
 
@@ -156,7 +157,7 @@ GRAD_DRIVER = textwrap.dedent("""
     if rank == 0:
         torch.save([p.grad for p in model.parameters()], sys.argv[1])
     dist.barrier()
-    from rbwa.training.loop import end_distributed
+    from rbwa.training.distributed import end_distributed
     end_distributed(0)  # the trainer's own exit: see its docstring
 """)
 

@@ -170,7 +170,7 @@ def test_a_kill_between_the_last_checkpoint_and_its_metrics_line_resumes_to_the_
 
 
 def test_too_little_memory_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    monkeypatch.setattr("rbwa.training.loop.available_bytes", lambda device: 1000)
+    monkeypatch.setattr("rbwa.training.tasks.available_bytes", lambda device: 1000)
     with pytest.raises(UserError, match=r"needs about .* on cpu but only 1000 B is free"):
         train(_config(tmp_path), progress=False)
     assert not (tmp_path / "run").exists()
@@ -179,11 +179,12 @@ def test_too_little_memory_is_refused_before_anything_is_written(tmp_path, monke
 def test_the_memory_check_does_not_count_a_dataset_already_in_memory_twice(tmp_path, monkeypatch):
     """On the CPU the splits are loaded before the check, so the free memory it reads has paid for them already:
     a run whose model, optimizer and averages fit is accepted however large its data."""
-    import rbwa.training.loop as t
+    import rbwa.training.tasks as t
+    from rbwa.training.config import resolve
 
     cfg = _config(tmp_path, train_subset=1000)
     model = t.build_model("resnet18", 10, 0.0625)
-    train_split, test_split = t.prepare_data(t.resolve(cfg))
+    train_split, test_split = t.prepare_data(resolve(cfg))
     data = sum(x.numel() * x.element_size() for x in (train_split.images, train_split.labels, test_split.images,
                                                        test_split.labels))
     weights = estimate_bytes(0, sum(p.numel() for p in model.parameters()), sum(b.numel() for b in model.buffers()),

@@ -39,6 +39,7 @@ DRIVER = STOPPING + textwrap.dedent("""
     import json, os, sys
     import rbwa.training.loop as t
     from rbwa.training.config import make_config
+    from rbwa.training.distributed import end_distributed
     runs, stop = eval(sys.argv[1]), sys.argv[2] == "stop"
     real_build, kinds = t.build, []
     def build(cfg, model, steps):  # what the trainer built on: each parameter's kind (DTensor: sharded)
@@ -56,7 +57,7 @@ DRIVER = STOPPING + textwrap.dedent("""
             pass
     with open(os.path.join(os.path.dirname(runs[0][1]), f"kinds-{sys.argv[2]}-{os.environ['RANK']}.json"), "w") as f:
         json.dump(kinds, f)
-    t.end_distributed(0)
+    end_distributed(0)
 """)
 
 
@@ -146,7 +147,7 @@ def test_two_sharded_processes_equal_one_and_resume_at_the_other_count(tmp_path,
 
 
 def test_what_fsdp_refuses_in_one_line():
-    from rbwa.training.config import validate
+    from rbwa.training.validate import validate
 
     with pytest.raises(UserError, match="--fsdp shards --model gpt"):
         validate(make_config(fsdp=True))

@@ -178,7 +178,8 @@ def test_write_back_methods_evaluate_with_batchnorm_re_estimated(tiny_resnet):
 
 def test_write_back_flag_is_checked():
     from rbwa.errors import UserError
-    from rbwa.training.config import make_config, resolve, validate
+    from rbwa.training.config import make_config, resolve
+    from rbwa.training.validate import validate
 
     with pytest.raises(UserError, match="--write-back applies to rbwa and rbwa-e"):
         validate(resolve(make_config(method="sgd", write_back=0)))

@@ -115,7 +115,7 @@ def test_divergence_stops_the_run(tmp_path):
 def _spy_on_first_conv(monkeypatch, seen: list) -> None:
     """Record (activation dtype, input is channels_last, weight is channels_last) at every forward of the
     first convolution of the model that train() builds."""
-    import rbwa.training.loop as t
+    import rbwa.training.tasks as t
 
     real = t.build_model
 
@@ -176,7 +176,7 @@ def test_checkpoint_from_another_config_is_refused_and_a_new_version_warned_abou
 
 
 def test_checkpoints_written_by_rbwa_0_1_still_load(tmp_path):
-    from rbwa.training.loop import load_checkpoint
+    from rbwa.training.checkpoint import load_checkpoint
 
     # 0.1 stored torch.__version__ (a TorchVersion, a str subclass) and no config in its checkpoints
     torch.save({"format": "rbwa-checkpoint-1", "epoch": 3, "versions": {"torch": torch.__version__}},
@@ -185,7 +185,7 @@ def test_checkpoints_written_by_rbwa_0_1_still_load(tmp_path):
 
 
 def test_cpu_kind_names_the_first_processor_and_what_torch_dispatches_to():
-    from rbwa.training.loop import cpu_kind, versions
+    from rbwa.training.provenance import cpu_kind, versions
 
     two = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\ncpu family\t: 6\nmodel\t\t: 207\n\n"
            "processor\t: 1\nmodel name\t: Another CPU\ncpu family\t: 25\nmodel\t\t: 1\n")
@@ -198,7 +198,7 @@ def test_cpu_kind_names_the_first_processor_and_what_torch_dispatches_to():
 
 
 def test_resuming_on_another_cpu_or_thread_count_is_warned_about_where_the_checkpoint_recorded_them():
-    from rbwa.training.loop import version_warning, versions
+    from rbwa.training.provenance import version_warning, versions
 
     now = versions()
     assert version_warning(now, now) is None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from rbwa.averaging.weights import (
 from rbwa.checkpoints import snapshots
 from rbwa.errors import UserError
 from rbwa.io import atomic_write_bytes
-from rbwa.training.config import DEFAULT_POSTHOC_FAMILIES, POSTHOC_FAMILIES, TrainConfig, make_config
+from rbwa.training.config import CHOICES, DEFAULT_POSTHOC_FAMILIES, POSTHOC_FAMILIES, TrainConfig, make_config
 from rbwa.training.progress import Progress
 from rbwa.training.rundir import CONFIG, SUMMARY
 
@@ -150,7 +151,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, data_dir: str 
     from rbwa.data import is_text, stratified_indices
     from rbwa.data.loader import BatchLoader, channel_stats
     from rbwa.models import build_model
-    from rbwa.training.loop import evaluate, prepare_data, prepare_task
+    from rbwa.training.tasks import evaluate, prepare_data, prepare_task
 
     run_dir = Path(run_dir)
     cfg = load_run(run_dir, dataset, data_dir, cache_dir)
@@ -279,3 +280,24 @@ def read_results(run_dir: Path) -> list[dict[str, Any]]:
     with open(path) as f:
         return [{**r, "value": float(r["value"]), "test_acc": float(r["test_acc"]),
                  "test_loss": float(r["test_loss"])} for r in csv.DictReader(f)]
+
+
+def posthoc_command(run_dir: str | Path, dataset: str | None = None, data_dir: str | None = None,
+                    cache_dir: str | None = None, lawa: list[int] | None = None, half_lives: list[float] | None = None,
+                    families: tuple[str, ...] = DEFAULT_FAMILIES, wsm_windows: list[int] | None = None,
+                    gammas: list[float] | None = None, bn_images: int | None = None, device: str = "cpu",
+                    out: Path | None = None, quiet: bool = False) -> Path:
+    """``rbwa posthoc``: the grid's numbers and the device checked, every candidate evaluated, the results written;
+    returns their folder."""
+    for name, values in (("lawa", lawa), ("half_lives", half_lives), ("wsm_windows", wsm_windows), ("gammas", gammas)):
+        if any(not (math.isfinite(v) and v > 0) for v in values or []):
+            raise UserError(f"--{name.replace('_', '-')} takes numbers > 0, got {values}")
+    if device not in CHOICES["device"]:
+        raise UserError(f"--device must be one of {', '.join(CHOICES['device'])}, got {device!r}")
+    if bn_images is not None and bn_images < 1:
+        raise UserError(f"--bn-images must be >= 1, got {bn_images}")
+    grid = {"lawa_windows": lawa, "half_lives": half_lives, "families": tuple(families), "wsm_windows": wsm_windows,
+            "gammas": gammas}
+    rows = evaluate_run(run_dir, dataset, data_dir, cache_dir, grid, bn_images, device,
+                        progress=False if quiet else None)
+    return write_results(run_dir, rows, out)

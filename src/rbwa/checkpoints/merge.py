@@ -637,3 +637,20 @@ def _save_dcp(state: dict[str, Any], folder: Path) -> None:
         failure = next(iter(e.failures.values()), None)
         cause = failure[0] if isinstance(failure, tuple) else failure
         raise (cause if isinstance(cause, OSError) else OSError(str(cause))) from e
+
+
+def merge_command(paths: list[str | Path], out: str | Path, swa_from: int | None = None, lawa: int | None = None,
+                  ema_half_life: float | None = None, wsm: str | None = None, window: int | None = None,
+                  power_gamma: float | None = None, in_order: bool = False) -> Merged:
+    """``rbwa merge``: :func:`merge` (``wsm``, a decay shape, goes with ``window`` K), then what it averaged and
+    wrote, and its notes, in lines."""
+    if (wsm is None) != (window is None):
+        raise UserError("--wsm SHAPE and --window K go together: the decay's shape over the last K intervals")
+    done = merge(paths, out, swa_from, lawa, ema_half_life, in_order=in_order,
+                 wsm=None if wsm is None else (wsm, window), power_gamma=power_gamma)
+    used = [c for c, w in zip(done.checkpoints, done.weights, strict=True) if w]
+    print(f"{done.label}: {len(used)} of {len(done.checkpoints)} {done.kind} checkpoints, from {used[0].path.name} to "
+          f"{used[-1].path.name}; wrote {out}")
+    for note in done.notes:
+        print(f"note: {note}")
+    return done

@@ -1,7 +1,7 @@
 """Where the runs of a sweep train: here, one after another (``local``); as Ray tasks (``ray``); or as a Slurm
 job array through submitit (``slurm``).
 
-A launcher takes the runs ``experiments.expand`` made and decides only where each ``train(config)`` runs.
+A launcher takes the runs ``grids.expand`` made and decides only where each ``train(config)`` runs.
 Every launcher writes the same ``OUT/runs/<name>`` directories, skips finished runs and resumes
 interrupted ones, so ``rbwa report`` and ``rbwa status`` read them alike. A run trains under its lock
 (``rundir.run_lock``), so two launchers pointed at one OUT never train the same run twice at once.
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from rbwa.errors import UserError
-from rbwa.training.rundir import GridRun, run_lock
+from rbwa.experiments.grids import GridRun
+from rbwa.training.rundir import run_lock
 
 LAUNCHERS = ("local", "ray", "slurm")
 RAY_RETRIES = 3  # a task whose worker dies is started again, and resumes from its run's checkpoint

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rbwa.errors import UserError
-from rbwa.experiments.grids import EXPERIMENTS, expand, manifest
+from rbwa.experiments.grids import EXPERIMENTS, expand
+from rbwa.experiments.runner import manifest
 from rbwa.io import atomic_write_json
 from rbwa.training.config import MACHINE_KEYS, differing_keys, identify, resolve
 
@@ -95,3 +96,11 @@ def migrate(root: str | Path, dataset: str | None = None) -> list[tuple[str, str
                 atomic_write_json(new / "config.json", want)
         atomic_write_json(path, manifest(spec["experiment"], spec["preset"], runs, root, overrides))
     return renamed
+
+
+def migrate_command(root: str | Path, dataset: str | None = None) -> None:
+    """``rbwa migrate``: :func:`migrate`, and a line per run renamed."""
+    renamed = migrate(root, dataset)
+    for old, new in renamed:
+        print(f"{old} -> {new}")
+    print(f"renamed {len(renamed)} run(s) in {root}; configs and manifests now carry no machine path")

@@ -107,6 +107,13 @@ def parameter_names(model: nn.Module, optimizer: str) -> list[str]:
     return [names[id(p)] for group in groups for p in group["params"]]
 
 
+def method_label(cfg: TrainConfig) -> str:
+    """What a run trains, in words: its method, with the base optimizer named where the method is none (``sgd``
+    with AdamW is plain AdamW) and a schedule other than constant. Pure."""
+    base = cfg.optimizer if cfg.method == "sgd" else cfg.method
+    return base + ("" if cfg.lr_schedule == "constant" else f" ({cfg.lr_schedule} LR)")
+
+
 def reestimates_bn(method: str, write_back: int = 1) -> bool:
     """Whether evaluation re-estimates BatchNorm's statistics: the evaluated weights are not the ones they were
     gathered with (a side average, schedule-free's x point, or an average not written back at every fold)."""

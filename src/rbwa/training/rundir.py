@@ -1,7 +1,8 @@
 """The run directory, the one interface between a sweep, its launchers, the trainer and the report: its file
-names, its lock, its status, and the sweep's unit of work (``GridRun``).
+names, its lock and its status.
 
-Both ``experiments`` (the grids) and ``launch`` (where runs train) build on this module; it imports neither.
+The trainer writes it; the sweeps (:mod:`rbwa.experiments`: the grids, the runner, the launchers) and the analysis
+read it. It imports none of them.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from rbwa.errors import UserError
-from rbwa.training.config import TrainConfig
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
 LOCK = ".lock"
@@ -25,21 +24,6 @@ STATUSES = ("finished", "diverged", "running", "interrupted", "not started")
 # a status probe holds the lock for microseconds: a process that finds it taken tries again for this long before
 # it believes that another process trains the run
 LOCK_PATIENCE_SECONDS = 1.0
-
-
-@dataclass
-class GridRun:
-    """One run of a sweep: which experiment, grid point (setting, label) and seed it is, and its config."""
-
-    experiment: str
-    setting: str
-    label: str
-    seed: int
-    config: TrainConfig
-
-    @property
-    def name(self) -> str:
-        return Path(self.config.out).name
 
 
 def _try_lock(f, patience: float) -> bool:
