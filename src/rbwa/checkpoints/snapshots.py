@@ -8,7 +8,7 @@ state dict: BatchNorm statistics) and ``ties`` (each other name of a tied parame
 under), so that :func:`state_dict` gives back the module's whole state dict. Under FSDP2 every process gathers its
 shards and the first one writes: the file is the one a 1-process run writes. A run resumed from its checkpoint
 drops the snapshots taken after it and takes them again, so the series has no gap and no duplicate and follows the
-trajectory that the run's checkpoint continues.
+trajectory that the run's checkpoint continues. ``rbwa merge`` reads them as one of its formats (:class:`Snapshot`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from rbwa.averaging.dtensor import whole
+from rbwa.checkpoints.format import Format, load
 from rbwa.io import atomic_torch_save
 
 FOLDER = "snapshots"
@@ -116,3 +117,13 @@ def check_snapshot_args(every_n_steps: int, dtype: str) -> None:
         raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+
+
+class Snapshot(Format):
+    """rbwa's snapshots as ``rbwa merge`` reads them (stepped by their ``step``), written as the module's whole state
+    dict (tied names included)."""
+
+    name = "rbwa"
+
+    def read(self, path: Path) -> dict[str, torch.Tensor]:
+        return state_dict(load(path))
