@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from rbwa.analysis.findings import Experiment, Run, compare, paper_batch_effect, summarise
+from rbwa.analysis.findings.core import Experiment, Run, compare
+from rbwa.analysis.findings.summary import paper_batch_effect, summarise
 
 
 def run(label: str, seed: int, accs: list[float], losses: list[float], status: str = "finished") -> Run:
@@ -70,7 +71,7 @@ def test_a_finding_names_the_seeds_whose_two_runs_recorded_different_machines():
 
 
 def test_choosing_on_the_other_seeds_never_uses_the_held_out_seeds_accuracy():
-    from rbwa.analysis.findings import choose_on_others
+    from rbwa.analysis.findings.posthoc import choose_on_others
 
     accuracy = {0: {"a": 90.0, "b": 10.0}, 1: {"a": 50.0, "b": 60.0}, 2: {"a": 50.0, "b": 60.0}}
     # seed 0 alone would pick a; held out, it gets what seeds 1 and 2 prefer (b); they get the mean of the others
@@ -78,7 +79,7 @@ def test_choosing_on_the_other_seeds_never_uses_the_held_out_seeds_accuracy():
 
 
 def test_a_tie_on_the_other_seeds_goes_to_the_lowest_value_and_only_common_candidates_compete():
-    from rbwa.analysis.findings import best_alone, choose_on_others
+    from rbwa.analysis.findings.posthoc import best_alone, choose_on_others
 
     # held out, seed 0 sees "LAWA 9" and "LAWA 10" tie at 80 (alphabetically "LAWA 10" would come first)
     accuracy = {0: {"LAWA 10": 1.0, "LAWA 9": 2.0, "extra": 99.0}, 1: {"LAWA 10": 80.0, "LAWA 9": 80.0},
@@ -91,7 +92,7 @@ def test_a_tie_on_the_other_seeds_goes_to_the_lowest_value_and_only_common_candi
 
 
 def test_a_finding_names_pairs_trained_at_different_commits_and_the_dataset_by_its_name():
-    from rbwa.analysis.findings import dataset_name
+    from rbwa.analysis.findings.core import dataset_name
 
     def at(r: Run, git) -> Run:
         r.summary = {"status": "finished", "versions": {"git": git}}

@@ -392,7 +392,7 @@ def test_the_choices_are_compared_across_datasets_once_two_have_them(tmp_path):
 
 
 def test_picks_text_lists_each_choice_with_its_seeds_the_most_chosen_first():
-    from rbwa.analysis.findings import picks_text
+    from rbwa.analysis.findings.posthoc import picks_text
 
     assert picks_text({0: "b", 1: "a", 2: "a", 3: "c"}) == "a (seeds 1, 2), b (seed 0), c (seed 3)"
 
