@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import interleaved, machine  # noqa: E402
 
-from rbwa import snapshots  # noqa: E402
+from rbwa.checkpoints import snapshots  # noqa: E402
 from rbwa.models import build_model  # noqa: E402
 
 
