@@ -4,7 +4,8 @@
 
 Per width of ResNet-18: the median time of the bare SGD step, RBWA's copy path and lr_scale path,
 the side-copy EMA of torch.optim.swa_utils (what ``rbwa train --method ema`` used before rbwa 0.4), the trainer's
-side EMA now (``rbwa.methods.SideAverage``: the named core shared with the callbacks), and a timm-style Lookahead,
+side EMA now (``rbwa.training.methods.SideAverage``: the named core shared with the callbacks), and a timm-style
+Lookahead,
 each divided by the bare step;
 the same overheads relative to a whole training step (forward + backward + step); and the fold alone
 against the memory-bandwidth floor, one torch._foreach_copy_ over the same tensors.
@@ -22,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import interleaved, machine  # noqa: E402
 
 from rbwa import RBWA, fold_  # noqa: E402
-from rbwa.methods import SideAverage  # noqa: E402
 from rbwa.models import build_model  # noqa: E402
+from rbwa.training.methods import SideAverage  # noqa: E402
 
 
 class TimmStyleLookahead:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rbwa.config import PRESETS
 from rbwa.models import build_model
+from rbwa.training.config import PRESETS
 
 PEAK_BF16 = {"A100": 312e12, "H100 SXM": 989e12}  # dense bf16 tensor-core peak, FLOP/s (vendor data sheets)
 UTILISATION = 0.3  # an assumption: small 32x32 convnets rarely sustain more than ~30% of peak

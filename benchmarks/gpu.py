@@ -78,11 +78,11 @@ def throughput(method: str, variant: str, steps: int, device: torch.device, widt
 def lm_throughput(method: str, param_dtype: str, steps: int, device: torch.device, dry_run: bool) -> float:
     """Tokens per second of ``steps`` training steps (after 3 warm-up steps) of the GPT of the ``gpu-lm`` preset
     (``cpu-lm``'s in a dry run), AdamW, weights held in ``param_dtype``, through the trainer's own step
-    (``rbwa.train.train_epoch``, ``rbwa.methods.build``), on random tokens already on the device."""
-    from rbwa.config import PRESETS, make_config
-    from rbwa.methods import build
+    (``rbwa.training.loop.train_epoch``, ``rbwa.training.methods.build``), on random tokens already on the device."""
     from rbwa.models.gpt import GPT
-    from rbwa.train import train_epoch
+    from rbwa.training.config import PRESETS, make_config
+    from rbwa.training.loop import train_epoch
+    from rbwa.training.methods import build
 
     preset = {k: v for k, v in PRESETS["cpu-lm" if dry_run else "gpu-lm"].items()}
     cfg = make_config(dataset="shakespeare", model="gpt", optimizer="adamw", method=method, param_dtype=param_dtype,

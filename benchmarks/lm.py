@@ -5,7 +5,8 @@ minimal hand-written loop on the same model and batches, and the fold's cost on 
 
 The model is the `cpu-lm` preset's GPT (4 layers, 4 heads, 128 wide, context 64, batch 12, AdamW); without the
 Tiny Shakespeare file (DATA_DIR/tinyshakespeare/input.txt) random tokens of its 65-character vocabulary stand in.
-rbwa's step is `rbwa.train.train_epoch` with the `rbwa.methods.build` setup of `--method sgd --optimizer adamw`
+rbwa's step is `rbwa.training.loop.train_epoch` with the `rbwa.training.methods.build` setup of `--method sgd
+--optimizer adamw`
 (the LR scheduler, the loss accounting on the device); the minimal loop is forward, cross-entropy, backward and
 AdamW's step. Printed: each one's median seconds for `--steps` steps, tokens per second, and the ratio.
 The fold costs the same per step whatever the batch, while the step's other work grows with batch x context:
@@ -24,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import interleaved, machine  # noqa: E402
 
 from rbwa import RBWA  # noqa: E402
-from rbwa.config import PRESETS, make_config  # noqa: E402
 from rbwa.data.loader import TokenLoader  # noqa: E402
-from rbwa.methods import base_optimizer, build  # noqa: E402
 from rbwa.models.gpt import GPT  # noqa: E402
-from rbwa.train import train_epoch  # noqa: E402
+from rbwa.training.config import PRESETS, make_config  # noqa: E402
+from rbwa.training.loop import train_epoch  # noqa: E402
+from rbwa.training.methods import base_optimizer, build  # noqa: E402
 
 
 def tokens(data_dir: str) -> tuple[torch.Tensor, int]:

@@ -55,8 +55,9 @@ def child(mode: str, folder: Path, out: Path) -> None:
     import numpy as np
 
     from rbwa.averaging.weights import combine
+    from rbwa.checkpoints.merge import merge
+    from rbwa.checkpoints.series import find
     from rbwa.io import atomic_torch_save
-    from rbwa.merge import find, merge
 
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS (Linux >= 4.0)
     before = _status("VmRSS")

@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
-from rbwa.config import default_dir
-from rbwa.experiments import plan
-from rbwa.rundir import run_status
+from rbwa.experiments.runner import plan
+from rbwa.training.config import default_dir
+from rbwa.training.rundir import run_status
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("fig3", "fig5")
@@ -128,7 +128,7 @@ def images_per_run(cfg: Any, train_size: int, test_size: int) -> int:
 
 def start(run: Any) -> subprocess.Popen:
     """One run in its own process (``rbwa train --resume`` through the launcher's entry point), logs in its dir."""
-    code = "import json, sys; from rbwa.launch import run_one; print(run_one(json.loads(sys.argv[1])))"
+    code = "import json, sys; from rbwa.experiments.launch import run_one; print(run_one(json.loads(sys.argv[1])))"
     Path(run.config.out).mkdir(parents=True, exist_ok=True)
     log = open(Path(run.config.out) / "paper-gpu.log", "a")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen([sys.executable, "-c", code, json.dumps(run.config.to_dict())], stdout=log,
@@ -209,7 +209,7 @@ def main() -> int:
             running.clear()
         time.sleep(0.2 if args.dry_run else 2.0)
 
-    from rbwa.report import write_report
+    from rbwa.analysis.report import write_report
 
     write_report(out)
     statuses = {r.name: run_status(Path(r.config.out)) for e in EXPERIMENTS for r in seeds[e]}

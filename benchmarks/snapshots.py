@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import interleaved, machine  # noqa: E402
 
-from rbwa import snapshots  # noqa: E402
-from rbwa.config import PRESETS  # noqa: E402
+from rbwa.checkpoints import snapshots  # noqa: E402
 from rbwa.models import build_model  # noqa: E402
+from rbwa.training.config import PRESETS  # noqa: E402
 
 
 def resnet18(width: float, data_dir: str) -> tuple[torch.nn.Module, Callable[[], None], int, int, tuple[int, ...]]:

@@ -97,7 +97,7 @@ def finish(out: str, seen: list[str], folds: int, extra: dict | None = None) -> 
 
     if dist.is_initialized():
         dist.destroy_process_group()
-    os._exit(0)  # gloo's threads can race the interpreter's teardown (see rbwa.train.end_distributed)
+    os._exit(0)  # gloo's threads can race the interpreter's teardown (see rbwa.training.distributed.end_distributed)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 
-from rbwa import RBWA, snapshots
+from rbwa import RBWA
+from rbwa.checkpoints import snapshots
 from rbwa.lightning import RBWACallback, SnapshotCallback
 from rbwa.models.gpt import GPT
 

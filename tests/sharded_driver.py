@@ -121,7 +121,7 @@ def hf_callback_hooks(rank: int, world: int, out: str) -> dict:
         "ema": (lambda: RBWACallback.ema(beta=0.8, start_epoch=1), {"average": "ema", "beta": 0.8, "write_back": None}),
         "swa": (lambda: RBWACallback.swa(3, start_epoch=1), {"every": 3, "write_back": None}),
     }
-    from rbwa import snapshots
+    from rbwa.checkpoints import snapshots
     from rbwa.hf import SnapshotCallback
 
     control, found = transformers.TrainerControl(), {}
@@ -249,7 +249,7 @@ def main() -> None:
     with open(os.path.join(out, f"{mode}-rank{rank}.json"), "w") as f:
         json.dump(found, f)
     dist.destroy_process_group()
-    os._exit(0)  # gloo's threads can race the interpreter's teardown (see rbwa.train.end_distributed)
+    os._exit(0)  # gloo's threads can race the interpreter's teardown (see rbwa.training.distributed.end_distributed)
 
 
 if __name__ == "__main__":

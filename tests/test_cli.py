@@ -61,13 +61,13 @@ def test_train_refuses_a_run_that_another_process_trains(tmp_path, capsys):
     plain `rbwa train` trains it."""
     import os
 
-    from rbwa.rundir import run_lock
+    from rbwa.training.rundir import run_lock
 
     pytest.importorskip("sklearn")
     run = tmp_path / "run"
     argv = ["train", *SMALL, "--out", str(run)]
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, pathlib; from rbwa.rundir import run_lock\n"
+        "import sys, time, pathlib; from rbwa.training.rundir import run_lock\n"
         f"with run_lock(pathlib.Path({str(run)!r})):\n    print('held', flush=True); sys.stdin.read()\n")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -123,7 +123,7 @@ def test_every_flag_says_what_it_does(command):
     import argparse
 
     from rbwa.cli import parser
-    from rbwa.config import CHOICES
+    from rbwa.training.config import CHOICES
 
     sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     for action in sub._actions:

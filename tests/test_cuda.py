@@ -56,8 +56,8 @@ def test_the_trainer_runs_rbwa_under_cuda_graphs(tmp_path):
     """`--compile --compile-mode reduce-overhead` (CUDA graphs) trains RBWA to the same place as eager: the
     written-back weights land in the parameters the captured graphs read."""
     pytest.importorskip("sklearn")
-    from rbwa.config import make_config
-    from rbwa.train import train
+    from rbwa.training.config import make_config
+    from rbwa.training.loop import train
 
     common = {"dataset": "digits", "device": "cuda", "epochs": 3, "start_epoch": 1, "method": "rbwa", "width": 0.25,
               "cache_dir": str(tmp_path / "cache")}
@@ -70,8 +70,9 @@ def test_the_trainer_runs_rbwa_under_cuda_graphs(tmp_path):
 
 def test_the_training_split_is_on_the_gpu_once(tmp_path, monkeypatch):
     """The training and BatchNorm loaders share one device copy of the training split."""
-    import rbwa.train as t
-    from rbwa.config import make_config
+    import rbwa.training.tasks as t
+    from rbwa.training.config import make_config
+    from rbwa.training.loop import train
 
     seen = []
     real = t.BatchLoader
@@ -84,7 +85,7 @@ def test_the_training_split_is_on_the_gpu_once(tmp_path, monkeypatch):
     monkeypatch.setattr(t, "BatchLoader", spy)
     cfg = make_config(dataset="digits", width=0.0625, epochs=1, start_epoch=0, method="swa", device="cuda",
                       out=str(tmp_path / "run"))
-    t.train(cfg, progress=False, log=lambda line: None)
+    train(cfg, progress=False, log=lambda line: None)
     assert len(seen) == 3 and seen[0] == seen[1] != seen[2]  # train and BatchNorm loaders: one copy; test: its own
 
 

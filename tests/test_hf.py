@@ -234,9 +234,9 @@ def test_fsdp1_and_deepspeed_are_refused_in_one_line_and_fsdp2_is_not(tmp_path):
 
 def test_snapshots_every_n_steps_land_in_output_dir_and_merge_reads_them(tmp_path):
     """9 optimizer steps (3 epochs of 3): snapshots at 3, 6, 9 in output_dir/snapshots, the last the final weights."""
-    from rbwa import snapshots
+    from rbwa.checkpoints import snapshots
+    from rbwa.checkpoints.merge import merge
     from rbwa.hf import SnapshotCallback
-    from rbwa.merge import merge
 
     model, _ = _train(tmp_path, "run", SnapshotCallback(every_n_steps=3))
     folder = tmp_path / "run" / "snapshots"

@@ -256,9 +256,9 @@ def test_under_lightnings_fsdp2_strategy_the_callback_folds_shards_as_the_wrappe
 def test_snapshots_every_n_steps_are_the_weights_then_and_merge_reads_them(tmp_path):
     """Snapshots at steps 2, 4, ..., 8 of 2 epochs (4 steps each); the last is the final weights, in bfloat16; rbwa
     merge averages the series into a state dict the module loads."""
-    from rbwa import snapshots
+    from rbwa.checkpoints import snapshots
+    from rbwa.checkpoints.merge import merge
     from rbwa.lightning import SnapshotCallback
-    from rbwa.merge import merge
 
     model = Tiny()
     trainer(2, tmp_path, callbacks=[SnapshotCallback(str(tmp_path / "snaps"), every_n_steps=2, dtype="bfloat16")],

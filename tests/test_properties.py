@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rbwa import RBWA
-from rbwa.config import FIELDS, TrainConfig, make_config, resolve, validate
 from rbwa.errors import UserError
+from rbwa.training.config import FIELDS, TrainConfig, make_config, resolve
+from rbwa.training.validate import validate
 
 values = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
                    st.text(max_size=12), st.lists(st.integers(-5, 60), max_size=3),

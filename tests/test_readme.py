@@ -53,9 +53,10 @@ def test_the_sharded_training_example_runs_under_torchrun(tmp_path):
                            "sharded.py"], cwd=folder, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert (folder / "ckpt" / ".metadata").exists(), done.stderr[-3000:]  # written by torch.distributed.checkpoint
-    # gloo's threads race the interpreter's teardown after destroy_process_group on torch 2.13 (rbwa.train's
-    # end_distributed; seen in 2 of 3 tries under a loaded CI): an abort at exit, after the example's last line has
-    # run and its checkpoint is written, is that race, not the example's failure; any other failure fails the test
+    # gloo's threads race the interpreter's teardown after destroy_process_group on torch 2.13
+    # (rbwa.training.distributed.end_distributed; seen in 2 of 3 tries under a loaded CI): an abort at exit, after the
+    # example's last line has run and its checkpoint is written, is that race, not the example's failure; any other
+    # failure fails the test
     teardown = "terminate called without an active exception" in done.stderr
     assert done.returncode == 0 or teardown, done.stderr[-3000:]
 

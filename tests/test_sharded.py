@@ -112,7 +112,7 @@ def test_rbwa_merge_reads_distributed_checkpoints_that_two_processes_saved_shard
     import torch
     import torch.distributed.checkpoint as dcp
 
-    from rbwa.merge import merge
+    from rbwa.checkpoints.merge import merge
 
     out = Path(sharded_runs[2])
     merge([out / "rbwa", out / "rbwa-e"], tmp_path / "lawa", lawa=2)

@@ -1,25 +1,21 @@
-"""The `rbwa` command line: train | demo | reproduce | report.
+"""The `rbwa` command line: train | demo | reproduce | status | report | posthoc | merge | sample | migrate.
 
-User errors print one `error: ...` line and exit with status 2 before any work starts; a diverged run
-exits with status 3.
+Argument parsing only: each command calls one function of the part of the package it belongs to. User errors print
+one `error: ...` line and exit with status 2 before any work starts; a diverged run exits with status 3.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
-import os
 import sys
 import types
 import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
-from pathlib import Path
 from typing import Any
 
-from rbwa.config import CHOICES, DEFAULT_POSTHOC_FAMILIES, HELP, POSTHOC_FAMILIES, TrainConfig, load_yaml, make_config
 from rbwa.errors import UserError
+from rbwa.training.config import CHOICES, DEFAULT_POSTHOC_FAMILIES, HELP, POSTHOC_FAMILIES, TrainConfig
 
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
 
@@ -63,39 +59,9 @@ def given(ns: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from rbwa.config import preset_defaults
-    from rbwa.rundir import CONFIG, claim
-    from rbwa.train import end_distributed, stop_distributed, train
+    from rbwa.training.command import train_command
 
-    values = preset_defaults(ns.preset) if ns.preset else {}
-    values.update(load_yaml(ns.config) if ns.config else {})
-    values.update(given(ns))
-    cfg = make_config(**values)
-    # one process trains a run directory at a time: a sweep's worker or another `rbwa train` holds its lock
-    # (under torchrun, rank 0 holds it for all ranks)
-    lock = claim(Path(cfg.out)) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
-    try:
-        with lock:  # a process that holds the run is named first; then a --resume with no run to continue
-            if ns.resume and not (Path(cfg.out) / CONFIG).exists():
-                raise UserError(f"--resume: {cfg.out} holds no run to continue (no {CONFIG}); check --out, or drop "
-                                "--resume to start a new run there")
-            summary = train(cfg, resume=ns.resume, progress=None if not ns.quiet else False)
-    except BaseException:
-        stop_distributed()
-        raise
-    if os.environ.get("RANK", "0") == "0":
-        from rbwa.train import method_label
-
-        label, where = method_label(cfg), f"run directory {values.get('out', TrainConfig.out)}"
-        if "vocab" in summary:  # a language model: its measure is the validation loss
-            print(f"{label}: final validation loss {summary['final_test_loss']:.4f} nats "
-                  f"({summary['final_test_loss'] / math.log(2):.3f} bits per character), final train loss "
-                  f"{summary['final_train_loss']:.4g}; {where}")
-        else:
-            print(f"{label}: final test accuracy {summary['final_test_acc']:.2f}%, best "
-                  f"{summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}), final train loss "
-                  f"{summary['final_train_loss']:.4g}; {where}")
-    end_distributed(0)  # under torchrun: does not return
+    train_command(ns.preset, ns.config, given(ns), resume=ns.resume, quiet=ns.quiet)
     return 0
 
 
@@ -107,109 +73,71 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(ns: argparse.Namespace) -> int:
-    from rbwa.experiments import reproduce
-    from rbwa.launch import require, slurm_parameters
+    from rbwa.experiments.runner import reproduce_command
 
-    require(ns.launcher)  # a missing optional package, before anything else
-    if ns.cpus_per_run is not None and not ns.cpus_per_run > 0:
-        raise UserError(f"--cpus-per-run must be > 0, got {ns.cpus_per_run}")
-    if ns.gpus_per_run is not None and ns.gpus_per_run < 0:
-        raise UserError(f"--gpus-per-run must be >= 0, got {ns.gpus_per_run}")
-    slurm = None
-    if ns.launcher == "slurm":
-        extra = {}
-        for item in ns.slurm_extra or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise UserError(f"--slurm-extra takes KEY=VALUE (an sbatch option without its dashes), got {item!r}")
-            extra[key] = value
-        slurm = {"params": slurm_parameters(ns.cpus_per_run, ns.gpus_per_run or 0, ns.slurm_partition, ns.slurm_time,
-                                            extra, ns.slurm_parallel)}
-    reproduce(ns.experiment, preset=ns.preset, seeds=ns.seeds, out=ns.out, overrides=given(ns, exclude=("out",)),
-              dry_run=ns.dry_run, launcher=ns.launcher, cpus_per_run=ns.cpus_per_run,
-              gpus_per_run=ns.gpus_per_run or 0.0, ray_address=ns.ray_address, slurm=slurm, only=ns.only)
+    reproduce_command(ns.experiment, ns.preset, ns.seeds, ns.out, given(ns, exclude=("out",)), dry_run=ns.dry_run,
+                      only=ns.only, launcher=ns.launcher, cpus_per_run=ns.cpus_per_run,
+                      gpus_per_run=ns.gpus_per_run, ray_address=ns.ray_address, slurm_partition=ns.slurm_partition,
+                      slurm_time=ns.slurm_time, slurm_parallel=ns.slurm_parallel, slurm_extra=ns.slurm_extra)
     return 0
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    from rbwa.experiments import status
-    from rbwa.rundir import STATUSES
+    from rbwa.experiments.runner import print_status
 
-    counts = status(ns.out)
-    total = {s: sum(c[s] for c in counts.values()) for s in STATUSES}
-    width = max(len(e) for e in counts)
-    for experiment, c in counts.items():
-        print(f"{experiment:<{width}}  " + ", ".join(f"{c[s]} {s}" for s in STATUSES))
-    n, done = sum(total.values()), total["finished"] + total["diverged"]
-    bar = "#" * round(30 * done / n) + "." * (30 - round(30 * done / n))
-    print(f"[{bar}] {done}/{n} runs done ({total['running']} running, {total['interrupted']} interrupted, "
-          f"{total['not started']} not started; a run shared by experiments counts in each)")
+    print_status(ns.out)
     return 0
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
-    from rbwa.report import write_report
+    from rbwa.analysis.report import write_report
 
-    path = write_report(ns.runs, ns.out or ns.runs)
-    print(f"wrote {path}")
+    print(f"wrote {write_report(ns.runs, ns.out or ns.runs)}")
     return 0
 
 
 def cmd_posthoc(ns: argparse.Namespace) -> int:
-    from rbwa.posthoc import evaluate_run, write_results
+    from rbwa.analysis.posthoc import posthoc_command
 
-    for name in ("lawa", "half_lives", "wsm_windows", "gammas"):
-        if any(not (math.isfinite(v) and v > 0) for v in getattr(ns, name) or []):
-            raise UserError(f"--{name.replace('_', '-')} takes numbers > 0, got {getattr(ns, name)}")
-    if ns.device not in CHOICES["device"]:
-        raise UserError(f"--device must be one of {', '.join(CHOICES['device'])}, got {ns.device!r}")
-    if ns.bn_images is not None and ns.bn_images < 1:
-        raise UserError(f"--bn-images must be >= 1, got {ns.bn_images}")
-    grid = {"lawa_windows": ns.lawa, "half_lives": ns.half_lives, "families": tuple(ns.families),
-            "wsm_windows": ns.wsm_windows, "gammas": ns.gammas}
-    rows = evaluate_run(ns.run, ns.dataset, ns.data_dir, ns.cache_dir, grid, ns.bn_images, ns.device,
-                        progress=False if ns.quiet else None)
-    print(f"wrote {write_results(ns.run, rows, ns.out)}")
+    folder = posthoc_command(ns.run, ns.dataset, ns.data_dir, ns.cache_dir, ns.lawa, ns.half_lives, ns.families,
+                             ns.wsm_windows, ns.gammas, ns.bn_images, ns.device, ns.out, ns.quiet)
+    print(f"wrote {folder}")
     return 0
 
 
 def cmd_merge(ns: argparse.Namespace) -> int:
-    from rbwa.merge import merge
+    from rbwa.checkpoints.merge import merge_command
 
-    if (ns.wsm is None) != (ns.window is None):
-        raise UserError("--wsm SHAPE and --window K go together: the decay's shape over the last K intervals")
-    wsm = None if ns.wsm is None else (ns.wsm, ns.window)
-    done = merge(ns.checkpoints, ns.out, ns.swa_from, ns.lawa, ns.ema_half_life, in_order=ns.in_order, wsm=wsm,
-                 power_gamma=ns.power_gamma)
-    used = [c for c, w in zip(done.checkpoints, done.weights, strict=True) if w]
-    print(f"{done.label}: {len(used)} of {len(done.checkpoints)} {done.kind} checkpoints, from {used[0].path.name} to "
-          f"{used[-1].path.name}; wrote {ns.out}")
-    for note in done.notes:
-        print(f"note: {note}")
+    merge_command(ns.checkpoints, ns.out, ns.swa_from, ns.lawa, ns.ema_half_life, wsm=ns.wsm, window=ns.window,
+                  power_gamma=ns.power_gamma, in_order=ns.in_order)
     return 0
 
 
 def cmd_sample(ns: argparse.Namespace) -> int:
-    from rbwa.sample import sample
+    from rbwa.training.sample import sample
 
     print(sample(ns.run, ns.tokens, ns.prompt, ns.seed, ns.average, ns.dataset, ns.data_dir, ns.temperature))
     return 0
 
 
 def cmd_migrate(ns: argparse.Namespace) -> int:
-    from rbwa.migrate import migrate
+    from rbwa.experiments.migrate import migrate_command
 
-    renamed = migrate(ns.runs, ns.dataset)
-    for old, new in renamed:
-        print(f"{old} -> {new}")
-    print(f"renamed {len(renamed)} run(s) in {ns.runs}; configs and manifests now carry no machine path")
+    migrate_command(ns.runs, ns.dataset)
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per command, each calling its one function (``cmd_*``)."""
     p = Parser(prog="rbwa", description="Recurrent Batch Weight Averaging: train, reproduce the paper, report.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (_add_train, _add_demo, _add_reproduce, _add_status, _add_report, _add_posthoc, _add_merge, _add_sample,
+                _add_migrate):
+        add(sub)
+    return p
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train one model with one method; writes a run directory")
     t.add_argument("--preset", default=None, metavar="NAME",
                    help="start from a preset's settings, as rbwa reproduce does: the scale, not the model (cpu-lm: "
@@ -221,14 +149,18 @@ def parser() -> argparse.ArgumentParser:
     add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="offline, ~2 minutes on 2 CPU cores: sgd, rbwa, rbwa-e, swa on digits")
     d.add_argument("--out", default="rbwa-demo", help="directory for the runs, table and plot (default: rbwa-demo)")
     d.add_argument("--epochs", type=int, default=None, help="epochs per method (default: the demo's own)")
     d.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
     d.set_defaults(func=cmd_demo)
 
-    from rbwa.config import PRESETS
-    from rbwa.experiments import EXPERIMENTS
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    from rbwa.experiments.grids import EXPERIMENTS
+    from rbwa.training.config import PRESETS
 
     r = sub.add_parser("reproduce", help="run one of the paper's experiments as a resumable grid of runs")
     r.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
@@ -258,14 +190,21 @@ def parser() -> argparse.ArgumentParser:
                      preset_keys=sorted({k for values in PRESETS.values() for k in values}))
     r.set_defaults(func=cmd_reproduce)
 
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
     st = sub.add_parser("status", help="how far a sweep got: finished, running, interrupted, not started, diverged")
     st.add_argument("out", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
     st.set_defaults(func=cmd_status)
 
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("report", help="turn run directories into figures, tables and verdicts")
     rp.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
     rp.add_argument("--out", default=None, help="where to write report.md, results.csv and PNGs (default: RUNS)")
     rp.set_defaults(func=cmd_report)
+
+
+def _add_posthoc(sub: argparse._SubParsersAction) -> None:
     ph = sub.add_parser("posthoc", help="side averages chosen after training, from a run's snapshots (SWA, LAWA, EMA)")
     ph.add_argument("run", help="a finished run directory with snapshots (rbwa train --snapshots-per-epoch K)")
     ph.add_argument("--dataset", default=None, help="folder:PATH of the run's image folder, or text:PATH of its text "
@@ -294,6 +233,8 @@ def parser() -> argparse.ArgumentParser:
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
     ph.set_defaults(func=cmd_posthoc)
 
+
+def _add_merge(sub: argparse._SubParsersAction) -> None:
     mg = sub.add_parser("merge", help="average a series of any trainer's checkpoints (SWA, LAWA, EMA), written in "
                                       "their own format")
     mg.add_argument("checkpoints", nargs="+",
@@ -328,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
                     help="where to write the average (a new path), in the input's format; written whole or not at all")
     mg.set_defaults(func=cmd_merge)
 
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
     sa = sub.add_parser("sample", help="text from a trained GPT run (--model gpt), seeded and deterministic")
     sa.add_argument("run", help="a run directory of a language model (rbwa train --model gpt)")
     sa.add_argument("--tokens", type=int, default=500, help="characters to generate (default: 500)")
@@ -340,12 +283,13 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--data-dir", default=None, help="where tinyshakespeare/input.txt lies (as for rbwa train)")
     sa.set_defaults(func=cmd_sample)
 
+
+def _add_migrate(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("migrate", help="rename the runs of a sweep made before rbwa 0.2 (data named by path)")
     m.add_argument("runs", help="root directory of a sweep (as given to `rbwa reproduce --out`)")
     m.add_argument("--dataset", default=None,
                    help="folder:PATH of the data on this machine, where the path the runs recorded is gone")
     m.set_defaults(func=cmd_migrate)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -362,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
     except Exception as e:
-        from rbwa.train import Diverged
+        from rbwa.training.loop import Diverged
 
         if isinstance(e, Diverged):
             print(f"error: {e}", file=sys.stderr)

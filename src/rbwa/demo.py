@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rbwa.config import make_config
+from rbwa.analysis.plots import plot_curves
 from rbwa.io import read_jsonl
-from rbwa.plots import plot_curves
-from rbwa.rundir import METRICS
-from rbwa.train import train
+from rbwa.training.config import make_config
+from rbwa.training.loop import train
+from rbwa.training.rundir import METRICS
 
 # label -> (run directory, overrides); SGD on the harmonic schedule is RBWA's exact twin: a dotted line over it
 RUNS = {"sgd": ("sgd", {"method": "sgd"}), "rbwa": ("rbwa", {"method": "rbwa"}),

@@ -34,10 +34,10 @@ import transformers
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from rbwa import snapshots
 from rbwa.averaging.named import SHARDED_CALLBACK, CallbackAverages
+from rbwa.checkpoints import snapshots
+from rbwa.checkpoints.snapshots import check_snapshot_args
 from rbwa.io import atomic_torch_save
-from rbwa.snapshots import check_snapshot_args
 
 STATE_FILE = "rbwa_callback.pt"  # rbwa 0.3's name; each callback now has its own (RBWACallback.state_file)
 
@@ -216,10 +216,10 @@ class RBWACallback(TrainerCallback, ExportableState, CallbackAverages):
 
 class SnapshotCallback(TrainerCallback):
     """Store the model's weights every ``every_n_steps`` optimizer steps as ``<step, 8 digits>.pt`` in ``dirpath``
-    (default: ``output_dir/snapshots``), rbwa's one snapshot format (:mod:`rbwa.snapshots`: the step, the parameters
-    in ``dtype``, the buffers and the ties, no optimizer state), for ``rbwa merge``: every side average of the run,
-    chosen after training, at a fraction of a Trainer checkpoint's bytes. Under FSDP2 every process gathers the shards
-    and the first writes the whole model; FSDP1 and DeepSpeed are refused in one line."""
+    (default: ``output_dir/snapshots``), rbwa's one snapshot format (:mod:`rbwa.checkpoints.snapshots`: the step, the
+    parameters in ``dtype``, the buffers and the ties, no optimizer state), for ``rbwa merge``: every side average of
+    the run, chosen after training, at a fraction of a Trainer checkpoint's bytes. Under FSDP2 every process gathers
+    the shards and the first writes the whole model; FSDP1 and DeepSpeed are refused in one line."""
 
     def __init__(self, every_n_steps: int, dtype: str = "float32", dirpath: str | None = None) -> None:
         check_snapshot_args(every_n_steps, dtype)

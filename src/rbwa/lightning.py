@@ -15,9 +15,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from rbwa import snapshots
 from rbwa.averaging.named import SHARDED_CALLBACK, CallbackAverages
-from rbwa.snapshots import check_snapshot_args
+from rbwa.checkpoints import snapshots
+from rbwa.checkpoints.snapshots import check_snapshot_args
 
 REFUSED = ("FSDPStrategy", "DeepSpeedStrategy")  # FSDP1, DeepSpeed: shardings the callbacks cannot gather or fold
 
@@ -137,10 +137,10 @@ class RBWACallback(StepWatch, CallbackAverages):
 
 class SnapshotCallback(StepWatch):
     """Store the model's weights every ``every_n_steps`` optimizer steps as ``dirpath/<step, 8 digits>.pt``, rbwa's
-    one snapshot format (:mod:`rbwa.snapshots`: the step, the parameters in ``dtype``, the buffers and the ties; no
-    optimizer state, so a snapshot costs its weights' bytes), for ``rbwa merge dirpath``: every side average of the
-    run, chosen after training. Under FSDP2 every process gathers the shards and the first writes the whole model;
-    FSDP1 and DeepSpeed are refused in one line."""
+    one snapshot format (:mod:`rbwa.checkpoints.snapshots`: the step, the parameters in ``dtype``, the buffers and the
+    ties; no optimizer state, so a snapshot costs its weights' bytes), for ``rbwa merge dirpath``: every side average
+    of the run, chosen after training. Under FSDP2 every process gathers the shards and the first writes the whole
+    model; FSDP1 and DeepSpeed are refused in one line."""
 
     refusal = "SnapshotCallback cannot gather the weights under {}; train with FSDP2 (ModelParallelStrategy) or DDP"
 

@@ -1,0 +1,253 @@
+"""Side averages chosen after training (the post-hoc experiments): for each family (SWA start, LAWA window, EMA
+half-life) the candidate chosen on the other seeds, tested on the held-out seed against the run's own final weights,
+against a decay schedule and against RBWA; and how stable those choices are across seeds and datasets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rbwa.analysis.findings.core import (
+    Experiment,
+    Finding,
+    Run,
+    commit_differences,
+    dataset_name,
+    machine_differences,
+)
+from rbwa.analysis.stats import mean_ci
+
+POSTHOC_FAMILIES = {"swa": "SWA start", "lawa": "LAWA window", "ema": "EMA half-life"}
+# the runs of other experiments the best post-hoc side average is measured against, by their label
+POSTHOC_BASELINES = {"rbwa": "RBWA", "sgd (cosine LR)": "cosine-LR SGD"}
+TIE = 1e-9  # means closer than this are a tie
+
+
+def posthoc_rows(run: Run) -> list[dict[str, Any]]:
+    """The candidates ``rbwa posthoc`` evaluated for a run (its posthoc/posthoc.csv), [] where it has none."""
+    from rbwa.analysis.posthoc import read_results
+
+    return read_results(run.path)
+
+
+def choose_on_others(accuracy: dict[int, dict[str, float]], order: dict[str, float] | None = None) -> dict[int, str]:
+    """Held-out seed -> the candidate with the highest mean accuracy over the *other* seeds, so that the number
+    a seed reports is never a maximum over its own noise. Only candidates that every seed evaluated compete; a tie
+    goes to the lowest ``order`` value (the earliest SWA start, the shortest LAWA window or EMA half-life), then
+    to the label. Pure."""
+    common = set.intersection(*(set(a) for a in accuracy.values())) if accuracy else set()
+    out = {}
+    for held in accuracy:
+        others = [s for s in accuracy if s != held]
+        if not common or not others:
+            continue
+        means = {c: sum(accuracy[s][c] for s in others) / len(others) for c in common}
+        top = max(means.values())
+        out[held] = min((c for c in common if means[c] >= top - TIE), key=lambda c: ((order or {}).get(c, 0.0), c))
+    return out
+
+
+def best_alone(accuracy: dict[str, float]) -> list[str]:
+    """The candidates with a seed's own highest accuracy (more than one where they tie). Pure."""
+    top = max(accuracy.values())
+    return sorted(c for c, a in accuracy.items() if a >= top - TIE)
+
+
+def posthoc_series(exp: Experiment, label: str) -> dict[int, tuple[Run, list[dict[str, Any]]]]:
+    """Seed -> (run, its post-hoc rows) for the finished runs of ``label`` that hold their final weights' row."""
+    from rbwa.analysis.posthoc import final_reestimated
+
+    found = {}
+    for r in exp.runs:
+        if r.label == label and r.finished:
+            rows = posthoc_rows(r)
+            if rows and final_reestimated(rows):
+                found[r.seed] = (r, rows)
+    return found
+
+
+def final_metric(runs: list[Run], metric: str = "test_acc") -> dict[int, float]:
+    """Seed -> the final test accuracy (or ``metric``) each finished run recorded (its evaluated weights, BatchNorm
+    as trained)."""
+    return {r.seed: r.metrics[-1][metric] for r in runs if r.finished and r.metrics}
+
+
+def difference(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
+    return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
+
+
+def scores(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str,
+            metric: str) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
+    """(seed -> candidate -> score, higher is better; seed -> the candidate chosen on the other seeds)."""
+    sign = -1.0 if metric.endswith("loss") else 1.0
+    score = {s: {r["label"]: sign * r[metric] for r in rows if r["family"] == family}
+             for s, (_, rows) in series.items()}
+    order = {r["label"]: r["value"] for _, rows in series.values() for r in rows if r["family"] == family}
+    return score, choose_on_others(score, order) if all(score.values()) else {}
+
+
+def picks_text(picks: dict[int, str]) -> str:
+    """'A (seeds 0, 2), B (seed 1)': each chosen candidate with the seeds that chose it, the most chosen first. Pure."""
+    by: dict[str, list[int]] = {}
+    for seed, choice in sorted(picks.items()):
+        by.setdefault(choice, []).append(seed)
+    return ", ".join(f"{c} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})"
+                     for c, s in sorted(by.items(), key=lambda item: (-len(item[1]), item[1])))
+
+
+def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str, name: str, where: str,
+                      out: list[Finding | str], metric: str = "test_acc") -> dict[int, float] | None:
+    """Seed -> the ``metric`` of the ``family`` candidate chosen on the other seeds (the highest accuracy, or the
+    lowest loss), or None where none can be chosen; the choices, in a line appended to ``out``."""
+    sign = -1.0 if metric.endswith("loss") else 1.0
+    score, picks = scores(series, family, metric)
+    if all(score.values()) and not set.intersection(*(set(a) for a in score.values())):
+        out.append(f"{where}: the seeds' posthoc.csv files share no {name} candidate (each seed was evaluated on "
+                   "another grid), so none is chosen; rerun `rbwa posthoc` with the same grid.")
+    if len(picks) < 2:
+        return None
+    alone = {s: " = ".join(best_alone(a)) + (" (a tie)" if len(best_alone(a)) > 1 else "") for s, a in score.items()}
+    shown = (lambda v: f"{sign * v:.2f}%") if sign > 0 else (lambda v: f"validation loss {sign * v:.4f}")
+    out.append(f"{where}: post-hoc {name}, chosen on the other seeds: " + "; ".join(
+        f"seed {s}: {c} ({shown(score[s][c])})" for s, c in sorted(picks.items()))
+        + "; the best on each seed alone: " + "; ".join(f"seed {s}: {c}" for s, c in sorted(alone.items()))
+        + (" (the same on every seed)" if len(set(alone.values())) == 1 else " (it differs between seeds)"))
+    return {s: sign * score[s][c] for s, c in picks.items()}
+
+
+Series = dict[int, tuple[Run, list[dict[str, Any]]]]  # seed -> (run, its post-hoc rows)
+
+
+def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Finding | str]:
+    """What the best side average, chosen after training, is worth, per family: the candidate chosen on the other
+    seeds, tested on the held-out seed. Constant-LR SGD's against its own final weights, against cosine-LR SGD's
+    (can an average replace the decay?) and against RBWA; cosine-LR SGD's against its own final weights (does
+    averaging add on top of the decay?) and against constant-LR SGD's. Final weights are the last snapshot with
+    BatchNorm re-estimated like every candidate, so the gain is the averaging's, not the re-estimation's."""
+    from rbwa.analysis.posthoc import bn_text
+    from rbwa.experiments.grids import POSTHOC_LABELS
+
+    constant = posthoc_series(exp, POSTHOC_LABELS["constant"])
+    cosine = posthoc_series(exp, POSTHOC_LABELS["cosine"])
+    if len(constant) < 2:
+        return across_datasets(exp, experiments)
+    first = next(iter(constant.values()))[0]
+    data, setting = first.config["dataset"], first.setting
+    ds = dataset_name(first.config)
+    others = _baselines(exp, experiments, data, setting)
+    every = [row for series in (constant, cosine) for _, rows in series.values() for row in rows]
+    plain = ", ".join(sorted(others))
+    out: list[Finding | str] = [
+        f"{ds}: every candidate's BatchNorm statistics were re-estimated on {bn_text(every)} (`rbwa posthoc "
+        "--bn-images`), and so were the final weights it is compared with (the last snapshot alone, the candidate "
+        f"'LAWA, last 1 epoch end'){f'; the runs of other experiments ({plain}) re-estimate none' if plain else ''}. "
+        "A candidate is chosen on the other seeds; a tie goes to the earliest SWA start, the shortest LAWA window or "
+        "EMA half-life. The runs of another schedule or experiment share a seed's initial weights and batch order, "
+        "not its trajectory: those differences compare two runs' outcomes, not one trajectory with itself."]
+    for family, name in POSTHOC_FAMILIES.items():
+        out += _family_claims(family, name, ds, data, constant, cosine, others)
+    return out + across_datasets(exp, experiments)
+
+
+def _baselines(exp: Experiment, experiments: list[Experiment], data: str, setting: str) -> dict[str, list[Run]]:
+    """The runs of the other experiments a post-hoc average is measured against (POSTHOC_BASELINES), on the same data
+    and setting, by their name in the claims."""
+    others: dict[str, list[Run]] = {}
+    for other in experiments:
+        for (s, label), group in other.groups().items():
+            same_data = any(r.config and r.config["dataset"] == data for r in group)
+            if label in POSTHOC_BASELINES and s == setting and same_data and other is not exp:
+                others.setdefault(POSTHOC_BASELINES[label], group)
+    return others
+
+
+def _final(series: Series) -> dict[int, float]:
+    """Seed -> the test accuracy of its final weights alone, BatchNorm re-estimated like every candidate."""
+    from rbwa.analysis.posthoc import final_reestimated
+
+    return {s: float(final_reestimated(rows)["test_acc"]) for s, (_, rows) in series.items()}
+
+
+def _family_claims(family: str, name: str, ds: str, data: str, constant: Series, cosine: Series,
+                   others: dict[str, list[Run]]) -> list[Finding | str]:
+    """One family's findings (and lines: the candidates chosen) for constant-LR and cosine-LR SGD's snapshots."""
+    out: list[Finding | str] = []
+
+    def test(claim: str, what: str, diffs: dict[int, float], key: str, a: list[Run], b: list[Run],
+             note: str = "") -> None:
+        if len(diffs) >= 2:
+            out.append(Finding(claim, what, diffs, {}, key=("posthoc", data, key), note=note,
+                               machines=machine_differences(a, b), commits=commit_differences(a, b)))
+
+    runs_c, runs_k = [r for r, _ in constant.values()], [r for r, _ in cosine.values()]
+    held = choose_candidates(constant, family, name, f"{ds}, constant-LR SGD", out)
+    if held is None:
+        return out
+    test(f"{ds}: does the best post-hoc {name} of constant-LR SGD, chosen on the other seeds, beat the same run's "
+         "final weights (BatchNorm re-estimated)?", f"post-hoc {family} - final weights",
+         difference(held, _final(constant)), f"{family} constant - final", runs_c, runs_c)
+    raw = difference(held, final_metric(runs_c))
+    if len(raw) >= 2:
+        mean, lo, hi = mean_ci(list(raw.values()))
+        out.append(f"{ds}: against the same runs' final weights with BatchNorm as trained, the post-hoc {name} "
+                   f"gains {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] points (not a test: re-estimating BatchNorm alone "
+                   "is part of that gain).")
+    # the cosine-LR snapshot runs are the fair baseline (their final weights re-estimated like the candidates)
+    # once they cover every seed; until then the cosine runs of another experiment, as trained
+    if len(cosine) >= max(2, len(constant)):
+        test(f"{ds}: can an average replace the decay: does the best post-hoc {name} of constant-LR SGD beat "
+             "cosine-LR SGD's final weights (BatchNorm re-estimated)?", f"post-hoc {family} - cosine-LR SGD",
+             difference(held, _final(cosine)), f"{family} constant - cosine final", runs_c, runs_k)
+    elif "cosine-LR SGD" in others:
+        group = others["cosine-LR SGD"]
+        test(f"{ds}: can an average replace the decay: does the best post-hoc {name} of constant-LR SGD beat "
+             "cosine-LR SGD's final weights (BatchNorm as trained)?", f"post-hoc {family} - cosine-LR SGD",
+             difference(held, final_metric(group)), f"{family} constant - cosine (alternatives)", runs_c, group)
+    if "RBWA" in others:
+        group = others["RBWA"]
+        test(f"{ds}: does the best post-hoc {name} of constant-LR SGD, chosen on the other seeds, beat RBWA?",
+             f"post-hoc {family} - RBWA", difference(held, final_metric(group)), f"{family} constant - rbwa",
+             runs_c, group)
+    held_k = choose_candidates(cosine, family, name, f"{ds}, cosine-LR SGD", out) if len(cosine) >= 2 else None
+    if held_k is None:
+        return out
+    test(f"{ds}: does averaging add on top of the decay: does the best post-hoc {name} of cosine-LR SGD beat its "
+         "final weights (BatchNorm re-estimated)?", f"post-hoc {family} of cosine - final weights",
+         difference(held_k, _final(cosine)), f"{family} cosine - final", runs_k, runs_k)
+    test(f"{ds}: does the best post-hoc {name} of cosine-LR SGD beat constant-LR SGD's?",
+         f"post-hoc {family}: cosine - constant", difference(held_k, held), f"{family} cosine - constant",
+         runs_k, runs_c)
+    return out
+
+
+def across_datasets(exp: Experiment, experiments: list[Experiment]) -> list[str]:
+    """How stable the SWA start, LAWA window and EMA half-life chosen on the other seeds are across seeds and
+    datasets: a line per family, in the last post-hoc experiment's section, once two datasets have choices."""
+    from rbwa.experiments.grids import POSTHOC_LABELS
+
+    posthoc = [e for e in experiments if e.name.startswith("posthoc")]
+    if not posthoc or posthoc[-1] is not exp:
+        return []
+    schedules = {"Constant-LR SGD": POSTHOC_LABELS["constant"], "Cosine-LR SGD": POSTHOC_LABELS["cosine"]}
+    # schedule -> (dataset, its series) of every post-hoc experiment with at least 2 seeds: each posthoc.csv read once
+    by_schedule = {schedule: [(dataset_name(next(iter(series.values()))[0].config), series)
+                              for series in (posthoc_series(e, label) for e in posthoc) if len(series) >= 2]
+                   for schedule, label in schedules.items()}
+    out = []
+    for family, name in POSTHOC_FAMILIES.items():
+        parts, datasets = [], 0
+        for schedule, found_series in by_schedule.items():
+            found = {}
+            for ds, series in found_series:
+                picks = scores(series, family, "test_acc")[1]
+                if len(picks) >= 2:
+                    found[ds] = picks
+            if found:
+                distinct = {c for picks in found.values() for c in picks.values()}
+                seeds = sum(len(picks) for picks in found.values())
+                parts.append(f"{schedule}, " + "; ".join(f"on {ds}: {picks_text(p)}" for ds, p in sorted(found.items()))
+                             + (f" (one choice on all {seeds} seeds)" if len(distinct) == 1
+                                else f" ({len(distinct)} different choices on {seeds} seeds)"))
+                datasets = max(datasets, len(found))
+        if datasets >= 2:
+            out.append(f"Across datasets, the post-hoc {name} chosen on the other seeds. " + ". ".join(parts) + ".")
+    return out

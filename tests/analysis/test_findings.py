@@ -1,0 +1,107 @@
+"""findings.py: the numbers and the claims, from runs held in memory (no files, no rendering)."""
+
+from pathlib import Path
+
+import pytest
+
+from rbwa.analysis.findings.core import Experiment, Run, compare
+from rbwa.analysis.findings.summary import paper_batch_effect, summarise
+
+
+def run(label: str, seed: int, accs: list[float], losses: list[float], status: str = "finished") -> Run:
+    metrics = [{"epoch": e, "test_acc": a, "train_loss": None if e == 0 else losses[e - 1]}
+               for e, a in enumerate(accs)]
+    cfg = {"dataset": "cifar10", "model": "resnet18", "batch_size": 64}
+    return Run(Path(f"{label}-{seed}"), "resnet18", label, seed, cfg, metrics, {"status": status})
+
+
+def test_paper_batch_effect_from_table1():
+    # gains 1.49, 1.75, 1.05 at 16-64 (mean 1.43) and 0.09, 0.18 at 128-256 (mean 0.135)
+    assert paper_batch_effect() == pytest.approx(1.43 - 0.135)
+
+
+def test_summary_rows_read_final_best_and_last_epochs_from_the_curves():
+    # epoch 0 (before training) counts for "best" as the trainer's summary counts it, never for "final"
+    sgd = [run("sgd", 0, [60, 40, 50], [0.9, 0.8]), run("sgd", 1, [10, 50, 54], [0.7, 0.6])]
+    rbwa = [run("rbwa", 0, [60, 45, 53], [0.9, 0.5]), run("rbwa", 1, [10, 52, 58], [0.7, 0.4]),
+            run("rbwa", 2, [10, 20, 30], [1.0, 1.0], status="diverged")]
+    rows = {r["method"]: r for r in summarise(Experiment("fig3", "t", "model", "cpu", runs=sgd + rbwa))}
+    assert rows["sgd"]["final_acc_mean"] == 52.0 and rows["sgd"]["best_acc_mean"] == 57.0  # (60 + 54) / 2
+    assert rows["rbwa"]["n"] == 2 and rows["rbwa"]["diverged"] == 1
+    assert rows["rbwa"]["final_acc_mean"] == 55.5 and rows["rbwa"]["final_loss_mean"] == pytest.approx(0.45)
+    assert rows["rbwa"]["diff_vs_sgd"] == pytest.approx(3.5)  # paired: 53 - 50 and 58 - 54
+    assert rows["rbwa"]["loss_gain_vs_sgd"] == pytest.approx(0.25)  # SGD - RBWA: 0.3 and 0.2
+    # the last 5 epochs of a 2-epoch run are both epochs: (45 + 53) / 2 - (40 + 50) / 2 = 4, and 3
+    assert rows["rbwa"]["last5_diff_vs_sgd"] == pytest.approx(3.5)
+    assert rows["rbwa"]["paper_acc"] == 83.36 and rows["sgd"]["paper_acc"] == 81.98
+
+
+def test_table1_rows_carry_the_papers_numbers_before_any_run_exists():
+    # a run not yet started has no config; the paper's columns must not depend on whether one has
+    unstarted = [Run(Path(f"{label}-0"), "128", label, 0, None, [], None) for label in ("sgd", "rbwa")]
+    rows = {r["method"]: r for r in summarise(Experiment("table1", "t", "batch size", "cpu", runs=unstarted))}
+    assert (rows["sgd"]["paper_acc"], rows["sgd"]["paper_loss"]) == (82.46, 0.00035)
+    assert rows["rbwa"]["paper_acc"] == 82.55 and rows["rbwa"]["n"] == 0
+
+
+def test_a_finding_pairs_seeds_and_signs_a_loss_claim():
+    sgd = [run("sgd", 0, [10, 40, 50], [0.9, 0.8]), run("sgd", 1, [10, 50, 54], [0.7, 0.6])]
+    rbwa = [run("rbwa", 0, [10, 45, 53], [0.9, 0.5]), run("rbwa", 1, [10, 52, 58], [0.7, 0.4])]
+    acc = compare("c1", "RBWA - SGD", rbwa, sgd)
+    assert acc.final == {0: 3.0, 1: 4.0} and acc.last == {0: 4.0, 1: 3.0}
+    assert sorted(acc.curve) == [0, 0, 2, 3, 4, 5] and not acc.same
+    loss = compare("c2", "SGD - RBWA", rbwa, sgd, "train_loss")
+    assert loss.final == pytest.approx({0: 0.3, 1: 0.2}) and loss.tolerance == 1e-4 and loss.digits == 4
+
+
+def test_a_finding_names_the_seeds_whose_two_runs_recorded_different_machines():
+    def on(r: Run, cpu, threads) -> Run:
+        r.summary = {"status": "finished", "versions": {"cpu": cpu, "torch_threads": threads}}
+        return r
+
+    curve = ([10, 50], [0.9])
+    a = [on(run("rbwa", 0, *curve), "X", 1), on(run("rbwa", 1, *curve), "X", 2), on(run("rbwa", 2, *curve), "X", 1),
+         on(run("rbwa", 3, *curve), None, 1)]
+    b = [on(run("sgd", 0, *curve), "X", 1), on(run("sgd", 1, *curve), "X", 1), on(run("sgd", 2, *curve), "Y", 1),
+         on(run("sgd", 3, *curve), None, 1)]
+    # seed 3: neither run recorded its CPU (runs before rbwa recorded it), so nothing tells them apart
+    assert compare("c", "w", a, b).machines == {1: "torch threads 2 against 1", 2: "CPU X against Y"}
+    b[0].summary["versions"] = {"torch_threads": 4}  # a run that recorded no CPU against one that did
+    assert compare("c", "w", a, b).machines[0] == "CPU X against not recorded, torch threads 1 against 4"
+
+
+def test_choosing_on_the_other_seeds_never_uses_the_held_out_seeds_accuracy():
+    from rbwa.analysis.findings.posthoc import choose_on_others
+
+    accuracy = {0: {"a": 90.0, "b": 10.0}, 1: {"a": 50.0, "b": 60.0}, 2: {"a": 50.0, "b": 60.0}}
+    # seed 0 alone would pick a; held out, it gets what seeds 1 and 2 prefer (b); they get the mean of the others
+    assert choose_on_others(accuracy) == {0: "b", 1: "a", 2: "a"}
+
+
+def test_a_tie_on_the_other_seeds_goes_to_the_lowest_value_and_only_common_candidates_compete():
+    from rbwa.analysis.findings.posthoc import best_alone, choose_on_others
+
+    # held out, seed 0 sees "LAWA 9" and "LAWA 10" tie at 80 (alphabetically "LAWA 10" would come first)
+    accuracy = {0: {"LAWA 10": 1.0, "LAWA 9": 2.0, "extra": 99.0}, 1: {"LAWA 10": 80.0, "LAWA 9": 80.0},
+                2: {"LAWA 10": 79.0, "LAWA 9": 81.0}}
+    order = {"LAWA 10": 10.0, "LAWA 9": 9.0}
+    assert choose_on_others(accuracy, order)[0] == "LAWA 9"
+    assert "extra" not in choose_on_others(accuracy, order).values()  # seeds 1 and 2 never evaluated it
+    assert choose_on_others({0: {"a": 1.0}, 1: {"b": 2.0}}) == {}  # nothing in common: nothing chosen
+    assert best_alone({"a": 79.92, "b": 79.92, "c": 79.0}) == ["a", "b"]
+
+
+def test_a_finding_names_pairs_trained_at_different_commits_and_the_dataset_by_its_name():
+    from rbwa.analysis.findings.core import dataset_name
+
+    def at(r: Run, git) -> Run:
+        r.summary = {"status": "finished", "versions": {"git": git}}
+        return r
+
+    curve = ([10, 50], [0.9])
+    a = [at(run("rbwa", 0, *curve), "aaa"), at(run("rbwa", 1, *curve), "bbb")]
+    b = [at(run("sgd", 0, *curve), "aaa"), at(run("sgd", 1, *curve), "ccc")]
+    assert compare("c", "w", a, b).commits == {1: "bbb against ccc"}
+    assert [dataset_name({"dataset": d}) for d in ("cifar10", "cifar100", "folder:cifar10-jpeg (50000 train + ...)",
+                                                   "folder:cifar-100-png (...)", "digits")] == [
+        "CIFAR-10", "CIFAR-100", "CIFAR-10", "CIFAR-100", "digits"]
