@@ -162,3 +162,20 @@ def test_the_hf_example_runs_and_its_saved_model_is_the_ema(tmp_path, monkeypatc
     name = "classifier.weight"
     assert torch.equal(dict(loaded.named_parameters())[name], callback.averages[name])
     assert not torch.equal(dict(trainer.model.named_parameters())[name], callback.averages[name])
+
+
+def test_readme_demo_output_is_what_the_demo_prints_and_its_lesson_follows_from_its_table():
+    """The README's demo block has the demo's table header, its five rows in order, and the lesson that `lesson()`
+    computes from those rows' numbers (its twin gap aside, which the table's rounding cannot show)."""
+    from rbwa.demo import RUNS, TWIN, lesson
+
+    block = re.search(r"rbwa demo\n```\n.*?```\n(\| method .*?)```", README.read_text(), re.S).group(1)
+    table, said = block.split("\n\n")
+    lines = table.strip().splitlines()
+    assert lines[0] == "| method | final test loss | final test acc (%) | final train loss |"
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    assert list(rows) == list(RUNS)
+    metrics = {label: [{"test_loss": float(r[0]), "train_loss": float(r[2])}] for label, r in rows.items()}
+    gap = re.search(r"losses within (\S+) of RBWA's", said).group(1)
+    metrics[TWIN][0]["test_loss"] += float(gap)
+    assert said.strip() == lesson(metrics)

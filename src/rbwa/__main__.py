@@ -80,14 +80,16 @@ def threads(environ: MutableMapping[str, str]) -> int:
 def sign_in(folder: Path, pid: int) -> Callable[[], list[int]]:
     """Sign process ``pid`` in to ``folder`` (a file named by it, locked while the process lives: the kernel drops the
     lock however it ends); returns a function that lists the other processes signed in that still run and removes
-    the files of those that have ended. The folder must be the user's own directory (mode 0700), not a link;
-    OSError otherwise, or where files cannot be locked (not POSIX)."""
+    the files of those that have ended. The folder must be a directory of the user's, not a link (it is made private,
+    mode 0700); OSError otherwise, or where files cannot be locked (not POSIX)."""
     import fcntl
 
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise OSError(f"{folder} is not a private directory of this user's")
+    if info.st_mode & 0o077:  # ours, but open to others (made under another umask): made private
+        os.chmod(folder, 0o700)
     partial = folder / f".{pid}.new"  # locked first, then named: nobody sees a signed-in file without its lock
     fd = os.open(partial, os.O_CREAT | os.O_WRONLY, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -320,6 +320,10 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
         run = make_run(tmp_path, f"cos-{seed}", accs=(10, 64.0 + seed))
         entries.append({"run": run, "setting": "resnet18", "label": "sgd (cosine LR, snapshots)", "seed": seed})
         _posthoc_rows(tmp_path / run / "posthoc", cosine[seed], 65.0 + seed)
+        # WSD-LR runs: final weights re-estimated 63, 64.5, 65
+        run = make_run(tmp_path, f"wsd-{seed}", accs=(10, 60.0 + seed))
+        entries.append({"run": run, "setting": "resnet18", "label": "sgd (wsd, snapshots)", "seed": seed})
+        _posthoc_rows(tmp_path / run / "posthoc", cosine[seed], (63.0, 64.5, 65.0)[seed])
     (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
                                                        "preset": "smoke", "runs": entries}))
     report = write_report(tmp_path).read_text()
@@ -347,6 +351,13 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
     assert ("CIFAR-10: every candidate's BatchNorm statistics were re-estimated on 1000 or 1500 training images (`rbwa "
             "posthoc --bn-images`), and so were the final weights it is compared with") in report
     assert "](runs/snap-0/posthoc/posthoc.png)" not in report  # no figure was written for these hand-made runs
+    # WSD's final weights against cosine's, both re-estimated: 63 - 65, 64.5 - 66, 65 - 67; the average chosen on
+    # the other seeds against WSD's: 60 - 63, 58 - 64.5, 62 - 65
+    assert "does WSD (its last 20% decayed linearly to 0) beat cosine: final weights, BatchNorm re-estimated?" in report
+    assert f"(WSD - cosine-LR SGD = {(-2 - 1.5 - 2) / 3:+.2f} [" in report
+    assert ("can an average replace WSD's decay: does the best post-hoc SWA start of constant-LR SGD beat WSD-LR "
+            "SGD's final weights (BatchNorm re-estimated)? **not supported (the opposite holds)** (post-hoc swa - "
+            f"WSD-LR SGD = {(-3 - 6.5 - 3) / 3:+.2f} [") in report
 
 
 def test_seeds_that_share_no_post_hoc_candidate_get_one_line_not_a_crash(tmp_path):

@@ -119,22 +119,24 @@ Series = dict[int, tuple[Run, list[dict[str, Any]]]]  # seed -> (run, its post-h
 
 def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Finding | str]:
     """What the best side average, chosen after training, is worth, per family: the candidate chosen on the other
-    seeds, tested on the held-out seed. Constant-LR SGD's against its own final weights, against cosine-LR SGD's
-    (can an average replace the decay?) and against RBWA; cosine-LR SGD's against its own final weights (does
-    averaging add on top of the decay?) and against constant-LR SGD's. Final weights are the last snapshot with
-    BatchNorm re-estimated like every candidate, so the gain is the averaging's, not the re-estimation's."""
+    seeds, tested on the held-out seed. Constant-LR SGD's against its own final weights, against cosine-LR and
+    WSD-LR SGD's (can an average replace the decay?) and against RBWA; cosine-LR SGD's against its own final
+    weights (does averaging add on top of the decay?) and against constant-LR SGD's; WSD against cosine. Final weights
+    are the last snapshot with BatchNorm re-estimated like every candidate, so the gain is the averaging's, not the
+    re-estimation's."""
     from rbwa.analysis.posthoc import bn_text
     from rbwa.experiments.grids import POSTHOC_LABELS
 
     constant = posthoc_series(exp, POSTHOC_LABELS["constant"])
     cosine = posthoc_series(exp, POSTHOC_LABELS["cosine"])
+    wsd = posthoc_series(exp, POSTHOC_LABELS["wsd"])
     if len(constant) < 2:
         return across_datasets(exp, experiments)
     first = next(iter(constant.values()))[0]
     data, setting = first.config["dataset"], first.setting
     ds = dataset_name(first.config)
     others = _baselines(exp, experiments, data, setting)
-    every = [row for series in (constant, cosine) for _, rows in series.values() for row in rows]
+    every = [row for series in (constant, cosine, wsd) for _, rows in series.values() for row in rows]
     plain = ", ".join(sorted(others))
     out: list[Finding | str] = [
         f"{ds}: every candidate's BatchNorm statistics were re-estimated on {bn_text(every)} (`rbwa posthoc "
@@ -143,8 +145,14 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
         "A candidate is chosen on the other seeds; a tie goes to the earliest SWA start, the shortest LAWA window or "
         "EMA half-life. The runs of another schedule or experiment share a seed's initial weights and batch order, "
         "not its trajectory: those differences compare two runs' outcomes, not one trajectory with itself."]
+    runs_w, runs_k = [r for r, _ in wsd.values()], [r for r, _ in cosine.values()]
+    diffs = difference(_final(wsd), _final(cosine))
+    if len(diffs) >= 2:  # the two decays, each's final weights re-estimated like every candidate
+        out.append(Finding(f"{ds}: does WSD (its last 20% decayed linearly to 0) beat cosine: final weights, BatchNorm "
+                           "re-estimated?", "WSD - cosine-LR SGD", diffs, {}, key=("posthoc", data, "wsd - cosine"),
+                           machines=machine_differences(runs_w, runs_k), commits=commit_differences(runs_w, runs_k)))
     for family, name in POSTHOC_FAMILIES.items():
-        out += _family_claims(family, name, ds, data, constant, cosine, others)
+        out += _family_claims(family, name, ds, data, constant, cosine, wsd, others)
     return out + across_datasets(exp, experiments)
 
 
@@ -167,7 +175,7 @@ def _final(series: Series) -> dict[int, float]:
     return {s: float(final_reestimated(rows)["test_acc"]) for s, (_, rows) in series.items()}
 
 
-def _family_claims(family: str, name: str, ds: str, data: str, constant: Series, cosine: Series,
+def _family_claims(family: str, name: str, ds: str, data: str, constant: Series, cosine: Series, wsd: Series,
                    others: dict[str, list[Run]]) -> list[Finding | str]:
     """One family's findings (and lines: the candidates chosen) for constant-LR and cosine-LR SGD's snapshots."""
     out: list[Finding | str] = []
@@ -202,6 +210,11 @@ def _family_claims(family: str, name: str, ds: str, data: str, constant: Series,
         test(f"{ds}: can an average replace the decay: does the best post-hoc {name} of constant-LR SGD beat "
              "cosine-LR SGD's final weights (BatchNorm as trained)?", f"post-hoc {family} - cosine-LR SGD",
              difference(held, final_metric(group)), f"{family} constant - cosine (alternatives)", runs_c, group)
+    if len(wsd) >= 2:
+        runs_w = [r for r, _ in wsd.values()]
+        test(f"{ds}: can an average replace WSD's decay: does the best post-hoc {name} of constant-LR SGD beat "
+             "WSD-LR SGD's final weights (BatchNorm re-estimated)?", f"post-hoc {family} - WSD-LR SGD",
+             difference(held, _final(wsd)), f"{family} constant - wsd final", runs_c, runs_w)
     if "RBWA" in others:
         group = others["RBWA"]
         test(f"{ds}: does the best post-hoc {name} of constant-LR SGD, chosen on the other seeds, beat RBWA?",
