@@ -356,7 +356,7 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
     assert "does WSD (its last 20% decayed linearly to 0) beat cosine: final weights, BatchNorm re-estimated?" in report
     assert f"(WSD - cosine-LR SGD = {(-2 - 1.5 - 2) / 3:+.2f} [" in report
     assert ("can an average replace WSD's decay: does the best post-hoc SWA start of constant-LR SGD beat WSD-LR "
-            "SGD's final weights (BatchNorm re-estimated)? **not supported (the opposite holds)** (post-hoc swa - "
+            "SGD's final weights (BatchNorm re-estimated)? **inconclusive at this scale** (post-hoc swa - "
             f"WSD-LR SGD = {(-3 - 6.5 - 3) / 3:+.2f} [") in report
 
 
