@@ -30,7 +30,7 @@ def worker(width: float, out: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     from rbwa import RBWA, fold_
-    from rbwa.averaging import local
+    from rbwa.averaging.dtensor import local
     from rbwa.models import build_model
 
     dist.init_process_group("gloo")

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rbwa"
 FLOORS = {"rbwa.errors": 0, "rbwa.io": 0,
           "rbwa.averaging": 1,
           "rbwa": 2, "rbwa.data": 2, "rbwa.models": 2, "rbwa.checkpoints": 2,  # rbwa: the public face (__init__)
-          "rbwa.training": 3, "rbwa.hf": 3, "rbwa.lightning": 3,
+          "rbwa.training": 3, "rbwa.hf": 3, "rbwa.lightning": 3, "rbwa.merge": 3,  # merge: 0.3's alias
           "rbwa.experiments": 4,
           "rbwa.analysis": 5,
           "rbwa.demo": 6,

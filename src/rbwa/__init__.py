@@ -11,7 +11,7 @@ import typing as _typing
 if _typing.TYPE_CHECKING:
     from rbwa.averaging import RBWA, fold_, fold_reference_, fold_weight, lookahead, rbwa, rbwa_e, rswa, sema
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["RBWA", "fold_", "fold_reference_", "fold_weight", "lookahead", "rbwa", "rbwa_e", "rswa", "sema",
            "__version__"]
 

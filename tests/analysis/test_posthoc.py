@@ -239,7 +239,8 @@ def test_posthoc_evaluates_a_language_models_snapshots_with_nothing_to_re_estima
     assert "nothing re-estimated (the model has no BatchNorm)" in table
     # a language model's measure comes first and is named as such: validation loss in nats, next-character accuracy
     assert f"validation loss {float(final['test_loss']):.4f} nats, " in table and "test accuracy" not in table
-    assert "| candidate | snapshots | validation loss (nats) | vs the final weights | next-character acc" in table
+    assert ("| family | candidate | snapshots | validation loss (nats) | vs the final weights | next-character acc"
+            in table)
     assert f"| lawa | LAWA, last 1 epoch ends | 1 | {float(final['test_loss']):.4f} | +0.0000 |" in table
 
 

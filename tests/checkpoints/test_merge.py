@@ -212,3 +212,17 @@ def test_a_power_ema_of_a_series_that_ends_at_step_0_is_refused(tmp_path, capsys
     code, _, err = _cli(capsys, tmp_path / "step-0.pt", "--power-gamma", "1", "--out", tmp_path / "p.pt")
     _one_error(code, err, "the last after step 0")
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_the_merge_api_where_rbwa_0_3_documented_it_still_answers_with_a_deprecation_warning():
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    from rbwa.merge import candidates, reestimate_bn\n"
+            "import rbwa.checkpoints.merge as new\n"
+            "assert candidates is new.candidates and reestimate_bn is new.reestimate_bn\n"
+            "assert [w.category for w in seen] == [DeprecationWarning], seen\n"
+            "assert 'rbwa.checkpoints.merge' in str(seen[0].message)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -16,7 +16,8 @@ from rbwa.io import read_jsonl
 
 LAST_EPOCHS = 5  # the second measure: mean over the last epochs, which a single noisy final epoch cannot sway
 LOSS_TOLERANCE = 1e-4  # training losses closer than this at every epoch of every seed count as no difference
-ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback"]  # the paper's, then ours
+# the paper's, then ours (the language model's: the single-LR answers first, then the tuned ones)
+ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback", "lm", "lm-tuned"]
 
 
 @dataclass
