@@ -16,8 +16,8 @@ from rbwa.io import read_jsonl
 
 LAST_EPOCHS = 5  # the second measure: mean over the last epochs, which a single noisy final epoch cannot sway
 LOSS_TOLERANCE = 1e-4  # training losses closer than this at every epoch of every seed count as no difference
-# the paper's, then ours (the language model's: the single-LR answers first, then the tuned ones)
-ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback", "lm", "lm-tuned"]
+ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback"]  # the paper's, then ours
+LATER = ["lm", "lm-tuned"]  # after them, the language model's: the single-LR answers first, then the tuned ones
 
 
 @dataclass
@@ -83,7 +83,8 @@ def load_experiments(root: Path) -> list[Experiment]:
             exp.runs.append(Run(path, entry["setting"], entry["label"], entry["seed"], _json(path / "config.json"),
                                 read_jsonl(path / "metrics.jsonl"), _json(path / "summary.json")))
         experiments.append(exp)
-    experiments.sort(key=lambda e: ORDER.index(e.name) if e.name in ORDER else len(ORDER))
+    order = ORDER + LATER
+    experiments.sort(key=lambda e: order.index(e.name) if e.name in order else len(order))
     if not experiments:
         raise UserError(f"{root} holds no experiment manifests (*.json written by `rbwa reproduce`)")
     return experiments
