@@ -77,6 +77,12 @@ def threads(environ: MutableMapping[str, str]) -> int:
     return len(usable_cpus())
 
 
+def computes(argv: Sequence[str], environ: MutableMapping[str, str]) -> bool:
+    """True for a command whose work runs on a team of threads (more than one), which others sharing the cores
+    should know of and whose waiting is worth settling."""
+    return any(a in COMPUTES for a in argv[:1]) and not {"-h", "--help"} & set(argv) and threads(environ) > 1
+
+
 def sign_in(folder: Path, pid: int) -> Callable[[], list[int]]:
     """Sign process ``pid`` in to ``folder`` (a file named by it, locked while the process lives: the kernel drops the
     lock however it ends); returns a function that lists the other processes signed in that still run and removes
@@ -127,11 +133,9 @@ def settle_threads(argv: Sequence[str], environ: MutableMapping[str, str],
     """Set ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` for a command that computes with more than one thread, where
     other processes leave fewer of the ``cores`` free than its threads need or other rbwa commands run (``peers``,
     listed after ``measure``), unless the user chose how threads wait. Returns why it did, or None."""
-    wants = threads(environ)
-    if (not any(a in COMPUTES for a in argv[:1]) or {"-h", "--help"} & set(argv) or wants < 2
-            or "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ):
+    if not computes(argv, environ) or "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
         return None
-    cores = len(usable_cpus()) if cores is None else cores
+    wants, cores = threads(environ), len(usable_cpus()) if cores is None else cores
     busy = measure()
     try:
         beside = peers()
@@ -148,7 +152,7 @@ def settle_threads(argv: Sequence[str], environ: MutableMapping[str, str],
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     peers: Callable[[], list[int]] = list
-    if any(a in COMPUTES for a in argv[:1]) and threads(os.environ) > 1:
+    if computes(argv, os.environ):  # signed in whatever the wait: others sharing the cores see this run
         # where the folder cannot be made ours or files cannot be locked, the cores' load alone decides
         with contextlib.suppress(OSError, ImportError, AttributeError):
             peers = sign_in(Path(tempfile.gettempdir()) / f"rbwa-running-{os.getuid()}", os.getpid())

@@ -107,7 +107,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 POSTHOC_FAMILIES = ("swa", "lawa", "ema", "wsm", "power")
 DEFAULT_POSTHOC_FAMILIES = ("swa", "lawa", "ema")
 
-CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "model": MODELS, "lr_schedule": LR_SCHEDULES,
+# in the order `rbwa train` checks them (the first wrong one is the one reported)
+CHOICES: dict[str, tuple[str, ...]] = {"model": MODELS, "method": METHODS, "lr_schedule": LR_SCHEDULES,
                                        "augment": AUGMENTS, "counter": COUNTERS, "implementation": IMPLEMENTATIONS,
                                        "device": DEVICES, "amp": AMP, "compile_mode": COMPILE_MODES,
                                        "snapshot_dtype": SNAPSHOT_DTYPES, "optimizer": OPTIMIZERS,

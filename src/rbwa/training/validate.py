@@ -11,18 +11,7 @@ from pathlib import Path
 
 from rbwa.errors import UserError
 from rbwa.training.config import (
-    AMP,
-    AUGMENTS,
-    COMPILE_MODES,
-    COUNTERS,
-    DEVICES,
-    IMPLEMENTATIONS,
-    LR_SCHEDULES,
-    METHODS,
-    MODELS,
-    OPTIMIZERS,
-    PARAM_DTYPES,
-    SNAPSHOT_DTYPES,
+    CHOICES,
     TrainConfig,
     start_epoch,
 )
@@ -63,18 +52,8 @@ def _data(cfg: TrainConfig) -> None:
 
 
 def _choices(cfg: TrainConfig) -> None:
-    _choice("model", cfg.model, MODELS)
-    _choice("method", cfg.method, METHODS)
-    _choice("lr schedule", cfg.lr_schedule, LR_SCHEDULES)
-    _choice("augment", cfg.augment, AUGMENTS)
-    _choice("counter", cfg.counter, COUNTERS)
-    _choice("implementation", cfg.implementation, IMPLEMENTATIONS)
-    _choice("device", cfg.device, DEVICES)
-    _choice("amp", cfg.amp, AMP)
-    _choice("compile mode", cfg.compile_mode, COMPILE_MODES)
-    _choice("snapshot dtype", cfg.snapshot_dtype, SNAPSHOT_DTYPES)
-    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
-    _choice("param dtype", cfg.param_dtype, PARAM_DTYPES)
+    for key, choices in CHOICES.items():
+        _choice(key.replace("_", " "), getattr(cfg, key), choices)
 
 
 def _model(cfg: TrainConfig) -> None:

@@ -145,12 +145,10 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
         "A candidate is chosen on the other seeds; a tie goes to the earliest SWA start, the shortest LAWA window or "
         "EMA half-life. The runs of another schedule or experiment share a seed's initial weights and batch order, "
         "not its trajectory: those differences compare two runs' outcomes, not one trajectory with itself."]
-    runs_w, runs_k = [r for r, _ in wsd.values()], [r for r, _ in cosine.values()]
-    diffs = difference(_final(wsd), _final(cosine))
-    if len(diffs) >= 2:  # the two decays, each's final weights re-estimated like every candidate
-        out.append(Finding(f"{ds}: does WSD (its last 20% decayed linearly to 0) beat cosine: final weights, BatchNorm "
-                           "re-estimated?", "WSD - cosine-LR SGD", diffs, {}, key=("posthoc", data, "wsd - cosine"),
-                           machines=machine_differences(runs_w, runs_k), commits=commit_differences(runs_w, runs_k)))
+    # the two decays, each's final weights re-estimated like every candidate
+    out += _paired(data, f"{ds}: does WSD (its last 20% decayed linearly to 0) beat cosine: final weights, BatchNorm "
+                   "re-estimated?", "WSD - cosine-LR SGD", difference(_final(wsd), _final(cosine)), "wsd - cosine",
+                   _runs(wsd), _runs(cosine))
     for family, name in POSTHOC_FAMILIES.items():
         out += _family_claims(family, name, ds, data, constant, cosine, wsd, others)
     return out + across_datasets(exp, experiments)
@@ -168,6 +166,19 @@ def _baselines(exp: Experiment, experiments: list[Experiment], data: str, settin
     return others
 
 
+def _runs(series: Series) -> list[Run]:
+    return [r for r, _ in series.values()]
+
+
+def _paired(data: str, claim: str, what: str, diffs: dict[int, float], key: str, a: list[Run],
+            b: list[Run]) -> list[Finding]:
+    """The finding of paired ``diffs`` between the runs ``a`` and ``b`` (none below 2 seeds), keyed by ``data``."""
+    if len(diffs) < 2:
+        return []
+    return [Finding(claim, what, diffs, {}, key=("posthoc", data, key),
+                    machines=machine_differences(a, b), commits=commit_differences(a, b))]
+
+
 def _final(series: Series) -> dict[int, float]:
     """Seed -> the test accuracy of its final weights alone, BatchNorm re-estimated like every candidate."""
     from rbwa.analysis.posthoc import final_reestimated
@@ -180,13 +191,10 @@ def _family_claims(family: str, name: str, ds: str, data: str, constant: Series,
     """One family's findings (and lines: the candidates chosen) for constant-LR and cosine-LR SGD's snapshots."""
     out: list[Finding | str] = []
 
-    def test(claim: str, what: str, diffs: dict[int, float], key: str, a: list[Run], b: list[Run],
-             note: str = "") -> None:
-        if len(diffs) >= 2:
-            out.append(Finding(claim, what, diffs, {}, key=("posthoc", data, key), note=note,
-                               machines=machine_differences(a, b), commits=commit_differences(a, b)))
+    def test(claim: str, what: str, diffs: dict[int, float], key: str, a: list[Run], b: list[Run]) -> None:
+        out.extend(_paired(data, claim, what, diffs, key, a, b))
 
-    runs_c, runs_k = [r for r, _ in constant.values()], [r for r, _ in cosine.values()]
+    runs_c, runs_k = _runs(constant), _runs(cosine)
     held = choose_candidates(constant, family, name, f"{ds}, constant-LR SGD", out)
     if held is None:
         return out
@@ -211,10 +219,9 @@ def _family_claims(family: str, name: str, ds: str, data: str, constant: Series,
              "cosine-LR SGD's final weights (BatchNorm as trained)?", f"post-hoc {family} - cosine-LR SGD",
              difference(held, final_metric(group)), f"{family} constant - cosine (alternatives)", runs_c, group)
     if len(wsd) >= 2:
-        runs_w = [r for r, _ in wsd.values()]
         test(f"{ds}: can an average replace WSD's decay: does the best post-hoc {name} of constant-LR SGD beat "
              "WSD-LR SGD's final weights (BatchNorm re-estimated)?", f"post-hoc {family} - WSD-LR SGD",
-             difference(held, _final(wsd)), f"{family} constant - wsd final", runs_c, runs_w)
+             difference(held, _final(wsd)), f"{family} constant - wsd final", runs_c, _runs(wsd))
     if "RBWA" in others:
         group = others["RBWA"]
         test(f"{ds}: does the best post-hoc {name} of constant-LR SGD, chosen on the other seeds, beat RBWA?",

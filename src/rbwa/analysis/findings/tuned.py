@@ -61,8 +61,9 @@ def setting(cfg: dict[str, Any]) -> str:
 Losses = dict[str, dict[int, dict[str, float]]]  # method -> seed -> setting -> final validation loss
 
 
-METHODS = {"cosine": ("cosine",), "WSD": ("wsd",), "constant LR, final weights": ("constant",),
-           "an average (any family)": ("constant",), "WSM": ("constant",)}  # method -> the LR schedule of its runs
+DECAYS = {"cosine": "cosine", "wsd": "WSD"}  # LR schedule -> the method its runs are, as they end
+METHODS = {**{m: s for s, m in DECAYS.items()}, "constant LR, final weights": "constant",
+           "an average (any family)": "constant", "WSM": "constant"}  # method -> the LR schedule of its runs
 
 
 def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, str], Run]], dict[str, set[str]]]:
@@ -72,10 +73,10 @@ def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, st
     and its WSM candidates to "WSM"."""
     from rbwa.analysis.posthoc import final_reestimated
 
-    losses: dict[str, dict[int, dict[str, float]]] = {}
+    losses: Losses = {}
     runs: dict[str, dict[tuple[int, str], Run]] = {}
-    grid = {m: {setting(r.config) for r in exp.runs if r.config and r.config.get("lr_schedule", "constant") in kinds}
-            for m, kinds in METHODS.items()}
+    grid = {m: {setting(r.config) for r in exp.runs if r.config and r.config.get("lr_schedule", "constant") == kind}
+            for m, kind in METHODS.items()}
 
     def add(method: str, seed: int, name: str, loss: float, run: Run) -> None:
         losses.setdefault(method, {}).setdefault(seed, {})[name] = loss
@@ -85,8 +86,8 @@ def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, st
         if not (r.finished and r.config and r.metrics):
             continue
         schedule, name = r.config.get("lr_schedule", "constant"), setting(r.config)
-        if schedule in ("cosine", "wsd"):
-            add("cosine" if schedule == "cosine" else "WSD", r.seed, name, r.metrics[-1]["test_loss"], r)
+        if schedule in DECAYS:
+            add(DECAYS[schedule], r.seed, name, r.metrics[-1]["test_loss"], r)
             continue
         rows = posthoc_rows(r)
         last = final_reestimated(rows) if rows else None
