@@ -105,3 +105,26 @@ def test_a_finding_names_pairs_trained_at_different_commits_and_the_dataset_by_i
     assert [dataset_name({"dataset": d}) for d in ("cifar10", "cifar100", "folder:cifar10-jpeg (50000 train + ...)",
                                                    "folder:cifar-100-png (...)", "digits")] == [
         "CIFAR-10", "CIFAR-100", "CIFAR-10", "CIFAR-100", "digits"]
+
+
+def test_an_identity_is_the_largest_gap_in_test_items_against_one_in_ten_thousand():
+    from rbwa.analysis.findings.core import equivalence, identity_claim, twin_of
+
+    assert twin_of("sgd (harmonic LR, = rbwa)") == "rbwa" and twin_of("sgd (rbwa-e's LR, = rbwa-e)") == "rbwa-e"
+    assert twin_of("sgd (cosine LR)") is None and twin_of("rbwa") is None
+    assert identity_claim("adamw (harmonic LR, = rbwa)") == "rbwa = adamw on the harmonic LR"
+
+    def gpt(label: str, seed: int, accs: list[float], losses: list[float]) -> Run:
+        metrics = [{"epoch": e, "test_acc": a, "test_loss": loss} for e, (a, loss) in enumerate(zip(accs, losses))]
+        return Run(Path(f"{label}-{seed}"), "gpt", label, seed, {"model": "gpt"}, metrics,
+                   {"status": "finished", "test_size": 111_488})
+
+    one = 100 / 111_488  # one validation character, in accuracy points
+    rbwa = [gpt("rbwa", s, [10.0, 40.0 + s], [2.0, 1.5]) for s in range(2)]
+    twin = [gpt("twin", 0, [10.0, 40.0 + 3 * one], [2.0, 1.5 + 2e-6]), gpt("twin", 1, [10.0, 41.0], [2.0, 1.5])]
+    q = equivalence("rbwa = adamw on the harmonic LR", rbwa, twin)
+    assert (q.seeds, q.items, q.item_gap, q.item_tolerance, q.kind) == (2, 111_488, 3, 11, "validation characters")
+    assert q.loss_gap == pytest.approx(2e-6) and q.holds
+    twin[1] = gpt("twin", 1, [10.0, 41.0 + 12 * one], [2.0, 1.5])  # 12 characters apart: beyond 11
+    assert equivalence("c", rbwa, twin).item_gap == 12 and not equivalence("c", rbwa, twin).holds
+    assert equivalence("c", rbwa, []) is None  # no pair: nothing to judge

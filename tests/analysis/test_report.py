@@ -41,27 +41,61 @@ def make_sweep(root: Path, gains: dict[str, list[float]], experiment="fig3", set
     (root / f"{experiment}.json").write_text(json.dumps(manifest))
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def answer(report: str, claim: str) -> list[str]:
+    """The answers-table row of a question: [number and marks, question, difference, effect, n, p, verdict]."""
+    rows = [_cells(x) for x in report.splitlines() if x.startswith('| <a name="q')]
+    found = [r for r in rows if r[1] == claim]
+    assert len(found) == 1, [r[1] for r in rows]
+    found[0][0] = found[0][0].split("</a>")[1]
+    return found[0]
+
+
+def detail(report: str, number: int) -> list[str]:
+    """The appendix row of an answer: [number, final-epoch verdict, last-epochs measure, largest gap, seeds † , ‡]."""
+    start = report.index("## Appendix")
+    return next(_cells(x) for x in report[start:].splitlines() if x.startswith(f"| {number} |"))
+
+
+def identity(report: str, claim: str) -> list[str]:
+    """The identities-table row: [identity, seeds, largest gap in items, tolerance, loss gap, holds]."""
+    row = next(_cells(x) for x in report.splitlines() if x.startswith("| <a name=\"i") and x.endswith(" |")
+               and x.split("</a>")[1].startswith(f"{claim} |"))
+    return [row[0].split("</a>")[1], *row[1:]]
+
+
 def test_one_seed_gets_no_interval_and_no_verdict(tmp_path):
     make_sweep(tmp_path, {"resnet18": [2.0]})
     report = write_report(tmp_path).read_text()
-    assert ("Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD: **inconclusive at "
-            "this scale "
-            "(fewer than 2 seeds)** (RBWA - SGD = +2.00 points, n = 1 seed; paper: +1.38)") in report
-    assert ("Holm's correction over the 0 final-epoch tests of this report: p = -, **inconclusive (fewer than 2 "
-            "seeds)**") in report
+    claim = "Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD"
+    assert answer(report, claim) == ["1", claim, "RBWA - SGD", "+2.00 points", "1", "-",
+                                     "inconclusive (fewer than 2 seeds)"]
+    assert detail(report, 1)[1] == "inconclusive at this scale (fewer than 2 seeds); paper: +1.38"
+    assert "Holm-adjusted over the 0 tests of this report" in report
 
 
 def test_verdicts_follow_the_intervals(tmp_path):
     make_sweep(tmp_path, {"resnet18": [2.0, 2.5, 3.0], "vgg16": [-2.0, -2.5, -3.0]})
     report = write_report(tmp_path).read_text()
-    assert ("Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD: **supported** "
-            "(RBWA - SGD = +2.50 [+1.26, +3.74] points, n = 3 seeds; paper: +1.38)") in report
-    assert "model vgg16: RBWA reaches higher final test accuracy than SGD: **not supported (the opposite" in report
+    # gains 2, 2.5, 3: sd 0.5, half-width t(0.975, 2) 0.5 / sqrt 3 = 1.242; t = 2.5 / 0.2887 = 8.66 on 2 df
+    from scipy.stats import t
+
+    p = 2 * t.sf(2.5 / (0.5 / 3 ** 0.5), 2)
+    row = answer(report, "Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD")
+    # Holm over 3 tests: the two models' accuracy p's (equal, so both x 3) and vgg16's loss (0 every seed: p = 1);
+    # resnet18's loss differs by 0.1 in every seed, no spread, no test
+    assert row[2:] == ["RBWA - SGD", "+2.50 [+1.26, +3.74] points", "3", f"{3 * p:.3g}", "supported"]
+    assert detail(report, int(row[0]))[1:3] == ["supported; paper: +1.38", "supported, +2.50 [+1.26, +3.74]"]
+    vgg = answer(report, "Claim 1, CIFAR-10, model vgg16: RBWA reaches higher final test accuracy than SGD")
+    assert vgg[3] == "-2.50 [-3.74, -1.26] points" and vgg[6] == "not supported (the opposite holds)"
     assert "Not in this directory, so not answered here: fig5, table1, variants, controls" in report
     for png in ("fig3-resnet18.png", "fig3-vgg16.png"):
         assert (tmp_path / png).stat().st_size > 10_000 and f"]({png})" in report
-    assert "| resnet18 | rbwa | 3 | 53.50 ± 1.50 | 53.50 ± 1.50 | 0.3000 ± 0.0000 |" in report
-    assert "| resnet18 | sgd | 3 | 51.00 ± 1.00 |" in report and "| 81.98 | 0.013 | 93-95.7 (a) | - |" in report
+    assert "| fig3 | model resnet18 | rbwa | 3 | 53.50 ± 1.50 | 53.50 ± 1.50 | 0.3000 ± 0.0000 |" in report
+    assert "| model resnet18 | sgd | 3 | 51.00 ± 1.00 |" in report and "| 81.98 | 0.013 | 93-95.7 (a) | - |" in report
     assert "(a) a tuned ResNet-18" in report
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     r = next(r for r in rows if r["setting"] == "resnet18" and r["method"] == "rbwa")
@@ -71,8 +105,10 @@ def test_verdicts_follow_the_intervals(tmp_path):
 def test_small_noisy_gain_is_inconclusive_or_rules_out_the_paper(tmp_path):
     make_sweep(tmp_path, {"resnet18": [-1.0, 0.5, 1.5], "vgg16": [-0.3, 0.0, 0.3]})
     report = write_report(tmp_path).read_text()
-    assert "model resnet18: RBWA reaches higher final test accuracy than SGD: **inconclusive at this scale**" in report
-    assert "model vgg16: RBWA reaches higher final test accuracy than SGD: **not supported (the paper's" in report
+    row = answer(report, "Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD")
+    assert detail(report, int(row[0]))[1] == "inconclusive at this scale; paper: +1.38"
+    vgg = answer(report, "Claim 1, CIFAR-10, model vgg16: RBWA reaches higher final test accuracy than SGD")
+    assert detail(report, int(vgg[0]))[1].startswith("not supported (the paper's difference of +2.51 lies above")
 
 
 def test_diverged_and_missing_runs_are_shown(tmp_path):
@@ -83,7 +119,7 @@ def test_diverged_and_missing_runs_are_shown(tmp_path):
     manifest["runs"].append({"run": "runs/never", "setting": "resnet18", "label": "sgd", "seed": 2})
     (tmp_path / "fig3.json").write_text(json.dumps(manifest))
     report = write_report(tmp_path, tmp_path / "out").read_text()
-    assert "| resnet18 | rbwa | 2 |" in report and "1 diverged" in report and "1 not run" in report
+    assert "| model resnet18 | rbwa | 2 |" in report and "1 diverged" in report and "1 not run" in report
 
 
 def test_report_needs_manifests(tmp_path):
@@ -111,26 +147,30 @@ def test_table1_claims_from_constructed_runs(tmp_path):
     se = (0.01 / 9 + 0.02 / 12) ** 0.5
     df = se ** 4 / (3 * (0.01 / 27) ** 2 / 2 + 2 * (0.01 / 12) ** 2 / 2)
     lo, hi = 2.9 - t.ppf(0.975, df) * se, 2.9 + t.ppf(0.975, df) * se
-    assert (f"Claim 3: the gain is larger at batch sizes 16-64 than at 128-256: **supported** (mean gain at 16-64 "
-            f"minus mean gain at 128-256 = +2.90 [{lo:+.2f}, {hi:+.2f}] points, n = 3 seeds; paper: +1.30; the batch "
-            "sizes are independent runs, so this is a Welch contrast") in report
+    row = answer(report, "Claim 3: the gain is larger at batch sizes 16-64 than at 128-256")
+    assert row[2:5] == ["mean gain at 16-64 minus mean gain at 128-256", f"+2.90 [{lo:+.2f}, {hi:+.2f}] points", "3"]
+    assert detail(report, int(row[0]))[1].startswith("supported; paper: +1.30; the batch sizes are independent runs, "
+                                                     "so this is a Welch contrast")
     # 3b: RBWA at 32 (54.6 mean) against each other batch size by Welch, and the ones it cannot be told from named
     assert ("Claim 3b: the best batch size for RBWA is 32 (paper): our highest mean final test accuracy is at 32 "
             "(54.60%; 16: 54.10%, 64: 53.60%, 128: 51.10%, 256: 51.30%); 32 minus each other batch size (Welch 95% "
             "intervals, uncorrected): 16: +0.50 [") in report
     assert "32 is not distinguishable from 16, 64: these runs do not rank those batch sizes." in report
-    assert "| 16 | sgd | 3 | 51.00 ± 1.00 |" in report and "| 82.27 | 0.01776 |" in report
+    assert "| batch size 16 | sgd | 3 | 51.00 ± 1.00 |" in report and "| 82.27 | 0.01776 |" in report
     assert "](table1-gain.png)" in report and (tmp_path / "table1-gain.png").stat().st_size > 10_000
 
 
 def test_variants_get_a_verdict_each(tmp_path):
     make_sweep(tmp_path, {"resnet18": [2.0, 2.5, 3.0]}, experiment="variants")
     report = write_report(tmp_path).read_text()
-    assert ("Does rbwa beat sgd? **supported** (rbwa - sgd = +2.50 [+1.26, +3.74] points, n = 3 seeds); "
-            "mean of the last 5 epochs: **supported**") in report
+    row = answer(report, "Does rbwa beat sgd?")
+    assert row[2:5] == ["rbwa - sgd", "+2.50 [+1.26, +3.74] points", "3"] and row[6] == "supported"
+    assert detail(report, int(row[0]))[2] == "supported, +2.50 [+1.26, +3.74]"
     # the training losses differ by exactly 0.1 in every seed: no spread, so no interval and no test
-    assert ("Is rbwa's final training loss lower than sgd's? **inconclusive at this scale (every seed's difference is "
-            "the same: no spread to estimate an interval from)** (sgd - rbwa = +0.1000, n = 3 seeds)") in report
+    loss = answer(report, "Is rbwa's final training loss lower than sgd's?")
+    assert loss[2:] == ["sgd - rbwa", "+0.1000", "3", "-", "inconclusive (no spread between seeds: not tested)"]
+    assert detail(report, int(loss[0]))[1] == ("inconclusive at this scale (every seed's difference is the same: no "
+                                               "spread to estimate an interval from)")
 
 
 def _pair_sweep(root: Path, experiment: str, label: str, curves: dict[int, tuple[list[float], list[float]]],
@@ -154,15 +194,16 @@ def test_last_epochs_measure_and_holm_are_shown_beside_the_final_verdict(tmp_pat
               for s, d in enumerate((1.0, 1.5, 2.0))}
     _pair_sweep(tmp_path, "variants", "rbwa-e", curves)
     report = write_report(tmp_path).read_text()
-    assert ("Does rbwa-e beat sgd? **supported** (rbwa-e - sgd = +1.50 [+0.26, +2.74] points, n = 3 seeds); "
-            "mean of the last 5 epochs: **not supported (the opposite holds)** (-2.10 [-2.35, -1.85]); "
-            "**the two measures disagree**") in report
+    row = answer(report, "Does rbwa-e beat sgd?")
+    assert row[3] == "+1.50 [+0.26, +2.74] points"
+    assert detail(report, int(row[0]))[1:3] == ["supported", "not supported (the opposite holds), -2.10 [-2.35, -1.85] "
+                                                "(**the two disagree**)"]
     # two tests in this report (accuracy; rbwa-e's loss ties at 0 every epoch, p = 1): Holm doubles the
     # smaller p. Accuracy: t = 1.5 / (0.5 / sqrt 3) = 5.196 on 2 df, p = 1 - t / sqrt(t^2 + 2) = 0.0351,
     # significant alone but not after the correction
     p = 1 - 5.196152 / (5.196152 ** 2 + 2) ** 0.5
-    assert (f"Holm's correction over the 2 final-epoch tests of this report: p = {2 * p:.3g}, **inconclusive after "
-            "correction**") in report
+    assert row[5:] == [f"{2 * p:.3g}", "inconclusive after correction"]
+    assert "Holm-adjusted over the 2 tests of this report" in report
 
 
 def test_no_difference_needs_whole_curves_within_one_test_image(tmp_path):
@@ -174,16 +215,18 @@ def test_no_difference_needs_whole_curves_within_one_test_image(tmp_path):
     text = (tmp_path / "controls.json").read_text().replace('"sgd"', '"rbwa"')
     (tmp_path / "controls.json").write_text(text)
     report = write_report(tmp_path).read_text()
-    assert "Does rbwa beat sgd (harmonic LR, = rbwa)? **inconclusive at this scale** (rbwa - control = +0.00" in report
-    assert "largest difference at any epoch of any seed: 0.15 points (tolerance 0.05 points)" in report
+    # an identity, not a test: no row in the answers table, a row among the identities
+    assert "Does rbwa beat sgd (harmonic LR, = rbwa)?" not in report and '<a name="q' not in report
+    assert identity(report, "rbwa = sgd on the harmonic LR") == ["rbwa = sgd on the harmonic LR", "3",
+                                                                 "3 of 2,000 test images", "1", "0 nats", "**no**"]
     # within one image at every epoch: no difference
     (tmp_path / "runs").rename(tmp_path / "old")
     curves[2] = ([10, 42, 47, 52], [10, 42, 47 + one, 52])
     _pair_sweep(tmp_path, "controls", "sgd (harmonic LR, = rbwa)", {s: (c[1], c[0]) for s, c in curves.items()})
     (tmp_path / "controls.json").write_text((tmp_path / "controls.json").read_text().replace('"sgd"', '"rbwa"'))
     report = write_report(tmp_path).read_text()
-    assert ("Does rbwa beat sgd (harmonic LR, = rbwa)? **not supported (no difference in any seed)**") in report
-    assert "largest difference at any epoch of any seed: 0.05 points (tolerance 0.05 points)" in report
+    assert identity(report, "rbwa = sgd on the harmonic LR")[2:] == ["1 of 2,000 test images", "1", "0 nats", "yes"]
+    assert "1 of 1 identity within tolerance" in report
 
 
 def test_mechanism_figure_from_the_fold_rule(tmp_path):
@@ -241,10 +284,11 @@ def test_a_comparison_two_experiments_share_is_one_test_and_each_run_counts_once
         summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": versions}))
     report = write_report(tmp_path).read_text()
     p = 1 - 5.196152 / (5.196152 ** 2 + 2) ** 0.5
-    for claim in ("Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD: **supported**",
-                  "Does rbwa beat sgd? **supported**"):
-        line = next(x for x in report.splitlines() if x.startswith(f"- {claim}"))
-        assert f"Holm's correction over the 1 final-epoch tests of this report: p = {p:.3g}, **supported**" in line
+    row = answer(report, "Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD")
+    assert row[0] == "1†" and row[5:] == [f"{p:.3g}", "supported"]
+    assert "Does rbwa beat sgd?" not in report.split("## Appendix")[0]  # one row for the one test
+    assert "- Does rbwa beat sgd?: the same test as row 1 (the same runs)." in report
+    assert "Holm-adjusted over the 1 tests of this report" in report
     assert "torch threads per run 1 in 4 runs, 2 in 2 runs, device cpu; torch x," in report
     assert "Mean epoch time over 6 runs: 1.0 s." in report
 
@@ -256,35 +300,35 @@ def test_spread_names_each_value_with_its_runs():
     assert _spread([1, 2, 2]) == "2 in 2 runs, 1 in 1 run"
 
 
-def test_the_machine_line_names_the_cpu_kinds_once_any_run_records_one(tmp_path):
+def test_the_provenance_table_names_each_groups_commits_and_cpu_kinds_once(tmp_path):
     make_sweep(tmp_path, {"resnet18": [1.0, 1.5, 2.0]})
-
-    def machine() -> str:
-        return next(x for x in write_report(tmp_path).read_text().splitlines() if x.startswith("- Machine:"))
-
-    assert "CPU" not in machine()  # runs from before the CPU was recorded
-    for i, summary in enumerate(sorted((tmp_path / "runs").glob("*/summary.json"))):
+    for i, summary in enumerate(sorted((tmp_path / "runs").glob("*/summary.json"))):  # rbwa-0..2, then sgd-0..2
         if i < 4:
-            versions = {"torch_threads": 1, "cpu": "Xeon (family 6, model 207), torch AVX512" if i else "M1, torch"}
+            versions = {"torch_threads": 1, "git": "abc" if i else "def",
+                        "cpu": "Xeon (family 6, model 207), torch AVX512" if i else "M1, torch"}
             summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": versions}))
-    assert (", CPU Xeon (family 6, model 207), torch AVX512 in 3 runs, not recorded in 2 runs, M1, torch in 1 run, "
-            "torch threads per run") in machine()
+    report = write_report(tmp_path).read_text()
+    xeon = "Xeon (family 6, model 207), torch AVX512"
+    assert f"| fig3 | resnet18 | rbwa | 3 | abc, def | M1, torch; {xeon} | 1 |" in report
+    assert f"| fig3 | resnet18 | sgd | 3 | None, abc | {xeon}; not recorded | 1, None |" in report
+    assert "Xeon" not in next(x for x in report.splitlines() if x.startswith("- Machine:"))
+    # seed 0's runs differ in CPU kind and commit, seeds 1 and 2 in commit, thread count and CPU kind
+    row = answer(report, "Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD")
+    assert row[0] == "1†‡" and detail(report, 1)[4:] == ["0, 1, 2", "0, 1, 2"]
+    assert report.count("different commits") == 1  # the marks' legend; the seeds in the appendix
 
 
 def test_a_verdict_names_the_seeds_whose_runs_ran_with_other_thread_counts(tmp_path):
     make_sweep(tmp_path, {"resnet18": [1.0, 1.5, 2.0]})
     summary = tmp_path / "runs/resnet18-rbwa-1/summary.json"
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": {"torch_threads": 2}}))
-    line = next(x for x in write_report(tmp_path).read_text().splitlines()
-                if x.startswith("- Claim 1, CIFAR-10, model"))
-    assert line.endswith("; the paired runs ran with torch threads 2 against None in seed 1, so float rounding adds "
-                         "to that seed's difference.")
+    report = write_report(tmp_path).read_text()
+    assert answer(report, "Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD")[0] \
+        == "1†" and detail(report, 1)[4:] == ["1", "-"]
+    assert "† In some seed the paired runs recorded different CPU kinds or thread counts" in report
     other = tmp_path / "runs/resnet18-rbwa-2/summary.json"
     other.write_text(json.dumps({**json.loads(other.read_text()), "versions": {"torch_threads": 2}}))
-    line = next(x for x in write_report(tmp_path).read_text().splitlines()
-                if x.startswith("- Claim 1, CIFAR-10, model"))
-    assert line.endswith("; the paired runs ran with torch threads 2 against None in seeds 1, 2, so float rounding "
-                         "adds to those seeds' differences.")
+    assert detail(write_report(tmp_path).read_text(), 1)[4] == "1, 2"
 
 
 def _posthoc_rows(path: Path, swa: dict[str, float], final: float, bn_images: int = 1000) -> None:
@@ -334,30 +378,38 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
             "alone: seed 0: SWA from epoch 2; seed 1: SWA from epoch 3; seed 2: SWA from epoch 2 (it differs between "
             "seeds)") in report
     # against the final weights re-estimated: 60 - 51, 58 - 52, 62 - 53; as trained: 60 - 50, 58 - 51, 62 - 52
-    assert ("CIFAR-10: does the best post-hoc SWA start of constant-LR SGD, chosen on the other seeds, beat the same "
-            "run's final weights (BatchNorm re-estimated)? **supported** (post-hoc swa - final weights = +8.00 [") \
-        in report
+    own = answer(report, "CIFAR-10: does the best post-hoc SWA start of constant-LR SGD, chosen on the other seeds, "
+                         "beat the same run's final weights (BatchNorm re-estimated)?")
+    assert own[2] == "post-hoc swa - final weights" and own[3].startswith("+8.00 [") and own[4] == "3"
+    assert detail(report, int(own[0]))[1:3] == ["supported", "- (the end of training only)"]
     assert "with BatchNorm as trained, the post-hoc SWA start gains +9.00 [" in report
     # against RBWA: 60 - 51, 58 - 52, 62 - 53; against cosine's re-estimated final weights: -5, -8, -5
-    assert "beat RBWA? **supported** (post-hoc swa - RBWA = +8.00 [" in report
-    assert ("can an average replace the decay: does the best post-hoc SWA start of constant-LR SGD beat cosine-LR "
-            "SGD's final weights (BatchNorm re-estimated)? **not supported (the opposite holds)** (post-hoc swa - "
-            "cosine-LR SGD = -6.00 [") in report
+    rbwa = answer(report, "CIFAR-10: does the best post-hoc SWA start of constant-LR SGD, chosen on the other seeds, "
+                          "beat RBWA?")
+    assert rbwa[2] == "post-hoc swa - RBWA" and rbwa[3].startswith("+8.00 [")
+    decay = answer(report, "CIFAR-10: can an average replace the decay: does the best post-hoc SWA start of "
+                           "constant-LR SGD beat cosine-LR SGD's final weights (BatchNorm re-estimated)?")
+    assert decay[2] == "post-hoc swa - cosine-LR SGD" and decay[3].startswith("-6.00 [")
+    assert detail(report, int(decay[0]))[1] == "not supported (the opposite holds)"
     # cosine: chosen 70, 71, 73 against 65, 66, 67 (+5.33) and against constant's 60, 58, 62 (+11.33)
     assert "seed 2: SWA from epoch 2 (73.00%)" in report
-    assert "does averaging add on top of the decay" in report and "cosine - final weights = +5.33 [" in report
-    assert "post-hoc swa: cosine - constant = +11.33 [" in report
-    assert "n = 3 seeds); one measure only (the end of training); after Holm's correction over the" in report
+    on_top = answer(report, "CIFAR-10: does averaging add on top of the decay: does the best post-hoc SWA start of "
+                            "cosine-LR SGD beat its final weights (BatchNorm re-estimated)?")
+    assert on_top[2] == "post-hoc swa of cosine - final weights" and on_top[3].startswith("+5.33 [")
+    assert answer(report, "CIFAR-10: does the best post-hoc SWA start of cosine-LR SGD beat constant-LR SGD's?")[3] \
+        .startswith("+11.33 [")
     assert ("CIFAR-10: every candidate's BatchNorm statistics were re-estimated on 1000 or 1500 training images (`rbwa "
             "posthoc --bn-images`), and so were the final weights it is compared with") in report
     assert "](runs/snap-0/posthoc/posthoc.png)" not in report  # no figure was written for these hand-made runs
     # WSD's final weights against cosine's, both re-estimated: 63 - 65, 64.5 - 66, 65 - 67; the average chosen on
     # the other seeds against WSD's: 60 - 63, 58 - 64.5, 62 - 65
-    assert "does WSD (its last 20% decayed linearly to 0) beat cosine: final weights, BatchNorm re-estimated?" in report
-    assert f"(WSD - cosine-LR SGD = {(-2 - 1.5 - 2) / 3:+.2f} [" in report
-    assert ("can an average replace WSD's decay: does the best post-hoc SWA start of constant-LR SGD beat WSD-LR "
-            "SGD's final weights (BatchNorm re-estimated)? **inconclusive at this scale** (post-hoc swa - "
-            f"WSD-LR SGD = {(-3 - 6.5 - 3) / 3:+.2f} [") in report
+    wsd = answer(report, "CIFAR-10: does WSD (its last 20% decayed linearly to 0) beat cosine: final weights, "
+                         "BatchNorm re-estimated?")
+    assert wsd[2] == "WSD - cosine-LR SGD" and wsd[3].startswith(f"{(-2 - 1.5 - 2) / 3:+.2f} [")
+    instead = answer(report, "CIFAR-10: can an average replace WSD's decay: does the best post-hoc SWA start of "
+                             "constant-LR SGD beat WSD-LR SGD's final weights (BatchNorm re-estimated)?")
+    assert instead[3].startswith(f"{(-3 - 6.5 - 3) / 3:+.2f} [")
+    assert detail(report, int(instead[0]))[1] == "inconclusive at this scale"
 
 
 def test_seeds_that_share_no_post_hoc_candidate_get_one_line_not_a_crash(tmp_path):
@@ -397,9 +449,9 @@ def test_the_choices_are_compared_across_datasets_once_two_have_them(tmp_path):
     line = ("- Across datasets, the post-hoc SWA start chosen on the other seeds. Constant-LR SGD, on CIFAR-10: SWA "
             "from epoch 2 (seeds 0, 1, 2); on CIFAR-100: SWA from epoch 3 (seeds 0, 1) (2 different choices on 5 "
             "seeds).")
-    assert across == [line, line]  # in the answers, and once among the sections: in the last post-hoc one
-    assert len(lines) - lines[::-1].index(line) > lines.index("## posthoc: posthoc") > \
-        lines.index("## posthoc-cifar100: posthoc-cifar100")
+    assert across == [line]  # once: in the appendix, under the last post-hoc experiment
+    appendix = lines[lines.index("## Appendix: details"):]
+    assert appendix.index(line) > appendix.index("### posthoc-cifar100") > appendix.index("### posthoc")
 
 
 def test_picks_text_lists_each_choice_with_its_seeds_the_most_chosen_first():
@@ -440,18 +492,67 @@ def test_the_lm_experiment_end_to_end_on_a_tiny_text(tmp_path, capsys):
         assert main(["posthoc", str(run), "--dataset", f"text:{text}", "--quiet"]) == 0
     capsys.readouterr()
     report = write_report(out).read_text()
-    assert "| model | method | n | final val loss (nats/char) | final val bits/char |" in report
-    assert "| gpt | adamw (wsd) | 2 |" in report
-    assert "Claim 1, a GPT on text: RBWA reaches a lower final validation loss than AdamW: **" in report
-    assert "(AdamW - RBWA = " in report
-    assert ("Does rbwa reach a lower validation loss than adamw (harmonic LR, = rbwa)? **not supported (no "
-            "difference in any seed)**") in report
-    assert "Does schedule-free adamw reach a lower validation loss than adamw?" in report
+    assert "| experiment | setting | method | n | final val loss (nats/char) | final val bits/char |" in report
+    assert "| lm | model gpt | adamw (wsd) | 2 |" in report
+    claim1 = answer(report, "Claim 1, a GPT on text: RBWA reaches a lower final validation loss than AdamW")
+    assert claim1[2] == "AdamW - RBWA" and claim1[4] == "2"
+    # RBWA and its twin: an identity within one in 10,000 validation characters (here, at least one), not a test
+    twin = identity(report, "rbwa = adamw on the harmonic LR")
+    assert twin[1] == "2" and twin[2].endswith(" validation characters") and twin[3] == "1" and twin[5] == "yes"
+    assert "harmonic LR, = rbwa)?" not in report
+    assert answer(report, "Does schedule-free adamw reach a lower validation loss than adamw?")[4] == "2"
     assert "A GPT on text, constant-LR AdamW: post-hoc EMA half-life, chosen on the other seeds: seed 0: " in report
-    assert ("does the best post-hoc SWA start, chosen on the other seeds, reach a lower validation loss than adamw "
-            "(cosine LR)?") in report
-    assert "(final weights - post-hoc swa = " in report and "\nBatchNorm: before" not in report  # a GPT has none
+    assert answer(report, "A GPT on text, constant-LR AdamW: does the best post-hoc SWA start, chosen on the other "
+                          "seeds, reach a lower validation loss than adamw (cosine LR)?")[2] == \
+        "adamw (cosine LR) - post-hoc swa"
+    assert "| final weights - post-hoc swa |" in report and "\nBatchNorm: before" not in report  # a GPT has none
     assert "Not in this directory" not in report  # an lm directory is not a reproduction of the paper's figures
     assert "- A GPT of 1 layers, 2 heads and width 16" in report and "The paper has no language model" in report
     assert "Differences from the paper's protocol" not in report
     assert (out / "lm-gpt.png").stat().st_size > 10_000
+
+
+def test_the_answers_table_sentences_figure_and_appendix_come_from_one_computation(tmp_path, monkeypatch):
+    """claims() runs once per experiment and collect() once; every rendering reads the rows it returned."""
+    import rbwa.analysis.plots as plots
+    import rbwa.analysis.report as report_module
+
+    make_sweep(tmp_path, {"resnet18": [2.0, 2.5, 3.0], "vgg16": [-1.0, 0.5, 1.5]})
+    manifest = json.loads((tmp_path / "fig3.json").read_text())  # variants: the same runs
+    (tmp_path / "variants.json").write_text(json.dumps({**manifest, "experiment": "variants"}))
+    calls, captured, drawn = [], [], []
+    real_claims, real_collect, real_forest = report_module.claims, report_module.collect, plots.plot_forest
+    monkeypatch.setattr(report_module, "claims", lambda exp, *a: calls.append(exp.name) or real_claims(exp, *a))
+    monkeypatch.setattr(report_module, "collect", lambda s: captured.append(real_collect(s)) or captured[-1])
+    monkeypatch.setattr(plots, "plot_forest", lambda groups, path: drawn.append(groups) or real_forest(groups, path))
+    report = write_report(tmp_path).read_text()
+    assert calls == ["fig3", "variants"] and len(captured) == 1 and len(drawn) == 1
+    answers = captured[0]
+    table_rows = [_cells(x) for x in report.splitlines() if x.startswith('| <a name="q')]
+    assert [int(r[0].split("</a>")[1].rstrip("†‡")) for r in table_rows] == [a.number for a in answers.rows.values()]
+    for cells, a in zip(table_rows, answers.rows.values(), strict=True):
+        mean = a.finding.stats("final")[0]
+        assert cells[1] == a.finding.claim and cells[6] == a.verdict and cells[3].startswith(f"{mean:+.2f}"[:4])
+        assert detail(report, a.number)[1].startswith(a.finding.verdict("final"))
+    points = [(label, mean) for _, rows in drawn[0] for label, mean, *_ in rows]
+    assert sorted(points) == sorted((f"{a.number}. {a.finding.what}", a.finding.stats("final")[0])
+                                    for a in answers.rows.values())  # grouped by experiment and unit
+    sentences = "\n".join(x for x in report.splitlines() if x.startswith("- **"))
+    for a in answers.rows.values():  # every row is named by its experiment's sentence under its verdict's words
+        assert str(a.number) in sentences
+    # variants' questions are fig3's (the same runs): no row of their own, a pointer in the appendix
+    assert len(table_rows) == 4 and "- Does rbwa beat sgd?: the same test as row 1 (the same runs)." in report
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (Path(__file__).resolve().parents[2] / "results").iterdir()
+                                          if (p / "report.md").exists()))
+def test_committed_reports_answer_first_and_repeat_nothing(folder):
+    """The answers table and its figure in the first 40 lines, no long line twice, the commit clause at most twice,
+    and the sizes a reader can take in."""
+    text = (Path(__file__).resolve().parents[2] / "results" / folder / "report.md").read_text()
+    head = text.splitlines()[:40]
+    assert any(x.startswith("| # | question |") for x in head) and any("](answers.png)" in x for x in head)
+    long = [x for x in text.splitlines() if len(x) > 80]
+    assert len(long) == len(set(long)), [x for x in set(long) if long.count(x) > 1][:2]
+    assert text.count("different commits") <= 2
+    assert len(text) <= {"cpu-full": 60_000, "cpu-lm": 30_000}.get(folder, 60_000)

@@ -199,6 +199,34 @@ def plot_posthoc(rows: list[dict], own: float, path: Path, title: str, own_label
     return _save(fig, path)
 
 
+def plot_forest(groups: list[tuple[str, list[tuple[str, float, float, float, bool]]]], path: Path) -> Path:
+    """A forest plot: one panel per group (its title names the unit), one row per (label, mean, CI low, CI high,
+    settled), the mean with its 95% interval; filled where Holm's correction settles it, hollow where it does not. A
+    NaN interval (fewer than 2 seeds) draws the mean alone."""
+    sizes = [len(rows) for _, rows in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, 0.9 * len(groups) + 0.22 * sum(sizes)), squeeze=False,
+                             gridspec_kw={"height_ratios": [n + 1.5 for n in sizes]})
+    for ax, (title, rows) in zip(axes[:, 0], groups, strict=True):
+        y = np.arange(len(rows))[::-1]
+        for yi, (_, mean, lo, hi, settled) in zip(y, rows, strict=True):
+            color = COLORS["rbwa"] if settled else "#555555"
+            if not (np.isnan(lo) or np.isnan(hi)):
+                ax.plot([lo, hi], [yi, yi], color=color, linewidth=1.4)
+            ax.plot(mean, yi, "o", color=color, markerfacecolor=color if settled else "white", markersize=5)
+        ax.axvline(0.0, color="#444444", linewidth=0.8)
+        ax.set_yticks(y, [label for label, *_ in rows], fontsize=7.5)
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.tick_params(axis="x", labelsize=7.5)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0, 0].plot([], [], "o", color=COLORS["rbwa"], label="settled after Holm's correction")
+    axes[0, 0].plot([], [], "o", color="#555555", markerfacecolor="white", label="not settled")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.supxlabel("paired difference, 95% CI (positive: the question's claim holds)", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     """Write the figure atomically (a temporary file, then a rename)."""
     path = Path(path)

@@ -1,7 +1,8 @@
 """`rbwa report DIR`: run directories -> figures (PNG), results.csv and report.md with verdicts.
 
-The numbers and the claims come from :mod:`rbwa.analysis.findings`; this module only renders them. Numbers are
-never typed in: every table cell and verdict is computed from the runs.
+The numbers and the claims come from :mod:`rbwa.analysis.findings`, the answers (numbered, Holm-adjusted) from
+:mod:`rbwa.analysis.answers`; this module only lays them out. Numbers are never typed in: every table cell and verdict
+is computed from the runs.
 """
 
 from __future__ import annotations
@@ -15,21 +16,32 @@ from typing import Any
 
 import numpy as np
 
+from rbwa.analysis.answers import (
+    collect,
+    detail_table,
+    details,
+    equivalences,
+    forest,
+    marks_legend,
+    sentence,
+    table,
+)
 from rbwa.analysis.findings import claims
 from rbwa.analysis.findings.core import (
+    ITEM_TOLERANCE,
     LAST_EPOCHS,
     LOSS_TOLERANCE,
     ORDER,
     Experiment,
-    Finding,
+    commit,
     folder_name,
     load_experiments,
+    machine,
     measure,
-    provenance,
 )
 from rbwa.analysis.findings.summary import paper_gain, summarise
 from rbwa.analysis.plots import plot_curves, plot_effective_lr, plot_gain
-from rbwa.analysis.stats import category, holm, holm_verdict, mean_std
+from rbwa.analysis.stats import mean_std
 from rbwa.io import atomic_write_bytes
 from rbwa.training.config import PRESETS, TrainConfig
 
@@ -44,100 +56,51 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _fmt_ci(mean: float, lo: float, hi: float, digits: int = 2) -> str:
-    if math.isnan(mean):
-        return "-"
-    if math.isnan(lo):
-        return f"{mean:+.{digits}f}"
-    return f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
-
-
-def render(f: Finding, p_adjusted: float, tests: int) -> str:
-    """One verdict line: both measures, whether they agree, the Holm-adjusted verdict, the curve's largest gap."""
-    mean, lo, hi, n = f.stats("final")
-    v = f.verdict("final")
-    if f.last or f.arms is not None:
-        mean5, lo5, hi5, _ = f.stats("last")
-        v5 = f.verdict("last")
-        agree = "the two measures agree" if category(v) == category(v5) else "**the two measures disagree**"
-        second = f"mean of the last {LAST_EPOCHS} epochs: **{v5}** ({_fmt_ci(mean5, lo5, hi5, f.digits)}); {agree}"
-    else:  # an average chosen after training exists at the end of training only
-        second = "one measure only (the end of training)"
-    p = "-" if math.isnan(p_adjusted) else f"{p_adjusted:.3g}"
-    head = f"{f.claim}{' ' if f.claim.endswith('?') else ': '}**{v}**"
-    seeds = "1 seed" if n == 1 else f"{n} seeds"
-    line = (f"{head} ({f.what} = {_fmt_ci(mean, lo, hi, f.digits)}{f.unit}, n = {seeds}{f.note}); {second}; "
-            f"after Holm's correction over the {tests} final-epoch tests of this report: p = {p}, "
-            f"**{holm_verdict(mean, p_adjusted, f.same, n=n)}**")
-    if f.curve and (f.show_curve or f.same):
-        line += (f"; largest difference at any epoch of any seed: {max(abs(d) for d in f.curve):.{f.digits}g}"
-                 f"{f.unit} (tolerance {f.tolerance:.{f.digits}g}{f.unit})")
-    if f.machines:
-        by_how: dict[str, list[int]] = {}
-        for seed, how in sorted(f.machines.items()):
-            by_how.setdefault(how, []).append(seed)
-        seeds = "; ".join(f"{how} in seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}" for how, s in by_how.items())
-        which = "that seed's difference" if len(f.machines) == 1 else "those seeds' differences"
-        line += f"; the paired runs ran with {seeds}, so float rounding adds to {which}"
-    if f.commits:
-        by_commit: dict[str, list[int]] = {}
-        for seed, how in sorted(f.commits.items()):
-            by_commit.setdefault(how, []).append(seed)
-        line += "; the paired runs were trained at different commits (" + "; ".join(
-            f"git {how} in seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}" for how, s in by_commit.items()) + ")"
-    return line + "."
-
-
-def _test(f: Finding) -> tuple | int:
-    """What a finding tests, for Holm's family: its metric and runs, or the finding itself where it has no key."""
-    return f.key or id(f)
-
-
 def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _table(exp: Experiment, rows: list[dict[str, Any]]) -> str:
-    out = [f"| {exp.setting} | method | n | final test acc (%) | best test acc (%) | final train loss | "
-           f"final acc - SGD, 95% CI | last-{LAST_EPOCHS}-epoch acc - SGD | paper acc | paper loss | anchor acc | "
-           "not finished |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        missing = []
-        if r["diverged"]:
-            missing.append(f"{r['diverged']} diverged")
-        if r["missing"]:
-            missing.append(f"{r['missing']} not run")
-        out.append(
-            f"| {r['setting']} | {r['method']} | {r['n']} | {_fmt(r['final_acc_mean'], r['final_acc_std'])} | "
-            f"{_fmt(r['best_acc_mean'], r['best_acc_std'])} | {_fmt(r['final_loss_mean'], r['final_loss_std'], 4)} | "
-            f"{_fmt_ci(r['diff_vs_sgd'], r['diff_lo'], r['diff_hi'])} | "
-            f"{_fmt_ci(r['last5_diff_vs_sgd'], r['last5_diff_lo'], r['last5_diff_hi'])} | {_or_dash(r['paper_acc'])} | "
-            f"{_or_dash(r['paper_loss'])} | {_or_dash(r['anchor_acc'])} | {', '.join(missing) or '-'} |")
-    return "\n".join(out)
+def _table(experiments: list[Experiment], rows: dict[int, list[dict[str, Any]]]) -> list[str]:
+    """The image experiments' methods in one table: final and best test accuracy, final training loss, the paper's
+    numbers and the anchors, each the mean ± sd over seeds."""
+    out = ["| experiment | setting | method | n | final test acc (%) | best test acc (%) | final train loss | "
+           "paper acc | paper loss | anchor acc | not finished |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for exp in experiments:
+        for r in rows[id(exp)]:
+            missing = [f"{r['diverged']} diverged"] * bool(r["diverged"]) + [f"{r['missing']} not run"] * bool(
+                r["missing"])
+            out.append(
+                f"| {exp.name} | {exp.setting} {r['setting']} | {r['method']} | {r['n']} | "
+                f"{_fmt(r['final_acc_mean'], r['final_acc_std'])} | {_fmt(r['best_acc_mean'], r['best_acc_std'])} | "
+                f"{_fmt(r['final_loss_mean'], r['final_loss_std'], 4)} | {_or_dash(r['paper_acc'])} | "
+                f"{_or_dash(r['paper_loss'])} | {_or_dash(r['anchor_acc'])} | {', '.join(missing) or '-'} |")
+    return out
 
 
-def _lm_table(exp: Experiment) -> str:
-    """A language model's table: validation loss (nats and bits per character), training loss, next-character
-    accuracy, each the mean ± std over seeds of the final epoch."""
-    out = [f"| {exp.setting} | method | n | final val loss (nats/char) | final val bits/char | final train loss | "
-           "final next-char acc (%) | not finished |", "|---|---|---|---|---|---|---|---|"]
-    for (setting, label), runs in exp.groups().items():
-        stats = {m: mean_std(list(measure(runs, m).values())) for m in ("test_loss", "test_bpc", "train_loss",
-                                                                        "test_acc")}
-        missing = sum(r.status != "finished" for r in runs)
-        out.append(f"| {setting} | {label} | {stats['test_loss'][2]} | {_fmt(*stats['test_loss'][:2], 4)} | "
-                   f"{_fmt(*stats['test_bpc'][:2], 4)} | {_fmt(*stats['train_loss'][:2], 4)} | "
-                   f"{_fmt(*stats['test_acc'][:2])} | {missing or '-'} |")
-    return "\n".join(out)
+def _lm_table(experiments: list[Experiment]) -> list[str]:
+    """The language models' methods in one table: validation loss (nats and bits per character), training loss,
+    next-character accuracy, each the mean ± sd over seeds of the final epoch."""
+    out = ["| experiment | setting | method | n | final val loss (nats/char) | final val bits/char | final train "
+           "loss | final next-char acc (%) | not finished |", "|---|---|---|---|---|---|---|---|---|"]
+    for exp in experiments:
+        for (setting, label), runs in exp.groups().items():
+            stats = {m: mean_std(list(measure(runs, m).values())) for m in ("test_loss", "test_bpc", "train_loss",
+                                                                            "test_acc")}
+            missing = sum(r.status != "finished" for r in runs)
+            out.append(f"| {exp.name} | {exp.setting} {setting} | {label} | {stats['test_loss'][2]} | "
+                       f"{_fmt(*stats['test_loss'][:2], 4)} | {_fmt(*stats['test_bpc'][:2], 4)} | "
+                       f"{_fmt(*stats['train_loss'][:2], 4)} | {_fmt(*stats['test_acc'][:2])} | {missing or '-'} |")
+    return out
 
 
-def _bn_note(exp: Experiment) -> list[str]:
+def _bn_note(experiments: list[Experiment]) -> list[str]:
     """Which methods' evaluations re-estimate BatchNorm's statistics (the trainer's own rule), if any do."""
     from rbwa.training.methods import reestimates_bn
 
-    cfgs = {label: next((r.config for r in runs if r.config), None) for (_, label), runs in exp.groups().items()}
-    named = [label for label, cfg in cfgs.items()
-             if cfg and reestimates_bn(cfg.get("method", ""), cfg.get("write_back", 1))]
+    named = list(dict.fromkeys(
+        label for exp in experiments for (_, label), runs in exp.groups().items()
+        if (cfg := next((r.config for r in runs if r.config), None))
+        and reestimates_bn(cfg.get("method", ""), cfg.get("write_back", 1))))
     if not named:
         return []
     return [f"BatchNorm: before each evaluation of {', '.join(named)}, the running statistics are re-estimated on "
@@ -147,18 +110,32 @@ def _bn_note(exp: Experiment) -> list[str]:
 
 def shared_runs(exp: Experiment, experiments: list[Experiment]) -> list[str]:
     """Lines naming the settings of ``exp`` whose runs belong to an experiment listed before it (table1's batch 64
-    is fig3's ResNet-18), with where those runs were trained, for a reader comparing across settings."""
+    is fig3's ResNet-18), for a reader comparing across settings."""
     earlier = experiments[:experiments.index(exp)]
     lines = []
     for setting in dict.fromkeys(r.setting for r in exp.runs):
-        runs = [r for r in exp.runs if r.setting == setting]
-        for other in earlier:
-            if {r.path for r in runs} <= {r.path for r in other.runs}:
-                rest = [r for r in exp.runs if r.setting != setting]
-                lines.append(f"The runs of {exp.setting} {setting} are {other.name}'s (the same run directories), "
-                             f"trained at {provenance(runs)}; the other settings' at {provenance(rest)}.")
-                break
+        paths = {r.path for r in exp.runs if r.setting == setting}
+        other = next((o for o in earlier if paths <= {r.path for r in o.runs}), None)
+        if other is not None:
+            lines.append(f"The runs of {exp.setting} {setting} are {other.name}'s (the same run directories).")
     return [*lines, ""] if lines else []
+
+
+def provenance_table(experiments: list[Experiment]) -> list[str]:
+    """Where each group of runs was trained, once: its commits, CPU kinds and torch thread counts."""
+    out = ["| experiment | setting | method | finished runs | git | CPU kind | torch threads |",
+           "|---|---|---|---|---|---|---|"]
+    for exp in experiments:
+        for (setting, label), runs in exp.groups().items():
+            done = [r for r in runs if r.finished]
+            if not done:
+                continue
+            kinds = sorted({str(machine(r)[0] or "not recorded") for r in done})
+            threads = sorted({str(machine(r)[1]) for r in done})
+            out.append(f"| {exp.name} | {setting} | {label} | {len(done)} | "
+                       f"{', '.join(sorted({str(commit(r)) for r in done}))} | {'; '.join(kinds)} | "
+                       f"{', '.join(threads)} |")
+    return out
 
 
 def _protocol(experiments: list[Experiment]) -> list[str]:
@@ -171,14 +148,12 @@ def _protocol(experiments: list[Experiment]) -> list[str]:
     def v(key: str) -> str:
         return _spread([r.summary.get("versions", {}).get(key) for r in runs])
 
-    commits = sorted({str(r.summary.get("versions", {}).get("git")) for r in runs})
-    cpus = [r.summary.get("versions", {}).get("cpu") or "not recorded" for r in runs]  # older runs recorded none
-    cpu = f", CPU {_spread(cpus)}" if set(cpus) != {"not recorded"} else ""
     seconds = [r.summary.get("mean_epoch_seconds") for r in runs if r.summary.get("mean_epoch_seconds")]
     machine_lines = [
-        f"- Machine: {v('platform')} ({v('machine')}){cpu}, torch threads per run {v('torch_threads')}, device "
+        f"- Machine: {v('platform')} ({v('machine')}), torch threads per run {v('torch_threads')}, device "
         f"{_spread([r.summary.get('device') for r in runs])}; torch {v('torch')}, numpy {v('numpy')}, "
-        f"Python {v('python')}, rbwa {v('rbwa')}; git {', '.join(commits)}.",
+        f"Python {v('python')}, rbwa {v('rbwa')}; the commits and CPU kinds of each group of runs are in the "
+        "provenance table below.",
         f"- Mean epoch time over {len(seconds)} runs: {sum(seconds) / max(1, len(seconds)):.1f} s."]
     if all(r.config.get("model") == "gpt" for r in runs):  # a language model: the paper has no such experiment
         return [
@@ -276,7 +251,7 @@ def mechanism(experiments: list[Experiment], out: Path) -> list[str]:
     at = (f"lr/{spe + 1} = {after[spe]:.2g} at its {spe} batches an epoch" if text else
           f"lr/{spe + 1} = {after[spe]:.2g} at {spe} batches an epoch and lr/{other + 1} = {after[other]:.2g} at "
           f"{other}")
-    return ["## Why: RBWA's effective learning rate", "",
+    return ["### Why: RBWA's effective learning rate", "",
             "![effective learning rate](effective-lr.png)", "",
             f"Drawn from the wrapper's own fold rule (`RBWA.lr_multipliers`) with this sweep's lr {cfg['lr']}, "
             f"{cfg['epochs']} epochs and start epoch {cfg['start_epoch']}. Because each step starts from the "
@@ -286,80 +261,100 @@ def mechanism(experiments: list[Experiment], out: Path) -> list[str]:
 
 
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """The report of a sweep's directory: the answers first (sentences, a forest figure, a table), then the methods'
+    tables, the figures, how to read it, how the runs were made and where, and the details per experiment."""
     root = Path(runs_dir)
     out = Path(out_dir or root)
     experiments = load_experiments(root)
-    all_rows = []
-    md = [*_preamble(), "", "## Protocol", "", *_protocol(experiments), ""]
     shown = root.name if root.is_absolute() else root  # no path of this machine in a report
-    sections: list[tuple[int, list[Finding | str]]] = []  # where each experiment's verdicts go in md
-    for exp in experiments:
-        rows = summarise(exp)
-        all_rows += rows
-        md += _section(exp, experiments, rows, root, out, shown)
-        sections.append((len(md), claims(exp, rows, experiments)))
-    answers = _with_verdicts(md, sections)
+    rows = {id(exp): summarise(exp) for exp in experiments}
+    answers = collect([(exp, claims(exp, rows[id(exp)], experiments)) for exp in experiments])
+    md = ["# rbwa: reproduction report", "",
+          "Generated by `rbwa report` from the run directories beside it; every number below is computed from them. "
+          "[How to read it](#how-to-read): differences are paired by seed, with 95% intervals; the verdicts are "
+          "after Holm's correction over the report's tests.", "", "## Answers", ""]
+    md += [line for exp in experiments if (line := sentence(exp, answers))] or ["No verdicts yet: no finished pairs "
+                                                                                "of runs."]
     absent = [name for name in ORDER if name not in {e.name for e in experiments}]
     if absent and any(e.name in ORDER for e in experiments):  # which of the paper's experiments this cannot answer
-        answers.append(f"- Not in this directory, so not answered here: {', '.join(absent)} "
-                       f"(run `rbwa reproduce {absent[0]} ...` with the same --out to add it).")
-    md[md.index("## Protocol"):md.index("## Protocol")] = ["## Answers", "", *answers, "",
-                                                           *mechanism(experiments, out)]
+        md.append(f"- Not in this directory, so not answered here: {', '.join(absent)} "
+                  f"(run `rbwa reproduce {absent[0]} ...` with the same --out to add it).")
+    md.append("")
+    if forest(answers, out / "answers.png"):
+        md += ["![every answer's paired difference with its 95% interval](answers.png)", ""]
+    if answers.rows:
+        md += [f"Effects are signed so that a positive one supports the question (for a loss: the other's loss minus "
+               f"this one's, lower is better); p: Holm-adjusted over the {answers.tests} tests of this report.", "",
+               *table(answers), ""]
+        md += [*marks_legend(answers), ""] if marks_legend(answers) else []
+    md += [*equivalences(answers), ""] if equivalences(answers) else []
+    images, texts = [e for e in experiments if not e.text], [e for e in experiments if e.text]
+    md += ["## Methods", "", "Mean ± sd over seeds of each method's final epoch.", ""]
+    md += [*_table(images, rows), "", *_bn_note(images)] if images else []
+    md += [*_lm_table(texts), ""] if texts else []  # a GPT: no BatchNorm
+    md += [line for exp in experiments for line in shared_runs(exp, experiments)]
+    if any(r["anchor_acc"] for exp_rows in rows.values() for r in exp_rows):
+        md += [ANCHOR_SOURCES, ""]
+    md += ["## Figures", "", *mechanism(experiments, out)]
+    for exp in experiments:
+        figures = _figures(exp, rows[id(exp)], root, out)
+        md += [f"### {exp.name}", "", *figures] if figures else []
+    md += ["## How to read", "", *_preamble(), "", "## How the runs were made", "", *_protocol(experiments), "",
+           "Each experiment's command (from the repository root):", "", "| experiment | command |", "|---|---|",
+           *(f"| {exp.name} | `{_command(exp, shown)}` |" for exp in experiments), "",
+           "Provenance: where each group of runs was trained.", "", *provenance_table(experiments), "",
+           "## Appendix: details", "",
+           "Per answer, what the table leaves out: the verdict of the uncorrected 95% interval on the final epoch, "
+           f"the mean of the last {LAST_EPOCHS} epochs as a second measure, and the seeds behind a mark; then the "
+           "choices made per seed.", ""]
+    md += [*detail_table(answers), ""]
+    for exp, items in answers.sections:
+        lines = details(exp, answers, items)
+        md += [f"### {exp.name}", "", *lines, ""] if lines else []
     buf = io.StringIO()
+    all_rows = [r for exp in experiments for r in rows[id(exp)]]
     if all_rows:
         writer = csv.DictWriter(buf, fieldnames=list(all_rows[0]))
         writer.writeheader()
         writer.writerows(all_rows)
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
-    atomic_write_bytes(out / "report.md", ("\n".join(md) + "\n").encode())
+    atomic_write_bytes(out / "report.md", ("\n".join(md).rstrip("\n") + "\n").encode())
     return out / "report.md"
 
 
 def _preamble() -> list[str]:
-    """The report's title and how to read it: the pairing, the intervals, the verdict rule and Holm's correction."""
-    return ["# rbwa: reproduction report", "",
-            "Generated by `rbwa report` from the run directories beside it; every number below is computed from "
-            "them. Differences are paired by seed (same initial weights and batch order) with 95% "
-            "t confidence intervals; a verdict names the seeds whose two runs recorded a different CPU kind or "
-            "torch thread count, whose float rounding differs too. Verdict rule: *supported* when the 95% CI of "
-            "the difference lies above 0; "
-            "*not supported* when it lies below 0, or includes 0 but lies below the paper's own difference, or "
-            "when the two curves agree within a tolerance at every epoch of every seed (*no difference*: "
-            f"accuracies at most one test image apart, training losses at most {LOSS_TOLERANCE:g} apart); "
-            "*inconclusive at this scale* otherwise. Every verdict is given twice: on the final epoch (the paper's "
-            f"measure) and on the mean of the last {LAST_EPOCHS} epochs, with whether the two agree; both come from "
-            "uncorrected 95% intervals. Beside them stands the verdict after Holm's correction, which covers the "
-            "final-epoch t-tests only: one per distinct comparison in this report (two-sided, family-wise error 5%; "
-            "a comparison of the same runs that two experiments share is one test, shown under each). The "
-            f"last-{LAST_EPOCHS}-epoch verdicts and 'lies below the paper's difference' are not corrected. Where the "
-            "groups compared are independent runs rather than pairs (claim 3's batch sizes), the interval and test "
-            "are Welch's."]
+    """How to read a report: the pairing, the intervals, the verdict rule, Holm's correction and the identities."""
+    return ["Differences are paired by seed (same initial weights and batch order) with 95% t confidence intervals. "
+            "Verdict rule: *supported* when the 95% CI of the difference lies above 0; *not supported* when it lies "
+            "below 0, or includes 0 but lies below the paper's own difference, or when the two curves agree within a "
+            "tolerance at every epoch of every seed (*no difference*: accuracies at most one test image apart, "
+            f"losses at most {LOSS_TOLERANCE:g} apart); *inconclusive at this scale* otherwise. The answers table "
+            "gives the verdict after Holm's correction over the report's final-epoch t-tests (two-sided, "
+            "family-wise error 5%; a comparison of the same runs that two experiments share is one test, one row). "
+            "The appendix gives, per row, the uncorrected verdict on the final epoch (the paper's measure) and on the "
+            f"mean of the last {LAST_EPOCHS} epochs, and whether the two agree; neither is corrected. Where the groups "
+            "compared are independent runs rather than pairs (claim 3's batch sizes), the interval and test are "
+            "Welch's. An identity (a method against the schedule it equals) is not a test: it is the largest gap "
+            "between the two runs at any epoch of any seed, in test items predicted correctly (images, or "
+            f"characters of the validation split), against a tolerance of 1 in {1 / ITEM_TOLERANCE:,.0f} items "
+            "(at least one). Seeds whose two runs recorded different CPU kinds or thread counts (†), whose float "
+            "rounding differs, or commits (‡) are marked."]
 
 
-def _section(exp: Experiment, experiments: list[Experiment], rows: list[dict[str, Any]], root: Path, out: Path,
-             shown: str | Path) -> list[str]:
-    """One experiment's section (its verdicts are inserted after it): the command that reproduces it, its figures
-    (written to ``out``), its table, and the runs it shares with an experiment before it."""
+def _command(exp: Experiment, shown: str | Path) -> str:
+    """The command that reproduces an experiment's runs."""
     overrides = exp.overrides
     if not overrides:  # a manifest from before they were recorded: the data location is in every config
         folders = sorted({r.config["dataset"] for r in exp.runs if r.config and ":" in r.config["dataset"]})
         overrides = {"dataset": folders[0]} if len(folders) == 1 else {}
     flags = "".join(f" --{k.replace('_', '-')} {_flag_value(v)}" for k, v in overrides.items())
-    md = [f"## {exp.name}: {exp.title}", "", f"Preset `{exp.preset}`; command: "
-          f"`rbwa reproduce {exp.name} --preset {exp.preset} --seeds "
-          f"{max((r.seed for r in exp.runs), default=0) + 1} --out {shown}{flags}`", ""]
-    md += _figures(exp, rows, out)
-    md += [_lm_table(exp), ""] if exp.text else [_table(exp, rows), "", *_bn_note(exp)]  # a GPT: no BN
-    if any(r["anchor_acc"] for r in rows):
-        md += [ANCHOR_SOURCES, ""]
-    if exp.name.startswith("posthoc"):
-        md += [f"![{r.path.name}]({r.path.relative_to(root)}/posthoc/posthoc.png)" for r in exp.runs
-               if (r.path / "posthoc" / "posthoc.png").exists()] + [""]
-    return md + shared_runs(exp, experiments)
+    seeds = max((r.seed for r in exp.runs), default=0) + 1
+    return f"rbwa reproduce {exp.name} --preset {exp.preset} --seeds {seeds} --out {shown}{flags}"
 
 
-def _figures(exp: Experiment, rows: list[dict[str, Any]], out: Path) -> list[str]:
-    """The curves of each setting (and table1's gain by batch size), written to ``out``, as markdown lines."""
+def _figures(exp: Experiment, rows: list[dict[str, Any]], root: Path, out: Path) -> list[str]:
+    """The curves of each setting (and table1's gain by batch size), written to ``out``, and the post-hoc figures
+    `rbwa posthoc` wrote, as markdown lines."""
     md = []
     by_setting: dict[str, dict[str, list[list[dict]]]] = defaultdict(dict)
     for (setting, label), runs in exp.groups().items():
@@ -379,22 +374,7 @@ def _figures(exp: Experiment, rows: list[dict[str, Any]], out: Path) -> list[str
                     paper_gain(rows, r["setting"])) for r in gains],
                   out / name, f"RBWA's gain over SGD by {exp.setting}", exp.setting)
         md += [f"![{exp.name} gain]({name})", ""]
+    if exp.name.startswith("posthoc"):
+        md += [f"![{r.path.name}]({r.path.relative_to(root)}/posthoc/posthoc.png)" for r in exp.runs
+               if (r.path / "posthoc" / "posthoc.png").exists()] + [""]
     return md
-
-
-def _with_verdicts(md: list[str], sections: list[tuple[int, list[Finding | str]]]) -> list[str]:
-    """Insert each experiment's verdicts into ``md`` where its section ends (``sections``: that place and its
-    findings), Holm's correction over every distinct final-epoch test; returns them all, for the answers."""
-    # one test per distinct comparison: a comparison two experiments share (the same runs) is counted once
-    distinct = {_test(f): f for _, items in sections for f in items if isinstance(f, Finding)}
-    adjusted = dict(zip(distinct, holm([f.p for f in distinct.values()])))
-    tests = sum(not math.isnan(p) for p in adjusted.values())
-
-    def line(item: Finding | str) -> str:
-        return f"- {item if isinstance(item, str) else render(item, adjusted[_test(item)], tests)}"
-
-    answers = [line(item) for _, items in sections for item in items]
-    for at, items in reversed(sections):
-        if items:
-            md[at:at] = ["Verdicts:", "", *map(line, items), ""]
-    return answers or ["- No verdicts yet: no finished pairs of runs."]

@@ -308,7 +308,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-full": {"epochs": 15, "batch_size": 64, "start_epoch": 3, "width": 0.125},
     # The language-model experiment (lm) on 1 CPU core per run: nanoGPT's CPU configuration of Tiny Shakespeare
     # (a 4-layer, 4-head, 128-wide GPT, context 64, batch 12, AdamW at 1e-3 with weight decay 0.1, 100 warmup steps),
-    # 5 epochs of 1,307 steps (6.5M characters; nanoGPT trains 2,000 steps) with averaging from epoch 1 (20%).
+    # 5 epochs of 1,307 steps (12 windows of 64 characters a step: 1.0M characters an epoch, 5.0M in all; nanoGPT
+    # trains 2,000 steps) with averaging from epoch 1 (20%).
     "cpu-lm": {"epochs": 5, "start_epoch": 1, "batch_size": 12, "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 100,
                "context": 64, "layers": 4, "heads": 4, "embedding": 128, "eval_batch_size": 512},
     # nanoGPT's GPU configuration of Tiny Shakespeare (6 layers, 6 heads, 384 wide, context 256, dropout 0.2), for

@@ -23,16 +23,17 @@ from __future__ import annotations
 from typing import Any
 
 from rbwa.analysis.findings.controls import control_claims
-from rbwa.analysis.findings.core import Experiment, Finding
+from rbwa.analysis.findings.core import Equivalence, Experiment, Finding
 from rbwa.analysis.findings.lm import lm_claims
 from rbwa.analysis.findings.paper import paper_claims
 from rbwa.analysis.findings.posthoc import posthoc_claims
 from rbwa.analysis.findings.tuned import tuned_claims
 
 
-def claims(exp: Experiment, rows: list[dict[str, Any]], experiments: list[Experiment]) -> list[Finding | str]:
+def claims(exp: Experiment, rows: list[dict[str, Any]],
+           experiments: list[Experiment]) -> list[Finding | Equivalence | str]:
     """The claims that ``exp`` tests (``rows``: its summary rows; ``experiments``: every one of the report, for the
-    post-hoc experiments' baselines), as findings and plain lines."""
+    post-hoc experiments' baselines), as findings, identities and plain lines."""
     if exp.name.startswith("posthoc"):
         return posthoc_claims(exp, experiments)
     if exp.name == "lm":

@@ -4,13 +4,24 @@ resemble (controls, alternatives)."""
 
 from __future__ import annotations
 
-from rbwa.analysis.findings.core import Experiment, Finding, compare, measure, paired_differences
+from rbwa.analysis.findings.core import (
+    Equivalence,
+    Experiment,
+    Finding,
+    compare,
+    equivalence,
+    identity_claim,
+    measure,
+    paired_differences,
+    twin_of,
+)
 
 
-def control_claims(exp: Experiment) -> list[Finding | str]:
-    """The comparisons of variants, alternatives, writeback and controls."""
+def control_claims(exp: Experiment) -> list[Finding | Equivalence | str]:
+    """The comparisons of variants, alternatives, writeback and controls; a control that equals its method (RBWA and
+    SGD on the harmonic LR) is an identity, judged by the largest gap, not tested."""
     groups = exp.groups()
-    out: list[Finding | str] = []
+    out: list[Finding | Equivalence | str] = []
     if exp.name in ("variants", "alternatives", "writeback"):
         for (setting, label), runs in groups.items():
             sgd = groups.get((setting, "sgd"), [])
@@ -31,8 +42,12 @@ def control_claims(exp: Experiment) -> list[Finding | str]:
         for (setting, label), runs in groups.items():
             if not label.startswith("sgd ("):
                 continue
-            twin = "rbwa-e" if label.endswith("= rbwa-e)") else "rbwa"  # the other controls are for rbwa
+            twin = twin_of(label) or "rbwa"  # the controls that equal no method are rbwa's
             ours = groups.get((setting, twin), [])
-            if paired_differences(measure(ours, "test_acc"), measure(runs, "test_acc")):
-                out.append(compare(f"Does {twin} beat {label}?", f"{twin} - control", ours, runs, show_curve=True))
+            if not paired_differences(measure(ours, "test_acc"), measure(runs, "test_acc")):
+                continue
+            if twin_of(label) and (same := equivalence(identity_claim(label), ours, runs)):
+                out.append(same)
+            else:
+                out.append(compare(f"Does {twin} beat {label}?", f"{twin} - {label}", ours, runs, show_curve=True))
     return out

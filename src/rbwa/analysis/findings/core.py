@@ -16,8 +16,9 @@ from rbwa.io import read_jsonl
 
 LAST_EPOCHS = 5  # the second measure: mean over the last epochs, which a single noisy final epoch cannot sway
 LOSS_TOLERANCE = 1e-4  # training losses closer than this at every epoch of every seed count as no difference
+ITEM_TOLERANCE = 1e-4  # an identity's twins may predict this fraction of the test items differently (at least one)
 ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback"]  # the paper's, then ours
-LATER = ["lm", "lm-tuned"]  # after them, the language model's: the single-LR answers first, then the tuned ones
+LATER = ["posthoc", "posthoc-cifar100", "lm", "lm-tuned"]  # after them: CIFAR-10 before CIFAR-100, then the GPT
 
 
 @dataclass
@@ -131,6 +132,55 @@ class Finding:
     @property
     def p(self) -> float:
         return contrast(self.arms[0])[3] if self.arms is not None else paired_p(list(self.final.values()))
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """An identity put to the runs (RBWA and its base optimizer on the schedule it equals): not a test but the largest
+    gap at any epoch of any seed, in test items (images, or characters of the validation split) predicted correctly
+    and in test loss, against a tolerance. It holds when the items are within :data:`ITEM_TOLERANCE` of the test
+    items (at least one); the loss gap is shown beside it."""
+
+    claim: str
+    seeds: int
+    items: int  # the test split's size: images, or validation characters
+    item_gap: int  # the largest difference in items predicted correctly
+    loss_gap: float  # the largest difference in test (validation) loss, nats
+    kind: str  # "test images" or "validation characters"
+
+    @property
+    def item_tolerance(self) -> int:
+        return max(1, int(ITEM_TOLERANCE * self.items))
+
+    @property
+    def holds(self) -> bool:
+        return self.seeds > 0 and self.item_gap <= self.item_tolerance
+
+
+def twin_of(label: str) -> str | None:
+    """The method a control's label says it equals ("sgd (harmonic LR, = rbwa)" -> "rbwa"), None for another. Pure."""
+    return label[label.rindex("= ") + 2:-1] if label.endswith(")") and ", = " in label else None
+
+
+def identity_claim(label: str) -> str:
+    """A control that equals a method, as an identity: "sgd (harmonic LR, = rbwa)" -> "rbwa = sgd on the harmonic LR".
+    Pure."""
+    base, inner = label.split(" (", 1)
+    return f"{twin_of(label)} = {base} on the {inner.rsplit(', = ', 1)[0]}"
+
+
+def equivalence(claim: str, a: list[Run], b: list[Run]) -> Equivalence | None:
+    """The identity that ``a`` and ``b`` train the same weights, seed by seed, from their curves; None where no seed
+    has both runs finished or the test split's size was not recorded."""
+    items = _test_images(a + b)
+    seeds = sorted({r.seed for r in a if r.finished} & {r.seed for r in b if r.finished})
+    if not seeds or not items:
+        return None
+    text = any(r.config and r.config.get("model") == "gpt" for r in a + b)
+    gap = max((abs(d) for d in _curve(a, b, "test_acc")), default=0.0)
+    return Equivalence(claim, len(seeds), int(items), round(gap * items / 100),
+                       max((abs(d) for d in _curve(a, b, "test_loss")), default=0.0),
+                       "validation characters" if text else "test images")
 
 
 def measure(runs: list[Run], metric: str, last: int = 1) -> dict[int, float]:

@@ -4,27 +4,31 @@ twin and the decay schedules, and the best post-hoc average of constant-LR AdamW
 from __future__ import annotations
 
 from rbwa.analysis.findings.core import (
+    Equivalence,
     Experiment,
     Finding,
     Run,
     commit_differences,
     compare,
+    equivalence,
+    identity_claim,
     machine_differences,
     measure,
     paired_differences,
+    twin_of,
 )
 from rbwa.analysis.findings.posthoc import POSTHOC_FAMILIES, choose_candidates, difference, final_metric, posthoc_series
 
 LM_BASE = "adamw"  # the lm experiment's constant-LR AdamW runs, which store the snapshots
 
 
-def lm_claims(exp: Experiment) -> list[Finding | str]:
+def lm_claims(exp: Experiment) -> list[Finding | Equivalence | str]:
     """A GPT on text: the paper's claims by validation loss (claim 1) and training loss (claim 2), RBWA against its
     twin and the decay schedules, every other method against constant-LR AdamW, and the best post-hoc average of the
     constant-LR runs' snapshots against their final weights, the schedules and RBWA. Lower loss is better: each
     difference is signed so that a positive one supports the claim."""
     groups = exp.groups()
-    out: list[Finding | str] = []
+    out: list[Finding | Equivalence | str] = []
 
     def paired(a: list[Run], b: list[Run]) -> bool:
         return bool(paired_differences(measure(a, "test_loss"), measure(b, "test_loss")))
@@ -39,10 +43,13 @@ def lm_claims(exp: Experiment) -> list[Finding | str]:
         for (s, label), runs in groups.items():
             if s != setting or label in (LM_BASE, "rbwa"):
                 continue
-            if label.startswith(f"{LM_BASE} (") and paired(rbwa, runs):
+            if twin_of(label) == "rbwa" and paired(rbwa, runs) and (
+                    same := equivalence(identity_claim(label), rbwa, runs)):
+                out.append(same)
+            elif label.startswith(f"{LM_BASE} (") and paired(rbwa, runs):
                 out.append(compare(f"Does rbwa reach a lower validation loss than {label}?", f"{label} - rbwa", rbwa,
                                    runs, "test_loss", show_curve=True))
-            if paired(runs, base):
+            if paired(runs, base) and not twin_of(label):  # a twin's answer is RBWA's (claim 1)
                 out.append(compare(f"Does {label} reach a lower validation loss than adamw?", f"adamw - {label}",
                                    runs, base, "test_loss"))
         out += _lm_posthoc(exp, groups, setting)
