@@ -179,3 +179,24 @@ def test_readme_demo_output_is_what_the_demo_prints_and_its_lesson_follows_from_
     gap = re.search(r"losses within (\S+) of RBWA's", said).group(1)
     metrics[TWIN][0]["test_loss"] += float(gap)
     assert said.strip() == lesson(metrics)
+
+
+def test_readme_findings_are_the_reports_rows_they_link_to():
+    """Each row of README's "What we found" links to a row of a committed report and quotes its effect, seeds and
+    verdict as the report gives them; an identity's row quotes its largest gap, tolerance, seeds and whether it
+    holds."""
+    readme = README.read_text()
+    section = readme[readme.index("## What we found"):readme.index("## Cost")]
+    linked = re.findall(r"^\| \[[^]]+\]\(results/([\w-]+)/report\.md#([qi]\d+)\) \| [^|]+ \| ([^|]+) \| (\d+) \| "
+                        r"([^|]+) \|$", section, re.M)
+    assert len(linked) == len(re.findall(r"^\| \[", section, re.M))  # every linked row parsed
+    assert len(linked) >= 25
+    for folder, anchor, effect, n, verdict in linked:
+        report = (README.parent / "results" / folder / "report.md").read_text()
+        row = next(line for line in report.splitlines() if line.startswith(f'| <a name="{anchor}"></a>'))
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if anchor.startswith("q"):  # number, question, difference, effect, n, p, verdict
+            assert (effect.strip(), n, verdict.strip()) == (cells[3], cells[4], cells[6]), (folder, anchor)
+        else:  # identity, seeds, largest gap, tolerance, loss gap, holds
+            assert effect.strip() == f"largest gap {cells[2]} (tolerance {cells[3]})" and n == cells[1]
+            assert verdict.strip() == ("holds" if cells[5] == "yes" else "does not hold"), (folder, anchor)
