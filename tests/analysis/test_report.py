@@ -391,6 +391,10 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
                            "constant-LR SGD beat cosine-LR SGD's final weights (BatchNorm re-estimated)?")
     assert decay[2] == "post-hoc swa - cosine-LR SGD" and decay[3].startswith("-6.00 [")
     assert detail(report, int(decay[0]))[1] == "not supported (the opposite holds)"
+    # the averages as methods: chosen on the other seeds, scored held out (60, 58, 62); final weights 51, 52, 53
+    assert ("| posthoc | model resnet18 | sgd (snapshots): post-hoc SWA start, chosen on the other seeds | 3 | "
+            "60.00 ± 2.00 | - | - | - | - | - | - |") in report
+    assert "| sgd (snapshots): final weights, BatchNorm re-estimated | 3 | 52.00 ± 1.00 |" in report
     # cosine: chosen 70, 71, 73 against 65, 66, 67 (+5.33) and against constant's 60, 58, 62 (+11.33)
     assert "seed 2: SWA from epoch 2 (73.00%)" in report
     on_top = answer(report, "CIFAR-10: does averaging add on top of the decay: does the best post-hoc SWA start of "
@@ -494,6 +498,7 @@ def test_the_lm_experiment_end_to_end_on_a_tiny_text(tmp_path, capsys):
     report = write_report(out).read_text()
     assert "| experiment | setting | method | n | final val loss (nats/char) | final val bits/char |" in report
     assert "| lm | model gpt | adamw (wsd) | 2 |" in report
+    assert "| lm | model gpt | adamw: post-hoc EMA half-life, chosen on the other seeds | 2 |" in report
     claim1 = answer(report, "Claim 1, a GPT on text: RBWA reaches a lower final validation loss than AdamW")
     assert claim1[2] == "AdamW - RBWA" and claim1[4] == "2"
     # RBWA and its twin: an identity within one in 10,000 validation characters (here, at least one), not a test

@@ -39,9 +39,12 @@ from rbwa.analysis.findings.core import (
     machine,
     measure,
 )
+from rbwa.analysis.findings.lm import LM_BASE
+from rbwa.analysis.findings.posthoc import posthoc_methods
 from rbwa.analysis.findings.summary import paper_gain, summarise
 from rbwa.analysis.plots import plot_curves, plot_effective_lr, plot_gain
 from rbwa.analysis.stats import mean_std
+from rbwa.experiments.grids import POSTHOC_LABELS
 from rbwa.io import atomic_write_bytes
 from rbwa.training.config import PRESETS, TrainConfig
 
@@ -74,6 +77,9 @@ def _table(experiments: list[Experiment], rows: dict[int, list[dict[str, Any]]])
                 f"{_fmt(r['final_acc_mean'], r['final_acc_std'])} | {_fmt(r['best_acc_mean'], r['best_acc_std'])} | "
                 f"{_fmt(r['final_loss_mean'], r['final_loss_std'], 4)} | {_or_dash(r['paper_acc'])} | "
                 f"{_or_dash(r['paper_loss'])} | {_or_dash(r['anchor_acc'])} | {', '.join(missing) or '-'} |")
+        for setting, label, values in posthoc_methods(exp, list(POSTHOC_LABELS.values())):
+            mean, std, n = mean_std(list(values.values()))
+            out.append(f"| {exp.name} | {exp.setting} {setting} | {label} | {n} | {_fmt(mean, std)} |" + " - |" * 6)
     return out
 
 
@@ -90,6 +96,9 @@ def _lm_table(experiments: list[Experiment]) -> list[str]:
             out.append(f"| {exp.name} | {exp.setting} {setting} | {label} | {stats['test_loss'][2]} | "
                        f"{_fmt(*stats['test_loss'][:2], 4)} | {_fmt(*stats['test_bpc'][:2], 4)} | "
                        f"{_fmt(*stats['train_loss'][:2], 4)} | {_fmt(*stats['test_acc'][:2])} | {missing or '-'} |")
+        for setting, label, values in posthoc_methods(exp, [LM_BASE], "test_loss"):
+            mean, std, n = mean_std(list(values.values()))
+            out.append(f"| {exp.name} | {exp.setting} {setting} | {label} | {n} | {_fmt(mean, std, 4)} |" + " - |" * 4)
     return out
 
 

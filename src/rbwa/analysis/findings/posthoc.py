@@ -117,6 +117,30 @@ def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], famil
 Series = dict[int, tuple[Run, list[dict[str, Any]]]]  # seed -> (run, its post-hoc rows)
 
 
+def posthoc_methods(exp: Experiment, labels: list[str], metric: str = "test_acc") -> list[tuple[str, str, dict]]:
+    """The post-hoc averages as methods, for a report's methods table: per snapshot-run label with at least 2 seeds,
+    (setting, method, seed -> ``metric``) for its final weights with BatchNorm re-estimated (images only) and for
+    each family's candidate chosen on the other seeds, scored on the held-out seed."""
+    from rbwa.analysis.posthoc import final_reestimated
+
+    sign = -1.0 if metric.endswith("loss") else 1.0
+    out: list[tuple[str, str, dict]] = []
+    for label in labels:
+        series = posthoc_series(exp, label)
+        if len(series) < 2:
+            continue
+        setting = next(iter(series.values()))[0].setting
+        if sign > 0:  # a GPT has no BatchNorm: its final weights are the run's own row
+            out.append((setting, f"{label}: final weights, BatchNorm re-estimated",
+                        {s: float(final_reestimated(rows)[metric]) for s, (_, rows) in series.items()}))
+        for family, name in POSTHOC_FAMILIES.items():
+            score, picks = scores(series, family, metric)
+            if len(picks) >= 2:
+                out.append((setting, f"{label}: post-hoc {name}, chosen on the other seeds",
+                            {s: sign * score[s][c] for s, c in picks.items()}))
+    return out
+
+
 def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Finding | str]:
     """What the best side average, chosen after training, is worth, per family: the candidate chosen on the other
     seeds, tested on the held-out seed. Constant-LR SGD's against its own final weights, against cosine-LR and
