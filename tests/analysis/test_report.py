@@ -42,7 +42,10 @@ def make_sweep(root: Path, gains: dict[str, list[float]], experiment="fig3", set
 
 
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    """A markdown table row's cells: split at each '|' that is not escaped."""
+    import re
+
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
 
 
 def answer(report: str, claim: str) -> list[str]:
@@ -217,15 +220,17 @@ def test_no_difference_needs_whole_curves_within_one_test_image(tmp_path):
     report = write_report(tmp_path).read_text()
     # an identity, not a test: no row in the answers table, a row among the identities
     assert "Does rbwa beat sgd (harmonic LR, = rbwa)?" not in report and '<a name="q' not in report
-    assert identity(report, "rbwa = sgd on the harmonic LR") == ["rbwa = sgd on the harmonic LR", "3",
-                                                                 "3 of 2,000 test images", "1", "0 nats", "**no**"]
+    assert identity(report, "rbwa = sgd on the harmonic LR") == [
+        "rbwa = sgd on the harmonic LR", "3", "3 of 2,000 test images", "1", "0 nats", "+0.00 [+0.00, +0.00] points",
+        "- / -", "**no**"]
     # within one image at every epoch: no difference
     (tmp_path / "runs").rename(tmp_path / "old")
     curves[2] = ([10, 42, 47, 52], [10, 42, 47 + one, 52])
     _pair_sweep(tmp_path, "controls", "sgd (harmonic LR, = rbwa)", {s: (c[1], c[0]) for s, c in curves.items()})
     (tmp_path / "controls.json").write_text((tmp_path / "controls.json").read_text().replace('"sgd"', '"rbwa"'))
     report = write_report(tmp_path).read_text()
-    assert identity(report, "rbwa = sgd on the harmonic LR")[2:] == ["1 of 2,000 test images", "1", "0 nats", "yes"]
+    assert identity(report, "rbwa = sgd on the harmonic LR")[2:] == ["1 of 2,000 test images", "1", "0 nats",
+                                                                     "+0.00 [+0.00, +0.00] points", "- / -", "yes"]
     assert "1 of 1 identity within tolerance" in report
 
 
@@ -287,8 +292,9 @@ def test_a_comparison_two_experiments_share_is_one_test_and_each_run_counts_once
     row = answer(report, "Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD")
     assert row[0] == "1†" and row[5:] == [f"{p:.3g}", "supported"]
     assert "Does rbwa beat sgd?" not in report.split("## Appendix")[0]  # one row for the one test
-    assert "- Does rbwa beat sgd?: the same test as row 1 (the same runs)." in report
-    assert "Holm-adjusted over the 1 tests of this report" in report
+    assert ("- Does rbwa beat sgd?: the same test as row 1 (the same runs); final epoch, uncorrected: supported."
+            in report)
+    assert "Holm-adjusted over the 1 test of this report" in report
     assert "torch threads per run 1 in 4 runs, 2 in 2 runs, device cpu; torch x," in report
     assert "Mean epoch time over 6 runs: 1.0 s." in report
 
@@ -309,8 +315,10 @@ def test_the_provenance_table_names_each_groups_commits_and_cpu_kinds_once(tmp_p
             summary.write_text(json.dumps({**json.loads(summary.read_text()), "versions": versions}))
     report = write_report(tmp_path).read_text()
     xeon = "Xeon (family 6, model 207), torch AVX512"
-    assert f"| fig3 | resnet18 | rbwa | 3 | abc, def | M1, torch; {xeon} | 1 |" in report
-    assert f"| fig3 | resnet18 | sgd | 3 | None, abc | {xeon}; not recorded | 1, None |" in report
+    assert (f"| fig3 | resnet18 | rbwa | 3 | def (seed 0); abc (seeds 1, 2) | M1, torch (seed 0); {xeon} (seeds 1, 2) "
+            "| 1 |") in report
+    assert (f"| fig3 | resnet18 | sgd | 3 | abc (seed 0); None (seeds 1, 2) | {xeon} (seed 0); not recorded "
+            "(seeds 1, 2) | 1 (seed 0); None (seeds 1, 2) |") in report
     assert "Xeon" not in next(x for x in report.splitlines() if x.startswith("- Machine:"))
     # seed 0's runs differ in CPU kind and commit, seeds 1 and 2 in commit, thread count and CPU kind
     row = answer(report, "Claim 1, CIFAR-10, model resnet18: RBWA reaches higher final test accuracy than SGD")
@@ -503,7 +511,7 @@ def test_the_lm_experiment_end_to_end_on_a_tiny_text(tmp_path, capsys):
     assert claim1[2] == "AdamW - RBWA" and claim1[4] == "2"
     # RBWA and its twin: an identity within one in 10,000 validation characters (here, at least one), not a test
     twin = identity(report, "rbwa = adamw on the harmonic LR")
-    assert twin[1] == "2" and twin[2].endswith(" validation characters") and twin[3] == "1" and twin[5] == "yes"
+    assert twin[1] == "2" and twin[2].endswith(" validation characters") and twin[3] == "1" and twin[-1] == "yes"
     assert "harmonic LR, = rbwa)?" not in report
     assert answer(report, "Does schedule-free adamw reach a lower validation loss than adamw?")[4] == "2"
     assert "A GPT on text, constant-LR AdamW: post-hoc EMA half-life, chosen on the other seeds: seed 0: " in report
@@ -540,13 +548,15 @@ def test_the_answers_table_sentences_figure_and_appendix_come_from_one_computati
         assert cells[1] == a.finding.claim and cells[6] == a.verdict and cells[3].startswith(f"{mean:+.2f}"[:4])
         assert detail(report, a.number)[1].startswith(a.finding.verdict("final"))
     points = [(label, mean) for _, rows in drawn[0] for label, mean, *_ in rows]
-    assert sorted(points) == sorted((f"{a.number}. {a.finding.what}", a.finding.stats("final")[0])
-                                    for a in answers.rows.values())  # grouped by experiment and unit
+    points.sort(key=lambda point: int(point[0].split(".")[0]))  # grouped by experiment and unit: in row order
+    assert [mean for _, mean in points] == [a.finding.stats("final")[0] for a in answers.rows.values()]
+    for (label, _), a in zip(points, answers.rows.values(), strict=True):
+        assert label.startswith(f"{a.number}. {a.finding.what} (")
     sentences = "\n".join(x for x in report.splitlines() if x.startswith("- **"))
     for a in answers.rows.values():  # every row is named by its experiment's sentence under its verdict's words
         assert str(a.number) in sentences
     # variants' questions are fig3's (the same runs): no row of their own, a pointer in the appendix
-    assert len(table_rows) == 4 and "- Does rbwa beat sgd?: the same test as row 1 (the same runs)." in report
+    assert len(table_rows) == 4 and "- Does rbwa beat sgd?: the same test as row 1 (the same runs); " in report
 
 
 @pytest.mark.parametrize("folder", sorted(p.name for p in (Path(__file__).resolve().parents[2] / "results").iterdir()
@@ -561,3 +571,57 @@ def test_committed_reports_answer_first_and_repeat_nothing(folder):
     assert len(long) == len(set(long)), [x for x in set(long) if long.count(x) > 1][:2]
     assert text.count("different commits") <= 2
     assert len(text) <= {"cpu-full": 60_000, "cpu-lm": 30_000}.get(folder, 60_000)
+
+
+def test_a_shared_test_keeps_each_experiments_own_paper_difference_in_the_appendix(tmp_path):
+    # table1's batch 64 is fig3's resnet18 (the same runs): one row, but table1 judges it against its own +1.05
+    make_sweep(tmp_path, {"resnet18": [-0.062, 0.3, 0.662]})  # CI [-0.60, +1.20]: below fig3's +1.38 only
+    manifest = json.loads((tmp_path / "fig3.json").read_text())
+    runs = [{**e, "setting": "64"} for e in manifest["runs"]]
+    (tmp_path / "table1.json").write_text(json.dumps({**manifest, "experiment": "table1", "setting": "batch size",
+                                                      "runs": runs}))
+    report = write_report(tmp_path).read_text()
+    assert detail(report, 1)[1].startswith("not supported (the paper's difference of +1.38 lies above our 95% CI)")
+    assert ("- Claim 1, CIFAR-10, batch size 64: RBWA reaches higher final test accuracy than SGD: the same test as "
+            "row 1 (the same runs); final epoch, uncorrected: inconclusive at this scale; paper: +1.05.") in report
+
+
+def test_an_identity_fails_where_a_twin_diverged_and_carries_its_marks(tmp_path):
+    same = {s: ([10, 40, 50], [10, 40, 50]) for s in range(3)}
+    _pair_sweep(tmp_path, "controls", "sgd (harmonic LR, = rbwa)", same)
+    (tmp_path / "controls.json").write_text((tmp_path / "controls.json").read_text().replace('"sgd"', '"rbwa"'))
+    summary = tmp_path / "runs/sgd-2/summary.json"  # the rbwa run of seed 2 (named by its old label)
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "diverged"}))
+    other = tmp_path / "runs/sgd-1/summary.json"
+    other.write_text(json.dumps({**json.loads(other.read_text()), "versions": {"git": "abc"}}))
+    report = write_report(tmp_path).read_text()
+    row = identity(report, "rbwa = sgd on the harmonic LR‡")
+    assert row[1:3] == ["2", "0 of 2,000 test images"] and row[6:] == ["- / 1", "**no** (diverged in seed 2)"]
+    assert "0 of 1 identity within tolerance" in report
+
+
+def test_a_label_with_a_bar_stays_in_its_cell_and_a_sweep_without_questions_says_so(tmp_path):
+    curves = {s: ([10, 50.0], [10, 51.0 + s]) for s in range(3)}
+    _pair_sweep(tmp_path, "variants", "ema | fast", curves)
+    report = write_report(tmp_path).read_text()
+    row = answer(report, "Does ema \\| fast beat sgd?")
+    assert row[2] == "ema \\| fast - sgd" and len(row) == 7
+    (tmp_path / "mystery.json").write_text((tmp_path / "variants.json").read_text().replace('"variants"',
+                                                                                            '"mystery"'))
+    (tmp_path / "variants.json").unlink()
+    assert "- **mystery** (t): no questions answered yet (no finished pairs of runs to compare)." in \
+        write_report(tmp_path).read_text()
+
+
+def test_a_malformed_manifest_or_a_file_as_out_is_one_line_and_status_2(tmp_path, capsys):
+    from rbwa.cli import main
+
+    (tmp_path / "fig3.json").write_text(json.dumps({"experiment": "fig3"}))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fig3.json is not an experiment manifest written by `rbwa reproduce`" in err
+    make_sweep(tmp_path, {"resnet18": [1.0, 2.0]})
+    (tmp_path / "afile").write_text("keep")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "afile")]) == 2
+    assert "afile is a file; give --out a directory" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "keep"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rbwa.analysis.findings.core import LAST_EPOCHS, Equivalence, Experiment, Finding
-from rbwa.analysis.stats import NO_DIFFERENCE, OPPOSITE, SUPPORTED, category, holm, holm_verdict
+from rbwa.analysis.stats import NO_DIFFERENCE, OPPOSITE, SUPPORTED, category, holm, holm_verdict, mean_ci
 
 Item = Finding | Equivalence | str
 MACHINE, COMMIT = "†", "‡"  # marks on the answers whose paired runs differ in machine, or in commit, in some seed
@@ -23,6 +23,15 @@ def fmt_ci(mean: float, lo: float, hi: float, digits: int = 2) -> str:
     if math.isnan(lo):
         return f"{mean:+.{digits}f}"
     return f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def cell(text: str) -> str:
+    """Text for a markdown table cell: a '|' of a method's label escaped, so it cannot split the row."""
+    return text.replace("|", "\\|")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
 
 
 def test_key(f: Finding) -> tuple | int:
@@ -97,20 +106,19 @@ def sentence(exp: Experiment, answers: Answers) -> str | None:
     mine = list(dict.fromkeys(answers.of(f) for e, f in answers.items(Finding) if e is exp))
     same = [q for e, q in answers.items(Equivalence) if e is exp]
     if not mine and not same:
-        return None
+        return f"- **{exp.name}** ({exp.title}): no questions answered yet (no finished pairs of runs to compare)."
     parts = []
     for label, test in (("supported after Holm's correction", lambda v: v == SUPPORTED),
                         ("the opposite holds", lambda v: v == OPPOSITE),
                         ("no difference in any seed", lambda v: v == NO_DIFFERENCE),
                         ("inconclusive", lambda v: category(v) == "inconclusive")):
-        numbers = [a.number for a in mine if test(a.verdict)]
+        numbers = sorted(a.number for a in mine if test(a.verdict))
         if numbers:
             parts.append(f"{label}: {_rows_text(numbers)}")
     if same:
         held = sum(q.holds for q in same)
         parts.append(f"{held} of {len(same)} identit{'y' if len(same) == 1 else 'ies'} within tolerance")
-    count = f"{len(mine)} question{'s' * (len(mine) != 1)}"
-    return f"- **{exp.name}** ({exp.title}): {count}; " + "; ".join(parts) + "."
+    return f"- **{exp.name}** ({exp.title}): {plural(len(mine), 'question')}; " + "; ".join(parts) + "."
 
 
 def table(answers: Answers) -> list[str]:
@@ -121,7 +129,7 @@ def table(answers: Answers) -> list[str]:
         f = a.finding
         mean, lo, hi, n = f.stats("final")
         p = "-" if math.isnan(a.p) else f"{a.p:.3g}"
-        out.append(f"| <a name=\"q{a.number}\"></a>{a.number}{a.marks} | {f.claim} | {f.what} | "
+        out.append(f"| <a name=\"q{a.number}\"></a>{a.number}{a.marks} | {cell(f.claim)} | {cell(f.what)} | "
                    f"{fmt_ci(mean, lo, hi, f.digits)}{f.unit} | {n} | {p} | {a.verdict} |")
     return out
 
@@ -140,17 +148,24 @@ def marks_legend(answers: Answers) -> list[str]:
 
 
 def equivalences(answers: Answers) -> list[str]:
-    """The identities: the largest gap at any epoch of any seed against the tolerance, not a test."""
+    """The identities: the largest gap at any epoch of any seed against the tolerance, not a test; beside it the
+    final-epoch accuracy difference, and the marks and diverged seeds that explain a failed one."""
     found = [q for _, q in answers.items(Equivalence)]
     if not found:
         return []
     out = ["Identities (an equivalence, not a test, so outside Holm's correction): the largest gap between the two "
-           "runs at any epoch of any seed.", "",
+           "runs at any epoch of any seed; seeds marked as in the answers table.", "",
            "| identity | seeds | largest gap in items predicted correctly | tolerance | largest gap in test loss | "
-           "holds |", "|---|---|---|---|---|---|"]
+           "final test accuracy difference [95% CI] | seeds marked † / ‡ | holds |",
+           "|---|---|---|---|---|---|---|---|"]
     for i, q in enumerate(found, 1):
-        out.append(f"| <a name=\"i{i}\"></a>{q.claim} | {q.seeds} | {q.item_gap} of {q.items:,} {q.kind} | "
-                   f"{q.item_tolerance} | {q.loss_gap:.2g} nats | {'yes' if q.holds else '**no**'} |")
+        marks = MACHINE * bool(q.machines) + COMMIT * bool(q.commits)
+        seeds = " / ".join(", ".join(map(str, sorted(d))) or "-" for d in (q.machines, q.commits))
+        holds = "yes" if q.holds else "**no**" + (f" (diverged in seed{'s' * (len(q.diverged) > 1)} "
+                                                   f"{', '.join(map(str, q.diverged))})" if q.diverged else "")
+        out.append(f"| <a name=\"i{i}\"></a>{cell(q.claim)}{marks} | {q.seeds} | {q.item_gap} of {q.items:,} "
+                   f"{q.kind} | {q.item_tolerance} | {q.loss_gap:.2g} nats | "
+                   f"{fmt_ci(*mean_ci(list(q.final.values())))} points | {seeds} | {holds} |")
     return out
 
 
@@ -172,7 +187,8 @@ def details(exp: Experiment, answers: Answers, items: list[Item]) -> list[str]:
         if isinstance(item, str):
             out.append(f"- {item}")
         elif isinstance(item, Finding) and (a := answers.of(item)).finding is not item:
-            out.append(f"- {item.claim}: the same test as row {a.number} (the same runs).")
+            out.append(f"- {item.claim}: the same test as row {a.number} (the same runs); final epoch, uncorrected: "
+                       f"{item.verdict('final')}{item.note}.")
     return out
 
 
@@ -203,7 +219,10 @@ def forest(answers: Answers, path: Path) -> Path | None:
         if math.isnan(mean):
             continue
         unit = f.unit.strip() or "loss: the other's minus this one's"
-        groups.setdefault((a.experiment, unit), []).append((f"{a.number}. {f.what}", mean, lo, hi, a.settled))
+        where = f" ({f.claim.split(':')[0]})" if ":" in f.claim else ""  # the setting, which `what` leaves out
+        label = f"{a.number}. {f.what}{where}"
+        groups.setdefault((a.experiment, unit), []).append((label if len(label) <= 60 else label[:59] + "…", mean,
+                                                            lo, hi, a.settled))
     if not groups:
         return None
     return plot_forest([(f"{name} ({unit})", rows) for (name, unit), rows in groups.items()], path)

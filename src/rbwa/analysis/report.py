@@ -11,18 +11,21 @@ import csv
 import io
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rbwa.analysis.answers import (
+    cell,
     collect,
     detail_table,
     details,
     equivalences,
     forest,
     marks_legend,
+    plural,
     sentence,
     table,
 )
@@ -33,6 +36,7 @@ from rbwa.analysis.findings.core import (
     LOSS_TOLERANCE,
     ORDER,
     Experiment,
+    Run,
     commit,
     folder_name,
     load_experiments,
@@ -44,6 +48,7 @@ from rbwa.analysis.findings.posthoc import posthoc_methods
 from rbwa.analysis.findings.summary import paper_gain, summarise
 from rbwa.analysis.plots import plot_curves, plot_effective_lr, plot_gain
 from rbwa.analysis.stats import mean_std
+from rbwa.errors import UserError
 from rbwa.experiments.grids import POSTHOC_LABELS
 from rbwa.io import atomic_write_bytes
 from rbwa.training.config import PRESETS, TrainConfig
@@ -73,13 +78,14 @@ def _table(experiments: list[Experiment], rows: dict[int, list[dict[str, Any]]])
             missing = [f"{r['diverged']} diverged"] * bool(r["diverged"]) + [f"{r['missing']} not run"] * bool(
                 r["missing"])
             out.append(
-                f"| {exp.name} | {exp.setting} {r['setting']} | {r['method']} | {r['n']} | "
+                f"| {exp.name} | {exp.setting} {r['setting']} | {cell(r['method'])} | {r['n']} | "
                 f"{_fmt(r['final_acc_mean'], r['final_acc_std'])} | {_fmt(r['best_acc_mean'], r['best_acc_std'])} | "
                 f"{_fmt(r['final_loss_mean'], r['final_loss_std'], 4)} | {_or_dash(r['paper_acc'])} | "
                 f"{_or_dash(r['paper_loss'])} | {_or_dash(r['anchor_acc'])} | {', '.join(missing) or '-'} |")
         for setting, label, values in posthoc_methods(exp, list(POSTHOC_LABELS.values())):
             mean, std, n = mean_std(list(values.values()))
-            out.append(f"| {exp.name} | {exp.setting} {setting} | {label} | {n} | {_fmt(mean, std)} |" + " - |" * 6)
+            out.append(f"| {exp.name} | {exp.setting} {setting} | {cell(label)} | {n} | {_fmt(mean, std)} |"
+                       + " - |" * 6)
     return out
 
 
@@ -93,12 +99,13 @@ def _lm_table(experiments: list[Experiment]) -> list[str]:
             stats = {m: mean_std(list(measure(runs, m).values())) for m in ("test_loss", "test_bpc", "train_loss",
                                                                             "test_acc")}
             missing = sum(r.status != "finished" for r in runs)
-            out.append(f"| {exp.name} | {exp.setting} {setting} | {label} | {stats['test_loss'][2]} | "
+            out.append(f"| {exp.name} | {exp.setting} {setting} | {cell(label)} | {stats['test_loss'][2]} | "
                        f"{_fmt(*stats['test_loss'][:2], 4)} | {_fmt(*stats['test_bpc'][:2], 4)} | "
                        f"{_fmt(*stats['train_loss'][:2], 4)} | {_fmt(*stats['test_acc'][:2])} | {missing or '-'} |")
         for setting, label, values in posthoc_methods(exp, [LM_BASE], "test_loss"):
             mean, std, n = mean_std(list(values.values()))
-            out.append(f"| {exp.name} | {exp.setting} {setting} | {label} | {n} | {_fmt(mean, std, 4)} |" + " - |" * 4)
+            out.append(f"| {exp.name} | {exp.setting} {setting} | {cell(label)} | {n} | {_fmt(mean, std, 4)} |"
+                       + " - |" * 4)
     return out
 
 
@@ -131,20 +138,28 @@ def shared_runs(exp: Experiment, experiments: list[Experiment]) -> list[str]:
 
 
 def provenance_table(experiments: list[Experiment]) -> list[str]:
-    """Where each group of runs was trained, once: its commits, CPU kinds and torch thread counts."""
+    """Where each group of runs was trained, once: its commits, CPU kinds and torch thread counts, each with the
+    seeds that used it where the seeds differ, so that any pair's difference can be looked up."""
     out = ["| experiment | setting | method | finished runs | git | CPU kind | torch threads |",
            "|---|---|---|---|---|---|---|"]
     for exp in experiments:
         for (setting, label), runs in exp.groups().items():
             done = [r for r in runs if r.finished]
-            if not done:
-                continue
-            kinds = sorted({str(machine(r)[0] or "not recorded") for r in done})
-            threads = sorted({str(machine(r)[1]) for r in done})
-            out.append(f"| {exp.name} | {setting} | {label} | {len(done)} | "
-                       f"{', '.join(sorted({str(commit(r)) for r in done}))} | {'; '.join(kinds)} | "
-                       f"{', '.join(threads)} |")
+            if done:
+                kind = _per_seed(done, lambda r: machine(r)[0] or "not recorded")
+                out.append(f"| {exp.name} | {setting} | {cell(label)} | {len(done)} | {_per_seed(done, commit)} | "
+                           f"{kind} | {_per_seed(done, lambda r: machine(r)[1])} |")
     return out
+
+
+def _per_seed(runs: list[Run], value: Callable[[Run], Any]) -> str:
+    """One value where every run has it; else each value with the seeds that have it, in seed order."""
+    by: dict[str, list[int]] = {}
+    for r in sorted(runs, key=lambda r: r.seed):
+        by.setdefault(str(value(r)), []).append(r.seed)
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{v} (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})" for v, seeds in by.items())
 
 
 def _protocol(experiments: list[Experiment]) -> list[str]:
@@ -274,6 +289,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     tables, the figures, how to read it, how the runs were made and where, and the details per experiment."""
     root = Path(runs_dir)
     out = Path(out_dir or root)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give --out a directory for the report")
     experiments = load_experiments(root)
     shown = root.name if root.is_absolute() else root  # no path of this machine in a report
     rows = {id(exp): summarise(exp) for exp in experiments}
@@ -282,8 +299,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
           "Generated by `rbwa report` from the run directories beside it; every number below is computed from them. "
           "[How to read it](#how-to-read): differences are paired by seed, with 95% intervals; the verdicts are "
           "after Holm's correction over the report's tests.", "", "## Answers", ""]
-    md += [line for exp in experiments if (line := sentence(exp, answers))] or ["No verdicts yet: no finished pairs "
-                                                                                "of runs."]
+    md += [sentence(exp, answers) for exp in experiments]
     absent = [name for name in ORDER if name not in {e.name for e in experiments}]
     if absent and any(e.name in ORDER for e in experiments):  # which of the paper's experiments this cannot answer
         md.append(f"- Not in this directory, so not answered here: {', '.join(absent)} "
@@ -293,7 +309,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         md += ["![every answer's paired difference with its 95% interval](answers.png)", ""]
     if answers.rows:
         md += [f"Effects are signed so that a positive one supports the question (for a loss: the other's loss minus "
-               f"this one's, lower is better); p: Holm-adjusted over the {answers.tests} tests of this report.", "",
+               f"this one's, lower is better); p: Holm-adjusted over the {plural(answers.tests, 'test')} of this "
+               "report.", "",
                *table(answers), ""]
         md += [*marks_legend(answers), ""] if marks_legend(answers) else []
     md += [*equivalences(answers), ""] if equivalences(answers) else []

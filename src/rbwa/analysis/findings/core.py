@@ -78,11 +78,17 @@ def load_experiments(root: Path) -> list[Experiment]:
         spec = _json(manifest)
         if not isinstance(spec, dict) or "experiment" not in spec:
             continue
-        exp = Experiment(spec["experiment"], spec["title"], spec["setting"], spec["preset"], spec.get("overrides", {}))
-        for entry in spec["runs"]:
-            path = root / entry["run"]
-            exp.runs.append(Run(path, entry["setting"], entry["label"], entry["seed"], _json(path / "config.json"),
-                                read_jsonl(path / "metrics.jsonl"), _json(path / "summary.json")))
+        try:
+            exp = Experiment(spec["experiment"], spec["title"], spec["setting"], spec["preset"],
+                             dict(spec.get("overrides", {})))
+            for entry in spec["runs"]:
+                path = root / entry["run"]
+                exp.runs.append(Run(path, entry["setting"], entry["label"], int(entry["seed"]),
+                                    _json(path / "config.json"), read_jsonl(path / "metrics.jsonl"),
+                                    _json(path / "summary.json")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{manifest} is not an experiment manifest written by `rbwa reproduce` "
+                            f"({type(e).__name__}: {e})") from None
         experiments.append(exp)
     order = ORDER + LATER
     experiments.sort(key=lambda e: order.index(e.name) if e.name in order else len(order))
@@ -139,7 +145,8 @@ class Equivalence:
     """An identity put to the runs (RBWA and its base optimizer on the schedule it equals): not a test but the largest
     gap at any epoch of any seed, in test items (images, or characters of the validation split) predicted correctly
     and in test loss, against a tolerance. It holds when the items are within :data:`ITEM_TOLERANCE` of the test
-    items (at least one); the loss gap is shown beside it."""
+    items (at least one) and no run of the pair diverged; the loss gap and the final-epoch difference are shown
+    beside it."""
 
     claim: str
     seeds: int
@@ -147,6 +154,10 @@ class Equivalence:
     item_gap: int  # the largest difference in items predicted correctly
     loss_gap: float  # the largest difference in test (validation) loss, nats
     kind: str  # "test images" or "validation characters"
+    final: dict[int, float] = field(default_factory=dict)  # seed -> final test accuracy difference (points)
+    diverged: tuple[int, ...] = ()  # seeds in which a run of the pair diverged: no identity there
+    machines: dict[int, str] = field(default_factory=dict)  # seed -> how its two runs' machines differ
+    commits: dict[int, str] = field(default_factory=dict)  # seed -> its two runs' commits, where they differ
 
     @property
     def item_tolerance(self) -> int:
@@ -154,7 +165,7 @@ class Equivalence:
 
     @property
     def holds(self) -> bool:
-        return self.seeds > 0 and self.item_gap <= self.item_tolerance
+        return self.seeds > 0 and not self.diverged and self.item_gap <= self.item_tolerance
 
 
 def twin_of(label: str) -> str | None:
@@ -166,12 +177,15 @@ def identity_claim(label: str) -> str:
     """A control that equals a method, as an identity: "sgd (harmonic LR, = rbwa)" -> "rbwa = sgd on the harmonic LR".
     Pure."""
     base, inner = label.split(" (", 1)
-    return f"{twin_of(label)} = {base} on the {inner.rsplit(', = ', 1)[0]}"
+    schedule = inner.rsplit(", = ", 1)[0]
+    the = "" if "'s " in schedule else "the "  # "rbwa-e's LR" is named by its owner
+    return f"{twin_of(label)} = {base} on {the}{schedule}"
 
 
 def equivalence(claim: str, a: list[Run], b: list[Run]) -> Equivalence | None:
     """The identity that ``a`` and ``b`` train the same weights, seed by seed, from their curves; None where no seed
-    has both runs finished or the test split's size was not recorded."""
+    has both runs finished or the test split's size was not recorded. A seed whose run of one side diverged counts
+    against it."""
     items = _test_images(a + b)
     seeds = sorted({r.seed for r in a if r.finished} & {r.seed for r in b if r.finished})
     if not seeds or not items:
@@ -180,7 +194,10 @@ def equivalence(claim: str, a: list[Run], b: list[Run]) -> Equivalence | None:
     gap = max((abs(d) for d in _curve(a, b, "test_acc")), default=0.0)
     return Equivalence(claim, len(seeds), int(items), round(gap * items / 100),
                        max((abs(d) for d in _curve(a, b, "test_loss")), default=0.0),
-                       "validation characters" if text else "test images")
+                       "validation characters" if text else "test images",
+                       paired_differences(measure(a, "test_acc"), measure(b, "test_acc")),
+                       tuple(sorted({r.seed for r in a + b if r.status == "diverged"})),
+                       machine_differences(a, b), commit_differences(a, b))
 
 
 def measure(runs: list[Run], metric: str, last: int = 1) -> dict[int, float]:
