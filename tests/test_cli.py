@@ -113,8 +113,8 @@ def test_reproduce_then_report(tmp_path, capsys):
     assert code == 0 and out.count(": training") == 14  # 7 lines x 2 seeds
     code, out, _ = run_cli(capsys, ["report", str(sweep)])
     report = (sweep / "report.md").read_text()
-    assert code == 0 and "Does rbwa beat sgd (harmonic LR, = rbwa)?" in report and "controls-resnet18.png" in report
-    assert "Does rbwa-e beat sgd (rbwa-e's LR, = rbwa-e)?" in report
+    assert code == 0 and "</a>rbwa = sgd on the harmonic LR" in report and "controls-resnet18.png" in report
+    assert "</a>rbwa-e = sgd on rbwa-e's LR" in report and "| Does rbwa beat sgd (cosine LR)? |" in report
     assert (sweep / "results.csv").exists()
 
 
