@@ -58,7 +58,7 @@ def test_grid_contents(tmp_path):
                                                                                          None)}
     assert (lm["adamw"].snapshots_per_epoch, lm["adamw (wsd)"].lr_schedule, lm["rbwa"].start_epoch) == (4, "wsd", 1)
     tuned = {r.label: r.config for r in expand("lm-tuned", "cpu-lm", 1, tmp_path)}
-    assert len(tuned) == 11 and {c.lr for c in tuned.values()} == {5e-4, 1e-3, 2e-3}
+    assert len(tuned) == 14 and {c.lr for c in tuned.values()} == {5e-4, 1e-3, 2e-3, 4e-3}
     assert tuned["adamw (snapshots), lr 0.002"].snapshots_per_epoch == 16
     assert tuned["adamw (wsd, decay 0.4), lr 0.001"].decay_fraction == 0.4
     # the 1e-3 cosine and WSD runs are the lm experiment's own: trained once
