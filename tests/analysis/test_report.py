@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -625,3 +626,35 @@ def test_a_malformed_manifest_or_a_file_as_out_is_one_line_and_status_2(tmp_path
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "afile")]) == 2
     assert "afile is a file; give --out a directory" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "keep"
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "afile" / "sub")]) == 2  # a file above it
+    assert "afile is a file; give --out a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"experiment": 3}, "'experiment' must be a str, not 3"),
+    ({"overrides": ["ab"]}, "'overrides' must be a dict"),
+    ({"runs": {}}, "'runs' must be a list"),
+    ({"seed": True}, "runs[0]: 'seed' must be a int, not True"),
+    ({"seed": 0.2}, "runs[0]: 'seed' must be a int, not 0.2"),
+    ({"label": None}, "runs[0]: 'label' must be a str, not None"),
+])
+def test_a_manifest_of_the_wrong_types_is_refused_in_one_line(tmp_path, change, problem):
+    make_sweep(tmp_path, {"resnet18": [1.0, 2.0]})
+    manifest = json.loads((tmp_path / "fig3.json").read_text())
+    entry = {k: v for k, v in change.items() if k in ("seed", "label")}
+    manifest["runs"][0].update(entry)
+    manifest.update({k: v for k, v in change.items() if k not in entry})
+    (tmp_path / "fig3.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=re.escape(problem)):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_an_identity_counts_a_diverged_run_only_against_a_finished_twin(tmp_path):
+    same = {s: ([10, 40, 50], [10, 40, 50]) for s in range(3)}
+    _pair_sweep(tmp_path, "controls", "sgd (harmonic LR, = rbwa)", same)
+    manifest = json.loads((tmp_path / "controls.json").read_text().replace('"sgd"', '"rbwa"'))
+    manifest["runs"].append({"run": make_run(tmp_path, "lonely", status="diverged"), "setting": "resnet18",
+                             "label": "rbwa", "seed": 3})  # its twin never ran
+    (tmp_path / "controls.json").write_text(json.dumps(manifest))
+    assert identity(write_report(tmp_path).read_text(), "rbwa = sgd on the harmonic LR")[-1] == "yes"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rbwa.analysis.findings.core import LAST_EPOCHS, Equivalence, Experiment, Finding
+from rbwa.analysis.findings.core import LAST_EPOCHS, TEXT, Equivalence, Experiment, Finding
 from rbwa.analysis.stats import NO_DIFFERENCE, OPPOSITE, SUPPORTED, category, holm, holm_verdict, mean_ci
 
 Item = Finding | Equivalence | str
@@ -135,7 +135,9 @@ def table(answers: Answers) -> list[str]:
 
 
 def marks_legend(answers: Answers) -> list[str]:
-    found = "".join(a.marks for a in answers.rows.values())
+    """What † and ‡ mean, for the marks the answers or the identities carry."""
+    found = "".join(a.marks for a in answers.rows.values()) + "".join(
+        MACHINE * bool(q.machines) + COMMIT * bool(q.commits) for _, q in answers.items(Equivalence))
     lines = []
     if MACHINE in found:
         lines.append(f"{MACHINE} In some seed the paired runs recorded different CPU kinds or thread counts: float "
@@ -165,7 +167,8 @@ def equivalences(answers: Answers) -> list[str]:
                                                    f"{', '.join(map(str, q.diverged))})" if q.diverged else "")
         out.append(f"| <a name=\"i{i}\"></a>{cell(q.claim)}{marks} | {q.seeds} | {q.item_gap} of {q.items:,} "
                    f"{q.kind} | {q.item_tolerance} | {q.loss_gap:.2g} nats | "
-                   f"{fmt_ci(*mean_ci(list(q.final.values())))} points | {seeds} | {holds} |")
+                   f"{fmt_ci(*mean_ci(list(q.final.values())), 4 if q.kind == TEXT else 2)} points | {seeds} | "
+                   f"{holds} |")
     return out
 
 

@@ -289,8 +289,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     tables, the figures, how to read it, how the runs were made and where, and the details per experiment."""
     root = Path(runs_dir)
     out = Path(out_dir or root)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; give --out a directory for the report")
+    if file := next((d for d in (out, *out.parents) if d.exists() and not d.is_dir()), None):
+        raise UserError(f"{file} is a file; give --out a directory for the report")
     experiments = load_experiments(root)
     shown = root.name if root.is_absolute() else root  # no path of this machine in a report
     rows = {id(exp): summarise(exp) for exp in experiments}
@@ -312,8 +312,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
                f"this one's, lower is better); p: Holm-adjusted over the {plural(answers.tests, 'test')} of this "
                "report.", "",
                *table(answers), ""]
-        md += [*marks_legend(answers), ""] if marks_legend(answers) else []
     md += [*equivalences(answers), ""] if equivalences(answers) else []
+    md += [*marks_legend(answers), ""] if marks_legend(answers) else []
     images, texts = [e for e in experiments if not e.text], [e for e in experiments if e.text]
     md += ["## Methods", "", "Mean ± sd over seeds of each method's final epoch.", ""]
     md += [*_table(images, rows), "", *_bn_note(images)] if images else []

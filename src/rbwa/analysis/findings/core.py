@@ -16,6 +16,7 @@ from rbwa.io import read_jsonl
 
 LAST_EPOCHS = 5  # the second measure: mean over the last epochs, which a single noisy final epoch cannot sway
 LOSS_TOLERANCE = 1e-4  # training losses closer than this at every epoch of every seed count as no difference
+TEXT = "validation characters"  # a language model's test items
 ITEM_TOLERANCE = 1e-4  # an identity's twins may predict this fraction of the test items differently (at least one)
 ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives", "writeback"]  # the paper's, then ours
 LATER = ["posthoc", "posthoc-cifar100", "lm", "lm-tuned"]  # after them: CIFAR-10 before CIFAR-100, then the GPT
@@ -70,6 +71,31 @@ def _json(path: Path) -> Any:
         return None
 
 
+MANIFEST = {"experiment": str, "title": str, "setting": str, "preset": str, "runs": list}
+ENTRY = {"run": str, "setting": str, "label": str, "seed": int}
+
+
+def manifest_problem(spec: dict[str, Any]) -> str | None:
+    """What makes a parsed manifest unusable (a missing key, a value of the wrong type), None where nothing does.
+    Pure."""
+    def wrong(d: dict[str, Any], types: dict[str, type], where: str) -> str | None:
+        for key, kind in types.items():
+            value = d.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):  # a bool is an int to isinstance
+                return f"{where}{key!r} must be a {kind.__name__}, not {value!r}"
+        return None
+
+    if problem := wrong(spec, MANIFEST, ""):
+        return problem
+    if not isinstance(spec.get("overrides", {}), dict):
+        return f"'overrides' must be a dict, not {spec['overrides']!r}"
+    for i, entry in enumerate(spec["runs"]):
+        problem = wrong(entry, ENTRY, f"runs[{i}]: ") if isinstance(entry, dict) else f"runs[{i}] is not a dict"
+        if problem:
+            return problem
+    return None
+
+
 def load_experiments(root: Path) -> list[Experiment]:
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; give the --out of `rbwa reproduce`")
@@ -78,17 +104,14 @@ def load_experiments(root: Path) -> list[Experiment]:
         spec = _json(manifest)
         if not isinstance(spec, dict) or "experiment" not in spec:
             continue
-        try:
-            exp = Experiment(spec["experiment"], spec["title"], spec["setting"], spec["preset"],
-                             dict(spec.get("overrides", {})))
-            for entry in spec["runs"]:
-                path = root / entry["run"]
-                exp.runs.append(Run(path, entry["setting"], entry["label"], int(entry["seed"]),
-                                    _json(path / "config.json"), read_jsonl(path / "metrics.jsonl"),
-                                    _json(path / "summary.json")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{manifest} is not an experiment manifest written by `rbwa reproduce` "
-                            f"({type(e).__name__}: {e})") from None
+        problem = manifest_problem(spec)
+        if problem:
+            raise UserError(f"{manifest} is not an experiment manifest written by `rbwa reproduce`: {problem}")
+        exp = Experiment(spec["experiment"], spec["title"], spec["setting"], spec["preset"], spec.get("overrides", {}))
+        for entry in spec["runs"]:
+            path = root / entry["run"]
+            exp.runs.append(Run(path, entry["setting"], entry["label"], entry["seed"], _json(path / "config.json"),
+                                read_jsonl(path / "metrics.jsonl"), _json(path / "summary.json")))
         experiments.append(exp)
     order = ORDER + LATER
     experiments.sort(key=lambda e: order.index(e.name) if e.name in order else len(order))
@@ -194,10 +217,20 @@ def equivalence(claim: str, a: list[Run], b: list[Run]) -> Equivalence | None:
     gap = max((abs(d) for d in _curve(a, b, "test_acc")), default=0.0)
     return Equivalence(claim, len(seeds), int(items), round(gap * items / 100),
                        max((abs(d) for d in _curve(a, b, "test_loss")), default=0.0),
-                       "validation characters" if text else "test images",
+                       TEXT if text else "test images",
                        paired_differences(measure(a, "test_acc"), measure(b, "test_acc")),
-                       tuple(sorted({r.seed for r in a + b if r.status == "diverged"})),
+                       _diverged_against(a, b),
                        machine_differences(a, b), commit_differences(a, b))
+
+
+def _diverged_against(a: list[Run], b: list[Run]) -> tuple[int, ...]:
+    """The seeds where one run of a pair diverged while its twin finished: evidence against an identity (both
+    diverged, or a twin never run, is not)."""
+    def status(runs: list[Run]) -> dict[int, str]:
+        return {r.seed: r.status for r in runs}
+
+    sa, sb = status(a), status(b)
+    return tuple(sorted(s for s in set(sa) & set(sb) if {sa[s], sb[s]} == {"diverged", "finished"}))
 
 
 def measure(runs: list[Run], metric: str, last: int = 1) -> dict[int, float]:
