@@ -100,7 +100,8 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
                          "grid": _snapshot_runs("cifar100")},
     # a character GPT on Tiny Shakespeare with AdamW: the paper's claims and the post-hoc answer beyond CNNs (the
     # constant-LR runs store their weights 4 times an epoch for `rbwa posthoc`); text has no subsets
-    "lm": {"title": "A GPT on Tiny Shakespeare with AdamW: RBWA, its twin, schedules and averages", "setting": "model",
+    "lm": {"title": "A GPT on Tiny Shakespeare with AdamW at one learning rate, 1e-3: RBWA, its twin, schedules and "
+                    "averages", "setting": "model",
            "grid": [("gpt", label, {"dataset": "shakespeare", "model": "gpt", "optimizer": "adamw", **o})
                     for label, o in LM_ROWS]},
     # the fair comparison (issue 40): every schedule at four peak learning rates (4e-3 added when every method chose
