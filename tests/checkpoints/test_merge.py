@@ -32,6 +32,17 @@ def test_plain_state_dicts_by_hand(tmp_path):
     assert torch.equal(found["LAWA, last 2 checkpoints"]["w"], lawa["w"])
 
 
+def test_snapshots_on_rounded_steps_are_evenly_spaced(tmp_path):
+    """4 snapshots an epoch of 782 steps fall on steps 195, 391, 586, 782, ...: spacings of 195 and 196 steps are one
+    even spacing, rounded, so LAWA and SWA take them (they were refused as a gap)."""
+    series = _plain_series(tmp_path / "rounded", steps=(195, 391, 586, 782, 977))
+    merge([series], tmp_path / "lawa.pt", lawa=4)
+    assert torch.load(tmp_path / "lawa.pt", weights_only=True)["w"][0, 0].item() == pytest.approx(
+        (391 + 586 + 782 + 977) / 4)
+    with pytest.raises(UserError, match="not evenly spaced \\(every 195 steps, but 197 after step 782\\)"):
+        merge([_plain_series(tmp_path / "gap", steps=(195, 391, 586, 782, 979))], tmp_path / "x.pt", lawa=5)
+
+
 def test_what_merge_refuses_in_one_line_before_writing(tmp_path):
     series = _plain_series(tmp_path / "gappy", steps=(10, 20, 40))
     with pytest.raises(UserError, match="not evenly spaced \\(every 10 steps, but 20 after step 20\\)"):
