@@ -621,6 +621,9 @@ def test_a_malformed_manifest_or_a_file_as_out_is_one_line_and_status_2(tmp_path
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fig3.json is not an experiment manifest written by `rbwa reproduce`" in err
+    (tmp_path / "fig3.json").write_text('{"experiment": "fig3", "runs": [')  # cut short
+    assert main(["report", str(tmp_path)]) == 2
+    assert "fig3.json is not valid JSON" in capsys.readouterr().err
     make_sweep(tmp_path, {"resnet18": [1.0, 2.0]})
     (tmp_path / "afile").write_text("keep")
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "afile")]) == 2

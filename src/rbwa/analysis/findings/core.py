@@ -101,8 +101,12 @@ def load_experiments(root: Path) -> list[Experiment]:
         raise UserError(f"{root} is not a directory; give the --out of `rbwa reproduce`")
     experiments = []
     for manifest in sorted(root.glob("*.json")):
-        spec = _json(manifest)
-        if not isinstance(spec, dict) or "experiment" not in spec:
+        try:  # a manifest that does not parse would drop its experiment from the report unseen
+            spec = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{manifest} is not valid JSON ({e}); restore it, or rerun `rbwa reproduce` to rewrite "
+                            "it") from None
+        if not isinstance(spec, dict) or "experiment" not in spec:  # another JSON file: not ours
             continue
         problem = manifest_problem(spec)
         if problem:
