@@ -34,6 +34,11 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
+def marks(item: Finding | Equivalence) -> str:
+    """The marks of an answer or identity: † where its pairs' machines differ in some seed, ‡ where their commits do."""
+    return MACHINE * bool(item.machines) + COMMIT * bool(item.commits)
+
+
 def test_key(f: Finding) -> tuple | int:
     """What a finding tests, for Holm's family: its metric and runs, or the finding itself where it has no key."""
     return f.key or id(f)
@@ -60,7 +65,7 @@ class Answer:
 
     @property
     def marks(self) -> str:
-        return MACHINE * bool(self.finding.machines) + COMMIT * bool(self.finding.commits)
+        return marks(self.finding)
 
 
 @dataclass(frozen=True)
@@ -136,8 +141,7 @@ def table(answers: Answers) -> list[str]:
 
 def marks_legend(answers: Answers) -> list[str]:
     """What † and ‡ mean, for the marks the answers or the identities carry."""
-    found = "".join(a.marks for a in answers.rows.values()) + "".join(
-        MACHINE * bool(q.machines) + COMMIT * bool(q.commits) for _, q in answers.items(Equivalence))
+    found = "".join(a.marks for a in answers.rows.values()) + "".join(marks(q) for _, q in answers.items(Equivalence))
     lines = []
     if MACHINE in found:
         lines.append(f"{MACHINE} In some seed the paired runs recorded different CPU kinds or thread counts: float "
@@ -161,11 +165,10 @@ def equivalences(answers: Answers) -> list[str]:
            "final test accuracy difference [95% CI] | seeds marked † / ‡ | holds |",
            "|---|---|---|---|---|---|---|---|"]
     for i, q in enumerate(found, 1):
-        marks = MACHINE * bool(q.machines) + COMMIT * bool(q.commits)
         seeds = " / ".join(", ".join(map(str, sorted(d))) or "-" for d in (q.machines, q.commits))
         holds = "yes" if q.holds else "**no**" + (f" (diverged in seed{'s' * (len(q.diverged) > 1)} "
                                                    f"{', '.join(map(str, q.diverged))})" if q.diverged else "")
-        out.append(f"| <a name=\"i{i}\"></a>{cell(q.claim)}{marks} | {q.seeds} | {q.item_gap} of {q.items:,} "
+        out.append(f"| <a name=\"i{i}\"></a>{cell(q.claim)}{marks(q)} | {q.seeds} | {q.item_gap} of {q.items:,} "
                    f"{q.kind} | {q.item_tolerance} | {q.loss_gap:.2g} nats | "
                    f"{fmt_ci(*mean_ci(list(q.final.values())), 4 if q.kind == TEXT else 2)} points | {seeds} | "
                    f"{holds} |")

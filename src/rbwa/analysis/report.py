@@ -312,8 +312,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Pat
                f"this one's, lower is better); p: Holm-adjusted over the {plural(answers.tests, 'test')} of this "
                "report.", "",
                *table(answers), ""]
-    md += [*equivalences(answers), ""] if equivalences(answers) else []
-    md += [*marks_legend(answers), ""] if marks_legend(answers) else []
+    for lines in (equivalences(answers), marks_legend(answers)):
+        md += [*lines, ""] if lines else []
     images, texts = [e for e in experiments if not e.text], [e for e in experiments if e.text]
     md += ["## Methods", "", "Mean ± sd over seeds of each method's final epoch.", ""]
     md += [*_table(images, rows), "", *_bn_note(images)] if images else []
