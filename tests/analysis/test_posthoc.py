@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from rbwa.analysis.posthoc import candidates, evaluate_run, read_results
+from rbwa.analysis.posthoc import candidates, distinct_texts, evaluate_run, read_results
 from rbwa.averaging.weights import combine, ema_weights, lawa_weights, swa_weights
 from rbwa.checkpoints import snapshots
 from rbwa.cli import main
@@ -41,6 +41,20 @@ def test_the_grid_starts_after_the_start_step():
     (ema,) = [c for c in grid if c.family == "ema"]
     assert ema.weights[:2].tolist() == [0, 0] and ema.weights.sum() == pytest.approx(1.0)
 
+
+
+def test_swa_labels_tell_every_start_apart_and_keep_three_digits_where_those_do():
+    # 16 snapshots an epoch over 20 epochs: epochs 10.0625 and 10.125 both read "10.1" at 3 digits; a label names a
+    # candidate (a report chooses by it across seeds), so the run's labels take the digits that tell them apart
+    steps = snapshots.snapshot_steps(16, 20, per_epoch=16)
+    labels = [c.label for c in candidates(steps, 16, 0, families=("swa",)) if c.family == "swa"]
+    assert len(set(labels)) == len(labels) == 320
+    assert {"SWA from epoch 10.06", "SWA from epoch 10.12", "SWA from epoch 10.19"} <= set(labels)
+    # 5 epochs at 16 an epoch tell apart at 3 digits: the labels of the committed runs stay as they were
+    short = [c.label for c in candidates(snapshots.snapshot_steps(16, 5, per_epoch=16), 16, 16, families=("swa",))
+             if c.family == "swa"]
+    assert short[:2] == ["SWA from epoch 1.06", "SWA from epoch 1.12"] and short[-1] == "SWA from epoch 5"
+    assert distinct_texts([1.0, 1.0, 2.5]) == ["1", "1", "2.5"]  # equal values may share a text
 
 # ---- what the EMA over a series equals ---------------------------------------------------------------------------
 def _online_ema(trajectory: torch.Tensor, decay: float, start: int) -> torch.Tensor:

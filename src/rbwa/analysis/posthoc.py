@@ -63,6 +63,16 @@ class Candidate:
     weights: np.ndarray
 
 
+def distinct_texts(values: list[float], digits: int = 3) -> list[str]:
+    """Each value in the fewest significant digits, at least ``digits``, that tell the distinct values apart (a
+    label is a candidate's name: two must not share one, as "10.1" for epochs 10.0625 and 10.125). Pure."""
+    for d in range(digits, 18):
+        texts = [f"{v:.{d}g}" for v in values]
+        if len(set(texts)) == len(set(values)):
+            return texts
+    return [repr(v) for v in values]
+
+
 def candidates(steps: list[int], steps_per_epoch: int, start_step: int, lawa_windows: list[int] | None = None,
                half_lives: list[float] | None = None, families: tuple[str, ...] = DEFAULT_FAMILIES,
                wsm_windows: list[int] | None = None, gammas: list[float] | None = None) -> list[Candidate]:
@@ -90,8 +100,9 @@ def candidates(steps: list[int], steps_per_epoch: int, start_step: int, lawa_win
         if beyond:
             raise UserError(f"{name} {' '.join(map(str, beyond))}: the run has {most} "
                             f"{'epoch ends' if name == '--lawa' else 'snapshot intervals'} after its start epoch")
-    found = [Candidate("swa", steps[i] / steps_per_epoch, f"SWA from epoch {steps[i] / steps_per_epoch:.3g}",
-                       swa_weights(n, i)) for i in range(first, n) if "swa" in families]
+    starts = [steps[i] / steps_per_epoch for i in range(first, n)]
+    found = [Candidate("swa", e, f"SWA from epoch {text}", swa_weights(n, i))
+             for i, e, text in zip(range(first, n), starts, distinct_texts(starts)) if "swa" in families]
     found += [Candidate("lawa", k, f"LAWA, last {k} epoch ends", lawa_weights(epoch_ends, n, k))
               for k in windows if k <= len(epoch_ends)]
     found += [Candidate("ema", h, f"EMA, half-life {h:g} steps", ema_weights(steps, 0.5 ** (1 / h), first))

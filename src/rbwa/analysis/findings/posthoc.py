@@ -4,6 +4,7 @@ against a decay schedule and against RBWA; and how stable those choices are acro
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rbwa.analysis.findings.core import (
@@ -33,7 +34,7 @@ def choose_on_others(accuracy: dict[int, dict[str, float]], order: dict[str, flo
     """Held-out seed -> the candidate with the highest mean accuracy over the *other* seeds, so that the number
     a seed reports is never a maximum over its own noise. Only candidates that every seed evaluated compete; a tie
     goes to the lowest ``order`` value (the earliest SWA start, the shortest LAWA window or EMA half-life), then
-    to the label. Pure."""
+    to the label. A NaN mean counts as the lowest. Pure."""
     common = set.intersection(*(set(a) for a in accuracy.values())) if accuracy else set()
     out = {}
     for held in accuracy:
@@ -41,6 +42,7 @@ def choose_on_others(accuracy: dict[int, dict[str, float]], order: dict[str, flo
         if not common or not others:
             continue
         means = {c: sum(accuracy[s][c] for s in others) / len(others) for c in common}
+        means = {c: -math.inf if math.isnan(m) else m for c, m in means.items()}  # NaN (a failed score) never wins
         top = max(means.values())
         out[held] = min((c for c in common if means[c] >= top - TIE), key=lambda c: ((order or {}).get(c, 0.0), c))
     return out

@@ -10,38 +10,52 @@ is the final validation loss (lower is better).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from rbwa.analysis.findings.core import Experiment, Finding, Run, commit_differences, machine_differences
 from rbwa.analysis.findings.posthoc import choose_on_others, picks_text, posthoc_rows
 from rbwa.analysis.stats import mean_ci
 
+WORST = math.inf  # the loss of a diverged run, or a loss that is not a number: never chosen over a finite one
+
 
 @dataclass(frozen=True)
 class Tuned:
-    """One method tuned on the other seeds: per held-out seed the setting chosen, its loss there, and the seed's own
-    lowest loss over the same settings."""
+    """One method tuned on the other seeds: per held-out seed the setting chosen, its loss there, the seed's own
+    lowest loss over the same settings, and how many of the seed's settings were left out of the choice (not on every
+    seed)."""
 
     picks: dict[int, str]
     held: dict[int, float]
     best: dict[int, float]
+    left_out: dict[int, int] = field(default_factory=dict)
 
     @property
     def optimism(self) -> dict[int, float]:
-        """Seed -> how much lower its own best looks than the choice made on the others (>= 0)."""
-        return {s: self.held[s] - self.best[s] for s in self.held}
+        """Seed -> how much lower its own best looks than the choice made on the others (>= 0), where the choice did
+        not diverge there."""
+        return {s: self.held[s] - self.best[s] for s in self.held if math.isfinite(self.held[s])}
+
+    @property
+    def failed(self) -> list[int]:
+        """The seeds where the choice made on the others diverged (or scored no number)."""
+        return sorted(s for s, v in self.held.items() if not math.isfinite(v))
 
 
 def tune(losses: dict[int, dict[str, float]], order: dict[str, float] | None = None) -> Tuned | None:
     """Seed -> setting -> loss, tuned on the other seeds (the lowest mean loss over them; a tie to the lowest
-    ``order``, then the name), over the settings every seed holds; None below 2 seeds. Pure."""
+    ``order``, then the name), over the settings every seed holds (the others are counted in ``left_out``); None
+    below 2 seeds. A NaN loss counts as :data:`WORST`. Pure."""
+    losses = {s: {c: WORST if math.isnan(v) else v for c, v in d.items()} for s, d in losses.items()}
     common = set.intersection(*(set(d) for d in losses.values())) if losses else set()
     picks = choose_on_others({s: {c: -v for c, v in d.items() if c in common} for s, d in losses.items()}, order)
     if len(picks) < 2:
         return None
+    left = {s: n for s, d in losses.items() if (n := len(set(d) - common))}
     return Tuned(picks, {s: losses[s][c] for s, c in picks.items()},
-                 {s: min(losses[s][c] for c in common) for s in picks})
+                 {s: min(losses[s][c] for c in common) for s in picks}, left)
 
 
 def complete(losses: dict[int, dict[str, float]], grid: set[str]) -> tuple[dict[int, dict[str, float]], list[int]]:
@@ -66,26 +80,39 @@ METHODS = {**{m: s for s, m in DECAYS.items()}, "constant LR, final weights": "c
            "an average (any family)": "constant", "WSM": "constant"}  # method -> the LR schedule of its runs
 
 
-def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, str], Run]], dict[str, set[str]]]:
+def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, str], Run]], dict[str, set[str]],
+                                         dict[str, set[int]]]:
     """(method -> seed -> setting -> final validation loss, method -> (seed, setting) -> the run it came from,
-    method -> the run settings of its grid, run or not) for ``exp``. A finished constant-LR run with post-hoc rows
-    gives its final weights (the last snapshot alone), each candidate ("lr X: label") to "an average (any family)",
-    and its WSM candidates to "WSM"."""
+    method -> the run settings of its grid, method -> the seeds that have a run of it, finished or not) for ``exp``.
+    A finished constant-LR run with post-hoc rows gives its final weights (the last snapshot alone), each candidate
+    ("lr X: label") to "an average (any family)", and its WSM candidates to "WSM". A diverged run scores
+    :data:`WORST` for its setting (every candidate of it, for the averages): a setting that fails is an outcome, not
+    a run still owed."""
     from rbwa.analysis.posthoc import final_reestimated
 
     losses: Losses = {}
     runs: dict[str, dict[tuple[int, str], Run]] = {}
-    grid = {m: {setting(r.config) for r in exp.runs if r.config and r.config.get("lr_schedule", "constant") == kind}
-            for m, kind in METHODS.items()}
+    kinds = {m: [r for r in exp.runs if r.config and r.config.get("lr_schedule", "constant") == kind]
+             for m, kind in METHODS.items()}
+    grid = {m: {setting(r.config) for r in rs} for m, rs in kinds.items()}
+    seeds = {m: {r.seed for r in rs} for m, rs in kinds.items()}
+    diverged: list[tuple[int, str, Run]] = []
 
     def add(method: str, seed: int, name: str, loss: float, run: Run) -> None:
-        losses.setdefault(method, {}).setdefault(seed, {})[name] = loss
+        losses.setdefault(method, {}).setdefault(seed, {})[name] = loss if math.isfinite(loss) else WORST
         runs.setdefault(method, {})[(seed, name)] = run
 
     for r in exp.runs:
-        if not (r.finished and r.config and r.metrics):
+        if not r.config:
             continue
         schedule, name = r.config.get("lr_schedule", "constant"), setting(r.config)
+        if r.status == "diverged" and (schedule in DECAYS or schedule == "constant"):
+            add(DECAYS.get(schedule, "constant LR, final weights"), r.seed, name, WORST, r)
+            if schedule == "constant":
+                diverged.append((r.seed, name, r))
+            continue
+        if not (r.finished and r.metrics):
+            continue
         if schedule in DECAYS:
             add(DECAYS[schedule], r.seed, name, r.metrics[-1]["test_loss"], r)
             continue
@@ -98,7 +125,12 @@ def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, st
             add("an average (any family)", r.seed, f"{name}: {row['label']}", float(row["test_loss"]), r)
             if row["family"] == "wsm":
                 add("WSM", r.seed, f"{name}: {row['label']}", float(row["test_loss"]), r)
-    return losses, runs, grid
+    for seed, name, r in diverged:  # every candidate the other seeds evaluated at this setting fails here
+        for method in ("an average (any family)", "WSM"):
+            labels = {c for d in losses.get(method, {}).values() for c in d if c.startswith(f"{name}: ")}
+            for label in labels or {f"{name}: diverged"}:
+                add(method, seed, label, WORST, r)
+    return losses, runs, grid, seeds
 
 
 # (A, B): does A, tuned, reach a lower validation loss than B, tuned?
@@ -106,37 +138,59 @@ QUESTIONS = [("an average (any family)", "cosine"), ("an average (any family)", 
              ("WSD", "cosine"), ("an average (any family)", "constant LR, final weights")]
 
 
+def _seeds(seeds: list[int]) -> str:
+    """'seed 3' or 'seeds 3, 4'. Pure."""
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
 def tuned_claims(exp: Experiment) -> list[Finding | str]:
-    """The tuned comparisons of ``exp``: each method's choices and optimism in a line, then a finding per question
-    (positive differences: A's validation loss is the lower)."""
-    losses, runs, grid = method_losses(exp)
+    """The tuned comparisons of ``exp``: each method's choices and optimism in a line (or why it is not tuned yet),
+    then a finding per question (positive differences: A's validation loss is the lower)."""
+    losses, runs, grid, seeds = method_losses(exp)
     where = "A GPT on text, every method tuned on the other seeds"
     out: list[Finding | str] = []
     tuned = {}
-    for method, by_seed in losses.items():
+    for method in [*losses, *(m for m in METHODS if m not in losses and seeds[m])]:
+        by_seed = losses.get(method, {})
         ready, waiting = complete(by_seed, grid[method])
+        waiting = sorted({*waiting, *(seeds[method] - set(by_seed))})
+        wait = (f"{_seeds(waiting)} still {'lack' if len(waiting) > 1 else 'lacks'} a finished run of the grid (or "
+                f"its post-hoc rows) and wait{'' if len(waiting) > 1 else 's'}" if waiting else "")
         t = tune(ready)
         if t is None:
+            out.append(f"{where}: {method}: not tuned yet, fewer than 2 seeds hold every run of its grid"
+                       f"{'; ' + wait if wait else ''}; its questions wait")
             continue
         tuned[method] = t
         mean, lo, hi = mean_ci(list(t.optimism.values()))
+        notes = [wait] if wait else []
+        if t.failed:
+            notes.append(f"the choice diverged on {_seeds(t.failed)} (its loss the worst; out of the optimism)")
+        if t.left_out:
+            notes.append("settings not on every seed, left out of the choice: "
+                         + ", ".join(f"seed {s}: {n}" for s, n in sorted(t.left_out.items())))
+        if method == "an average (any family)":
+            notes.append("its candidates include the final weights alone ('LAWA, last 1 epoch ends')")
         out.append(f"{where}: {method}: chosen {picks_text(t.picks)}; validation loss "
                    + "; ".join(f"seed {s}: {v:.4f}" for s, v in sorted(t.held.items()))
                    + f"; the leave-one-out optimism (the best on a seed's own runs below the choice made on the "
-                   f"others) {mean:.4f} nats on average [{lo:.4f}, {hi:.4f}]"
-                   + (f"; seed{'s' * (len(waiting) > 1)} {', '.join(map(str, waiting))} still "
-                      f"{'lack' if len(waiting) > 1 else 'lacks'} a run of the grid (unfinished, diverged or without "
-                      f"post-hoc rows) and wait{'' if len(waiting) > 1 else 's'}" if waiting else ""))
+                   f"others) {mean:.4f} nats on average [{lo:.4f}, {hi:.4f}]" + "".join(f"; {n}" for n in notes))
     for a, b in QUESTIONS:
         if a not in tuned or b not in tuned:
-            continue
+            continue  # the method's line says it waits
         ta, tb = tuned[a], tuned[b]
-        diffs = {s: tb.held[s] - ta.held[s] for s in sorted(set(ta.held) & set(tb.held))}
+        what = f"{where}: does {a}, tuned, reach a lower validation loss than {b}, tuned?"
+        both = sorted(set(ta.held) & set(tb.held))
+        failed = [s for s in both if s in ta.failed or s in tb.failed]
+        diffs = {s: tb.held[s] - ta.held[s] for s in both if s not in failed}
+        if failed:
+            out.append(f"{what} On {_seeds(failed)} a tuned choice diverged: left out of the paired difference "
+                       "(the method lines name whose)")
         if len(diffs) < 2:
+            out.append(f"{what} Fewer than 2 seeds hold both, tuned: it waits")
             continue
         ra = [runs[a][(s, ta.picks[s])] for s in diffs]
         rb = [runs[b][(s, tb.picks[s])] for s in diffs]
-        out.append(Finding(f"{where}: does {a}, tuned, reach a lower validation loss than {b}, tuned?",
-                           f"{b} - {a}", diffs, {}, digits=4, unit="", key=("lm tuned", a, b),
+        out.append(Finding(what, f"{b} - {a}", diffs, {}, digits=4, unit="", key=("lm tuned", a, b),
                            machines=machine_differences(ra, rb), commits=commit_differences(ra, rb)))
     return out
