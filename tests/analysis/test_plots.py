@@ -79,3 +79,21 @@ def test_the_loss_panel_holds_every_band_and_skips_what_it_cannot_draw():
            np.array([1.0, 0.5, np.nan, np.inf]))
     assert loss_limits([odd], 1, "log") == (pytest.approx(0.5 / 1.1), pytest.approx(0.5 * 1.1))
     assert loss_limits([odd], 2, "log") is None and loss_limits([], 1, "linear") is None
+
+
+def test_the_lr_sweep_draws_each_mean_with_its_seed_range_and_marks_a_diverged_seed(tmp_path, monkeypatch):
+    from rbwa.analysis import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    lines = {"cosine": {1e-3: {0: 1.6, 1: 1.8}, 2e-3: {0: 1.5, 1: math.inf}},
+             "WSD, decay 0.1": {1e-3: {0: 1.4, 1: 1.4}}}
+    plots.plot_lr_sweep(lines, tmp_path / "s.png", "t")
+    ax = figures[0].axes[0]
+    drawn = [line for line in ax.get_lines() if len(line.get_xdata())]
+    # cosine: the mean of 1.6 and 1.8 at 1e-3, seed 0's 1.5 alone at 2e-3 (seed 1 diverged: an x at the top, 1.8)
+    assert [list(line.get_ydata()) for line in drawn[:1]] == [[pytest.approx(1.7), 1.5]]
+    marks = [line for line in drawn if line.get_marker() == "x"]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [2e-3] and list(marks[0].get_ydata()) == [1.8]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cosine (2 seeds)", "WSD, decay 0.1 (2 seeds)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.001", "0.002"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rbwa.analysis.findings.core import Experiment, Finding, Run
-from rbwa.analysis.findings.tuned import complete, setting, tune, tuned_claims
+from rbwa.analysis.findings.tuned import complete, lr_sweep, setting, tune, tuned_claims
 
 
 def test_each_seed_gets_the_setting_lowest_on_the_others_and_its_optimism():
@@ -155,3 +155,19 @@ def test_a_candidate_that_one_seed_lacks_is_named_as_left_out(tmp_path):
     line = _lines(tuned_claims(Experiment("lm-tuned", "t", "model", "cpu-lm", runs=runs)))["an average (any family)"]
     assert "chosen lr 0.001: SWA from epoch 1 (seeds 0, 1, 2)" in line
     assert "settings not on every seed, left out of the choice: seed 0: 1, seed 1: 1" in line
+
+
+def test_the_lr_sweep_is_what_each_choice_picks_from(tmp_path):
+    runs = [fake_run(tmp_path, s, "cosine", lr, loss + s / 100)
+            for s in (0, 1) for lr, loss in ((1e-3, 1.6), (2e-3, 1.5))]
+    runs += [fake_run(tmp_path, s, "wsd", 1e-3, 1.4, decay=d) for s in (0, 1) for d in (0.2, 0.1)]
+    # constant LR at 1e-3: SWA is lowest on seed 0, WSM on seed 1; so each seed's average there is the other's pick
+    runs += [fake_run(tmp_path, s, "constant", 1e-3, 1.7, {"SWA from epoch 1": (1.50, 1.60)[s],
+                                                          "WSM linear, last 4": (1.55, 1.52)[s]}) for s in (0, 1)]
+    sweep = lr_sweep(Experiment("lm-tuned", "t", "model", "cpu-lm", runs=runs))
+    assert sweep["cosine"] == {1e-3: {0: 1.6, 1: 1.61}, 2e-3: {0: 1.5, 1: 1.51}}
+    assert sweep["WSD, decay 0.2"] == {1e-3: {0: 1.4, 1: 1.4}} and sweep["WSD, decay 0.1"] == {1e-3: {0: 1.4, 1: 1.4}}
+    assert sweep["constant LR, final weights"] == {1e-3: {0: 1.7, 1: 1.7}}
+    # held out 0: seed 1 prefers WSM (1.52) -> seed 0's WSM 1.55; held out 1: seed 0 prefers SWA -> seed 1's 1.60
+    assert sweep["an average (any family)"] == {1e-3: {0: 1.55, 1: 1.60}}
+    assert sweep["WSM"] == {1e-3: {0: 1.55, 1: 1.52}}

@@ -1,7 +1,9 @@
-"""Figures in the paper's style: test accuracy and training loss per epoch, one line per method."""
+"""Figures in the paper's style: test accuracy and training loss per epoch, one line per method; and the report's
+own (answers, a learning-rate sweep)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -150,6 +152,37 @@ def plot_gain(points: list[tuple[float, float, float, float, float | None]], pat
     ax.set(title=title, xlabel=xlabel, ylabel="RBWA - SGD final test accuracy (points)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_lr_sweep(lines: dict[str, dict[float, dict[int, float]]], path: Path, title: str) -> Path:
+    """Final validation loss against peak learning rate (log axis), a line per method: the mean over seeds, bars
+    from the lowest to the highest seed. A single rate is a point (WSD's other decay lengths). Non-finite losses (a
+    diverged run) are left out of the mean and marked with an x at the top."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    top = max((v for by_lr in lines.values() for seeds in by_lr.values() for v in seeds.values()
+               if math.isfinite(v)), default=1.0)
+    for i, (name, by_lr) in enumerate(lines.items()):
+        xs = sorted(by_lr)
+        finite = [[v for v in by_lr[x].values() if math.isfinite(v)] for x in xs]
+        keep = [j for j, f in enumerate(finite) if f]
+        mean = np.array([np.mean(finite[j]) for j in keep])
+        lo = np.array([min(finite[j]) for j in keep])
+        hi = np.array([max(finite[j]) for j in keep])
+        colour = (list(COLORS.values()) + list(EXTRA_COLORS))[i % (len(COLORS) + len(EXTRA_COLORS))]
+        n = max(len(by_lr[x]) for x in xs)
+        ax.errorbar([xs[j] for j in keep], mean, yerr=np.stack([mean - lo, hi - mean]), fmt="o-" if len(xs) > 1
+                    else "D", color=colour, capsize=3, markerfacecolor="none", label=f"{name} ({n} seeds)")
+        failed = [x for x, f in zip(xs, finite) if len(f) < len(by_lr[x])]
+        if failed:
+            ax.plot(failed, [top] * len(failed), "x", color=colour, markersize=9)
+    rates = sorted({x for by_lr in lines.values() for x in by_lr})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(rates, [f"{x:g}" for x in rates])
+    ax.set(title=title, xlabel="peak learning rate", ylabel="final validation loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

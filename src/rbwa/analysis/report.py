@@ -46,7 +46,8 @@ from rbwa.analysis.findings.core import (
 from rbwa.analysis.findings.lm import LM_BASE
 from rbwa.analysis.findings.posthoc import posthoc_methods
 from rbwa.analysis.findings.summary import paper_gain, summarise
-from rbwa.analysis.plots import plot_curves, plot_effective_lr, plot_gain
+from rbwa.analysis.findings.tuned import lr_sweep
+from rbwa.analysis.plots import plot_curves, plot_effective_lr, plot_gain, plot_lr_sweep
 from rbwa.analysis.stats import mean_std
 from rbwa.errors import UserError
 from rbwa.experiments.grids import POSTHOC_LABELS
@@ -387,6 +388,15 @@ def _figures(exp: Experiment, rows: list[dict[str, Any]], root: Path, out: Path)
         done = [r.metrics for r in runs if r.finished]
         if done:
             by_setting[setting][label] = done
+    if exp.name == "lm-tuned":  # 14 curves a seed say less than what the choice picked from: loss by peak LR
+        sweep = lr_sweep(exp)
+        if sweep:
+            plot_lr_sweep(sweep, out / "lm-tuned-lr.png", "Final validation loss by peak learning rate")
+            md += ["![lm-tuned: final validation loss by peak learning rate](lm-tuned-lr.png)", "",
+                   "Mean over seeds, bars from the lowest seed to the highest; an average (and WSM) at each rate is "
+                   "the candidate chosen among that rate's on the other seeds; a setting run at one rate is a "
+                   "point.", ""]
+        by_setting.clear()
     for setting, groups in by_setting.items():
         cfg = next(r.config for r in exp.runs if r.setting == setting and r.config)
         name = f"{exp.name}-{setting}.png".replace(" ", "_")

@@ -133,6 +133,33 @@ def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, st
     return losses, runs, grid, seeds
 
 
+Sweep = dict[str, dict[float, dict[int, float]]]  # line -> peak LR -> seed -> final validation loss
+
+
+def lr_sweep(exp: Experiment) -> Sweep:
+    """Each method's final validation loss by peak learning rate, on the seeds that hold its whole grid: cosine and
+    constant LR as they end, WSD one line per decay fraction, and an average (and WSM) at each learning rate the
+    candidate chosen among that rate's on the other seeds. Diverged runs are :data:`WORST`. What the tuned choice
+    picks from, drawn."""
+    losses, _, grid, _ = method_losses(exp)
+    out: Sweep = {}
+    for method, by_seed in losses.items():
+        ready, _ = complete(by_seed, grid[method])
+        if len(ready) < 2:
+            continue
+        for name in sorted({c.split(": ")[0] for d in ready.values() for c in d}):
+            lr, _, decay = name.removeprefix("lr ").partition(", ")
+            line = f"{method}, {decay}" if decay else method
+            if method in DECAYS.values() or method == "constant LR, final weights":
+                values = {s: d[name] for s, d in ready.items() if name in d}
+            else:
+                t = tune({s: {c: v for c, v in d.items() if c.split(": ")[0] == name} for s, d in ready.items()})
+                values = t.held if t else {}
+            if values:
+                out.setdefault(line, {})[float(lr)] = values
+    return out
+
+
 # (A, B): does A, tuned, reach a lower validation loss than B, tuned?
 QUESTIONS = [("an average (any family)", "cosine"), ("an average (any family)", "WSD"), ("WSM", "WSD"),
              ("WSD", "cosine"), ("an average (any family)", "constant LR, final weights")]
