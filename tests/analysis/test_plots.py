@@ -91,9 +91,14 @@ def test_the_lr_sweep_draws_each_mean_with_its_seed_range_and_marks_a_diverged_s
     plots.plot_lr_sweep(lines, tmp_path / "s.png", "t")
     ax = figures[0].axes[0]
     drawn = [line for line in ax.get_lines() if len(line.get_xdata())]
-    # cosine: the mean of 1.6 and 1.8 at 1e-3, seed 0's 1.5 alone at 2e-3 (seed 1 diverged: an x at the top, 1.8)
+    # cosine: the mean of 1.6 and 1.8 at 1e-3, seed 0's 1.5 alone at 2e-3 (seed 1 diverged: an x on that point)
     assert [list(line.get_ydata()) for line in drawn[:1]] == [[pytest.approx(1.7), 1.5]]
     marks = [line for line in drawn if line.get_marker() == "x"]
-    assert len(marks) == 1 and list(marks[0].get_xdata()) == [2e-3] and list(marks[0].get_ydata()) == [1.8]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [2e-3] and list(marks[0].get_ydata()) == [1.5]
+    # where every seed of a rate diverged, the x sits at the top of the figure (the highest finite loss)
+    figures.clear()
+    plots.plot_lr_sweep({"cosine": {1e-3: {0: 1.6, 1: 1.8}, 2e-3: {0: math.inf, 1: math.inf}}}, tmp_path / "s.png", "t")
+    (mark,) = [line for line in figures[0].axes[0].get_lines() if line.get_marker() == "x"]
+    assert list(mark.get_ydata()) == [1.8]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cosine (2 seeds)", "WSD, decay 0.1 (2 seeds)"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.001", "0.002"]

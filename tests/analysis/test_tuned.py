@@ -8,6 +8,7 @@ import pytest
 
 from rbwa.analysis.findings.core import Experiment, Finding, Run
 from rbwa.analysis.findings.tuned import complete, lr_sweep, setting, tune, tuned_claims
+from rbwa.analysis.stats import mean_ci
 
 
 def test_each_seed_gets_the_setting_lowest_on_the_others_and_its_optimism():
@@ -121,7 +122,7 @@ def test_a_diverged_run_is_a_failed_setting_not_a_seed_that_waits(tmp_path):
     line = _lines(out)["cosine"]
     # held out 0 or 1: 4e-3's mean over the others holds seed 2's failure -> 2e-3; held out 2: 4e-3 (1.52 on both)
     assert "chosen lr 0.002 (seeds 0, 1), lr 0.004 (seed 2)" in line and "wait" not in line
-    assert "the choice diverged on seed 2" in line
+    assert "the choice diverged on seed 2" in line and "seed 2: diverged;" in line and "inf" not in line
     # the question pairs seeds 0 and 1 only, and says why seed 2 is out
     finding = next(f for f in out if isinstance(f, Finding) and f.what == "cosine - WSD")
     assert finding.final == pytest.approx({0: 0.05, 1: 0.05})
@@ -171,3 +172,29 @@ def test_the_lr_sweep_is_what_each_choice_picks_from(tmp_path):
     # held out 0: seed 1 prefers WSM (1.52) -> seed 0's WSM 1.55; held out 1: seed 0 prefers SWA -> seed 1's 1.60
     assert sweep["an average (any family)"] == {1e-3: {0: 1.55, 1: 1.60}}
     assert sweep["WSM"] == {1e-3: {0: 1.55, 1: 1.52}}
+
+
+def test_a_setting_that_failed_on_fewer_other_seeds_wins_then_the_lower_mean_of_the_rest():
+    # seed 1 diverged at every setting: held out 0, both fail once among the others -> seed 2 decides (b, not the
+    # label order's a)
+    t = tune({0: {"a": 1.2, "b": 1.0}, 1: {"a": math.inf, "b": math.inf}, 2: {"a": 1.3, "b": 1.1}})
+    assert t.picks == {0: "b", 1: "b", 2: "b"} and t.failed == [1]
+    # a setting that never failed beats one that failed on another seed, however low its other scores
+    t = tune({0: {"a": math.inf, "b": 1.5}, 1: {"a": 1.0, "b": 1.6}, 2: {"a": 1.0, "b": 1.6}})
+    assert t.picks == {0: "a", 1: "b", 2: "b"}
+    assert math.isnan(mean_ci(list(tune({0: {"a": 1.0}, 1: {"a": math.inf}}).optimism.values()))[1])
+
+
+def test_a_pair_left_with_one_seed_is_not_tested_and_a_single_optimism_has_no_interval(tmp_path):
+    runs = [fake_run(tmp_path, s, "cosine", 1e-3, 1.6 + s / 100) for s in (0, 1)]
+    runs += [fake_run(tmp_path, 0, "wsd", 1e-3, 1.5)]
+    failed = fake_run(tmp_path, 1, "wsd", 1e-3, 9.0)
+    runs.append(Run(failed.path, "gpt", "wsd", 1, failed.config, [], {"status": "diverged"}))
+    out = tuned_claims(Experiment("lm-tuned", "t", "model", "cpu-lm", runs=runs))
+    assert _lines(out)["WSD"].endswith("seed 0: 1.5000; seed 1: diverged; the leave-one-out optimism (the best on a "
+                                       "seed's own runs below the choice made on the others) 0.0000 nats on "
+                                       "average; the choice diverged on seed 1 (its loss the worst; out of the "
+                                       "optimism)")
+    assert any(isinstance(x, str) and x.endswith("Fewer than 2 seeds pair the two tuned choices: not tested")
+               for x in out)
+    assert not any(isinstance(f, Finding) for f in out)

@@ -158,8 +158,9 @@ def plot_gain(points: list[tuple[float, float, float, float, float | None]], pat
 
 def plot_lr_sweep(lines: dict[str, dict[float, dict[int, float]]], path: Path, title: str) -> Path:
     """Final validation loss against peak learning rate (log axis), a line per method: the mean over seeds, bars
-    from the lowest to the highest seed. A single rate is a point (WSD's other decay lengths). Non-finite losses (a
-    diverged run) are left out of the mean and marked with an x at the top."""
+    from the lowest to the highest seed; the legend counts each line's seeds. A single rate is a point (WSD's other
+    decay lengths). A non-finite loss (a diverged run) is left out of the mean, and an x marks its rate on the line
+    (at the top where no seed is left)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     top = max((v for by_lr in lines.values() for seeds in by_lr.values() for v in seeds.values()
                if math.isfinite(v)), default=1.0)
@@ -174,9 +175,11 @@ def plot_lr_sweep(lines: dict[str, dict[float, dict[int, float]]], path: Path, t
         n = max(len(by_lr[x]) for x in xs)
         ax.errorbar([xs[j] for j in keep], mean, yerr=np.stack([mean - lo, hi - mean]), fmt="o-" if len(xs) > 1
                     else "D", color=colour, capsize=3, markerfacecolor="none", label=f"{name} ({n} seeds)")
+        # a rate where a seed diverged: an x on the line's point there (its other seeds' mean), or at the top
+        at = {xs[j]: m for j, m in zip(keep, mean)}
         failed = [x for x, f in zip(xs, finite) if len(f) < len(by_lr[x])]
         if failed:
-            ax.plot(failed, [top] * len(failed), "x", color=colour, markersize=9)
+            ax.plot(failed, [at.get(x, top) for x in failed], "x", color=colour, markersize=9)
     rates = sorted({x for by_lr in lines.values() for x in by_lr})
     ax.set_xscale("log", base=2)
     ax.set_xticks(rates, [f"{x:g}" for x in rates])

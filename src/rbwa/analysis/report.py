@@ -393,9 +393,10 @@ def _figures(exp: Experiment, rows: list[dict[str, Any]], root: Path, out: Path)
         if sweep:
             plot_lr_sweep(sweep, out / "lm-tuned-lr.png", "Final validation loss by peak learning rate")
             md += ["![lm-tuned: final validation loss by peak learning rate](lm-tuned-lr.png)", "",
-                   "Mean over seeds, bars from the lowest seed to the highest; an average (and WSM) at each rate is "
-                   "the candidate chosen among that rate's on the other seeds; a setting run at one rate is a "
-                   "point.", ""]
+                   "Mean over the seeds that hold a method's whole grid (the legend counts them), bars from the "
+                   "lowest seed to the highest, an x where a seed diverged (left out of the mean); an average (and "
+                   "WSM) at each rate is the candidate chosen among that rate's on the other seeds; a setting run "
+                   "at one rate is a point.", ""]
         by_setting.clear()
     for setting, groups in by_setting.items():
         cfg = next(r.config for r in exp.runs if r.setting == setting and r.config)

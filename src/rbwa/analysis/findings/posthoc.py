@@ -32,20 +32,28 @@ def posthoc_rows(run: Run) -> list[dict[str, Any]]:
 
 def choose_on_others(accuracy: dict[int, dict[str, float]], order: dict[str, float] | None = None) -> dict[int, str]:
     """Held-out seed -> the candidate with the highest mean accuracy over the *other* seeds, so that the number
-    a seed reports is never a maximum over its own noise. Only candidates that every seed evaluated compete; a tie
-    goes to the lowest ``order`` value (the earliest SWA start, the shortest LAWA window or EMA half-life), then
-    to the label. A NaN mean counts as the lowest. Pure."""
+    a seed reports is never a maximum over its own noise. Only candidates that every seed evaluated compete. A score
+    that is not a finite number (a diverged run, a NaN) is a failure: the candidate that failed on the fewest other
+    seeds wins, by the mean of its finite scores. A tie goes to the lowest ``order`` value (the earliest SWA start,
+    the shortest LAWA window or EMA half-life), then to the label. Pure."""
     common = set.intersection(*(set(a) for a in accuracy.values())) if accuracy else set()
     out = {}
     for held in accuracy:
         others = [s for s in accuracy if s != held]
         if not common or not others:
             continue
-        means = {c: sum(accuracy[s][c] for s in others) / len(others) for c in common}
-        means = {c: -math.inf if math.isnan(m) else m for c, m in means.items()}  # NaN (a failed score) never wins
-        top = max(means.values())
-        out[held] = min((c for c in common if means[c] >= top - TIE), key=lambda c: ((order or {}).get(c, 0.0), c))
+        scores = {c: _score([accuracy[s][c] for s in others]) for c in common}
+        fewest = max(failed for failed, _ in scores.values())
+        top = max(mean for failed, mean in scores.values() if failed == fewest)
+        out[held] = min((c for c, (failed, mean) in scores.items() if failed == fewest and mean >= top - TIE),
+                        key=lambda c: ((order or {}).get(c, 0.0), c))
     return out
+
+
+def _score(values: list[float]) -> tuple[int, float]:
+    """(minus the number of failures, the mean of the finite values, or -inf where none is). Pure."""
+    finite = [v for v in values if math.isfinite(v)]
+    return len(finite) - len(values), sum(finite) / len(finite) if finite else -math.inf
 
 
 def best_alone(accuracy: dict[str, float]) -> list[str]:

@@ -165,6 +165,11 @@ QUESTIONS = [("an average (any family)", "cosine"), ("an average (any family)", 
              ("WSD", "cosine"), ("an average (any family)", "constant LR, final weights")]
 
 
+def _loss(value: float) -> str:
+    """A held-out loss in words: 4 decimals, or 'diverged'. Pure."""
+    return f"{value:.4f}" if math.isfinite(value) else "diverged"
+
+
 def _seeds(seeds: list[int]) -> str:
     """'seed 3' or 'seeds 3, 4'. Pure."""
     return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
@@ -190,6 +195,7 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
             continue
         tuned[method] = t
         mean, lo, hi = mean_ci(list(t.optimism.values()))
+        interval = f" [{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else ""
         notes = [wait] if wait else []
         if t.failed:
             notes.append(f"the choice diverged on {_seeds(t.failed)} (its loss the worst; out of the optimism)")
@@ -199,9 +205,9 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
         if method == "an average (any family)":
             notes.append("its candidates include the final weights alone ('LAWA, last 1 epoch ends')")
         out.append(f"{where}: {method}: chosen {picks_text(t.picks)}; validation loss "
-                   + "; ".join(f"seed {s}: {v:.4f}" for s, v in sorted(t.held.items()))
+                   + "; ".join(f"seed {s}: {_loss(v)}" for s, v in sorted(t.held.items()))
                    + f"; the leave-one-out optimism (the best on a seed's own runs below the choice made on the "
-                   f"others) {mean:.4f} nats on average [{lo:.4f}, {hi:.4f}]" + "".join(f"; {n}" for n in notes))
+                   f"others) {mean:.4f} nats on average{interval}" + "".join(f"; {n}" for n in notes))
     for a, b in QUESTIONS:
         if a not in tuned or b not in tuned:
             continue  # the method's line says it waits
@@ -214,7 +220,7 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
             out.append(f"{what} On {_seeds(failed)} a tuned choice diverged: left out of the paired difference "
                        "(the method lines name whose)")
         if len(diffs) < 2:
-            out.append(f"{what} Fewer than 2 seeds hold both, tuned: it waits")
+            out.append(f"{what} Fewer than 2 seeds pair the two tuned choices: not tested")
             continue
         ra = [runs[a][(s, ta.picks[s])] for s in diffs]
         rb = [runs[b][(s, tb.picks[s])] for s in diffs]
