@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rbwa.analysis.findings.core import LAST_EPOCHS, TEXT, Equivalence, Experiment, Finding
+from rbwa.analysis.findings.core import LAST_EPOCHS, TEXT, Equivalence, Experiment, Finding, seeds_text
 from rbwa.analysis.stats import NO_DIFFERENCE, OPPOSITE, SUPPORTED, category, holm, holm_verdict, mean_ci
 
 Item = Finding | Equivalence | str
@@ -166,8 +166,7 @@ def equivalences(answers: Answers) -> list[str]:
            "|---|---|---|---|---|---|---|---|"]
     for i, q in enumerate(found, 1):
         seeds = " / ".join(", ".join(map(str, sorted(d))) or "-" for d in (q.machines, q.commits))
-        holds = "yes" if q.holds else "**no**" + (f" (diverged in seed{'s' * (len(q.diverged) > 1)} "
-                                                   f"{', '.join(map(str, q.diverged))})" if q.diverged else "")
+        holds = "yes" if q.holds else "**no**" + (f" (diverged in {seeds_text(q.diverged)})" if q.diverged else "")
         out.append(f"| <a name=\"i{i}\"></a>{cell(q.claim)}{marks(q)} | {q.seeds} | {q.item_gap} of {q.items:,} "
                    f"{q.kind} | {q.item_tolerance} | {q.loss_gap:.2g} nats | "
                    f"{fmt_ci(*mean_ci(list(q.final.values())), 4 if q.kind == TEXT else 2)} points | {seeds} | "

@@ -42,6 +42,7 @@ from rbwa.analysis.findings.core import (
     load_experiments,
     machine,
     measure,
+    seeds_text,
 )
 from rbwa.analysis.findings.lm import LM_BASE
 from rbwa.analysis.findings.posthoc import posthoc_methods
@@ -160,7 +161,7 @@ def _per_seed(runs: list[Run], value: Callable[[Run], Any]) -> str:
         by.setdefault(str(value(r)), []).append(r.seed)
     if len(by) == 1:
         return next(iter(by))
-    return "; ".join(f"{v} (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})" for v, seeds in by.items())
+    return "; ".join(f"{v} ({seeds_text(seeds)})" for v, seeds in by.items())
 
 
 def _protocol(experiments: list[Experiment]) -> list[str]:

@@ -22,6 +22,11 @@ ORDER = ["fig3", "fig5", "table1", "variants", "controls", "alternatives", "writ
 LATER = ["posthoc", "posthoc-cifar100", "lm", "lm-tuned"]  # after them: CIFAR-10 before CIFAR-100, then the GPT
 
 
+def seeds_text(seeds: list[int] | tuple[int, ...]) -> str:
+    """'seed 3' or 'seeds 3, 4'. Pure."""
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
 @dataclass
 class Run:
     path: Path

@@ -14,6 +14,7 @@ from rbwa.analysis.findings.core import (
     commit_differences,
     dataset_name,
     machine_differences,
+    seeds_text,
 )
 from rbwa.analysis.stats import mean_ci
 
@@ -100,7 +101,7 @@ def picks_text(picks: dict[int, str]) -> str:
     by: dict[str, list[int]] = {}
     for seed, choice in sorted(picks.items()):
         by.setdefault(choice, []).append(seed)
-    return ", ".join(f"{c} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})"
+    return ", ".join(f"{c} ({seeds_text(s)})"
                      for c, s in sorted(by.items(), key=lambda item: (-len(item[1]), item[1])))
 
 

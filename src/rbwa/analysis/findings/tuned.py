@@ -14,7 +14,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rbwa.analysis.findings.core import Experiment, Finding, Run, commit_differences, machine_differences
+from rbwa.analysis.findings.core import (
+    Experiment,
+    Finding,
+    Run,
+    commit_differences,
+    machine_differences,
+    seeds_text,
+)
 from rbwa.analysis.findings.posthoc import choose_on_others, picks_text, posthoc_rows
 from rbwa.analysis.stats import mean_ci
 
@@ -170,11 +177,6 @@ def _loss(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "diverged"
 
 
-def _seeds(seeds: list[int]) -> str:
-    """'seed 3' or 'seeds 3, 4'. Pure."""
-    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
-
-
 def tuned_claims(exp: Experiment) -> list[Finding | str]:
     """The tuned comparisons of ``exp``: each method's choices and optimism in a line (or why it is not tuned yet),
     then a finding per question (positive differences: A's validation loss is the lower)."""
@@ -186,7 +188,7 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
         by_seed = losses.get(method, {})
         ready, waiting = complete(by_seed, grid[method])
         waiting = sorted({*waiting, *(seeds[method] - set(by_seed))})
-        wait = (f"{_seeds(waiting)} still {'lack' if len(waiting) > 1 else 'lacks'} a finished run of the grid (or "
+        wait = (f"{seeds_text(waiting)} still {'lack' if len(waiting) > 1 else 'lacks'} a finished run of the grid (or "
                 f"its post-hoc rows) and wait{'' if len(waiting) > 1 else 's'}" if waiting else "")
         t = tune(ready)
         if t is None:
@@ -198,7 +200,7 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
         interval = f" [{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else ""
         notes = [wait] if wait else []
         if t.failed:
-            notes.append(f"the choice diverged on {_seeds(t.failed)} (its loss the worst; out of the optimism)")
+            notes.append(f"the choice diverged on {seeds_text(t.failed)} (its loss the worst; out of the optimism)")
         if t.left_out:
             notes.append("settings not on every seed, left out of the choice: "
                          + ", ".join(f"seed {s}: {n}" for s, n in sorted(t.left_out.items())))
@@ -217,7 +219,7 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
         failed = [s for s in both if s in ta.failed or s in tb.failed]
         diffs = {s: tb.held[s] - ta.held[s] for s in both if s not in failed}
         if failed:
-            out.append(f"{what} On {_seeds(failed)} a tuned choice diverged: left out of the paired difference "
+            out.append(f"{what} On {seeds_text(failed)} a tuned choice diverged: left out of the paired difference "
                        "(the method lines name whose)")
         if len(diffs) < 2:
             out.append(f"{what} Fewer than 2 seeds pair the two tuned choices: not tested")
