@@ -340,8 +340,10 @@ def test_a_verdict_names_the_seeds_whose_runs_ran_with_other_thread_counts(tmp_p
     assert detail(write_report(tmp_path).read_text(), 1)[4] == "1, 2"
 
 
-def _posthoc_rows(path: Path, swa: dict[str, float], final: float, bn_images: int = 1000) -> None:
-    """A posthoc.csv of SWA starts and the final weights alone (LAWA of the last epoch end, BatchNorm re-estimated)."""
+def _posthoc_rows(path: Path, swa: dict[str, float], final: float, bn_images: int = 1000,
+                  ema: dict[int, float] | None = None) -> None:
+    """A posthoc.csv of SWA starts, the final weights alone (LAWA of the last epoch end, BatchNorm re-estimated) and
+    EMA half-lives (``ema``: half-life -> accuracy)."""
     import csv as csv_module
 
     from rbwa.analysis.posthoc import FIELDS
@@ -356,6 +358,10 @@ def _posthoc_rows(path: Path, swa: dict[str, float], final: float, bn_images: in
                              "bn_images": bn_images})
         writer.writerow({"family": "lawa", "value": 1, "label": "LAWA, last 1 epoch ends", "test_acc": final,
                          "test_loss": 1.0, "snapshots": 1, "first_step": 30, "last_step": 30, "bn_images": bn_images})
+        for half_life, acc in (ema or {}).items():
+            writer.writerow({"family": "ema", "value": half_life, "label": f"EMA, half-life {half_life} steps",
+                             "test_acc": acc, "test_loss": 1.0, "snapshots": 3, "first_step": 10, "last_step": 30,
+                             "bn_images": bn_images})
 
 
 def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_same_seeds_runs(tmp_path):
@@ -423,6 +429,44 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
                              "constant-LR SGD beat WSD-LR SGD's final weights (BatchNorm re-estimated)?")
     assert instead[3].startswith(f"{(-3 - 6.5 - 3) / 3:+.2f} [")
     assert detail(report, int(instead[0]))[1] == "inconclusive at this scale"
+
+
+def test_an_average_of_any_family_chooses_the_family_on_the_other_seeds_and_states_its_optimism(tmp_path):
+    entries = []
+    # constant-LR runs: SWA from epoch 2 at 60, 58, 62; an EMA at 61, 59, 55; final weights 51, 52, 53. Held out,
+    # seeds 0 and 1 choose SWA (others' means: 60 against 57, 61 against 58); seed 2 the EMA (59 against 60), which
+    # scores 55 there: any family's choices 60, 58, 55, where each seed's own best is 61, 59, 62 (optimism 1, 1, 7)
+    ema = {0: 61.0, 1: 59.0, 2: 55.0}
+    for seed in range(3):
+        run = make_run(tmp_path, f"snap-{seed}", accs=(10, 50.0 + seed))
+        entries.append({"run": run, "setting": "resnet18", "label": "sgd (snapshots)", "seed": seed})
+        _posthoc_rows(tmp_path / run / "posthoc", {"2": (60.0, 58.0, 62.0)[seed]}, 51.0 + seed, ema={100: ema[seed]})
+        run = make_run(tmp_path, f"wsd-{seed}", accs=(10, 60.0 + seed))  # WSD's final weights re-estimated: 57
+        entries.append({"run": run, "setting": "resnet18", "label": "sgd (wsd, snapshots)", "seed": seed})
+        _posthoc_rows(tmp_path / run / "posthoc", {"2": 58.0}, 57.0)
+    (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
+                                                       "preset": "smoke", "runs": entries}))
+    report = write_report(tmp_path).read_text()
+    assert ("CIFAR-10, constant-LR SGD: post-hoc average (any family), chosen on the other seeds: seed 0: SWA from "
+            "epoch 2 (60.00%); seed 1: SWA from epoch 2 (58.00%); seed 2: EMA, half-life 100 steps (55.00%); the best "
+            "on each seed alone: seed 0: EMA, half-life 100 steps; seed 1: EMA, half-life 100 steps; seed 2: SWA from "
+            "epoch 2 (it differs between seeds); the leave-one-out optimism (a seed's own best beyond the choice made "
+            "on the others) 3.00 points on average [") in report
+    # the SWA family alone: each seed chooses SWA from epoch 2, its own best: no optimism
+    assert "seed 2: SWA from epoch 2 (the same on every seed); the leave-one-out optimism (a seed's own best beyond " \
+           "the choice made on the others) 0.00 points on average [0.00, 0.00]" in report
+    # against the final weights: 60 - 51, 58 - 52, 55 - 53; against WSD's: 60 - 57, 58 - 57, 55 - 57
+    own = answer(report, "CIFAR-10: does the best post-hoc average (any family) of constant-LR SGD, chosen on the "
+                         "other seeds, beat the same run's final weights (BatchNorm re-estimated)?")
+    assert own[2] == "post-hoc any family - final weights" and own[3].startswith(f"{17 / 3:+.2f} [")
+    instead = answer(report, "CIFAR-10: can an average replace WSD's decay: does the best post-hoc average (any "
+                             "family) of constant-LR SGD beat WSD-LR SGD's final weights (BatchNorm re-estimated)?")
+    assert instead[3].startswith(f"{2 / 3:+.2f} [")
+    assert ("| posthoc | model resnet18 | sgd (snapshots): post-hoc average (any family), chosen on the other seeds "
+            f"| 3 | {173 / 3:.2f} ± ") in report
+    # the tuned questions only: no RBWA, nothing of the cosine runs, no gain over BatchNorm as trained
+    assert "post-hoc average (any family) gains" not in report
+    assert "any family) of constant-LR SGD, chosen on the other seeds, beat RBWA" not in report
 
 
 def test_seeds_that_share_no_post_hoc_candidate_get_one_line_not_a_crash(tmp_path):

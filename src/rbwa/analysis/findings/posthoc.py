@@ -1,6 +1,8 @@
 """Side averages chosen after training (the post-hoc experiments): for each family (SWA start, LAWA window, EMA
-half-life) the candidate chosen on the other seeds, tested on the held-out seed against the run's own final weights,
-against a decay schedule and against RBWA; and how stable those choices are across seeds and datasets."""
+half-life), and for every candidate of every family together (the family chosen too, as the tuned comparison of
+lm-tuned chooses it), the candidate chosen on the other seeds, tested on the held-out seed against the run's own final
+weights, against a decay schedule and against RBWA; the leave-one-out optimism of each choice; and how stable those
+choices are across seeds and datasets."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from rbwa.analysis.findings.core import (
 from rbwa.analysis.stats import mean_ci
 
 POSTHOC_FAMILIES = {"swa": "SWA start", "lawa": "LAWA window", "ema": "EMA half-life"}
+ANY = "any family"  # every candidate of a posthoc.csv together, whatever its family: the family is chosen too
+ANY_NAME = "average (any family)"
 # the runs of other experiments the best post-hoc side average is measured against, by their label
 POSTHOC_BASELINES = {"rbwa": "RBWA", "sgd (cosine LR)": "cosine-LR SGD"}
 TIE = 1e-9  # means closer than this are a tie
@@ -88,11 +92,17 @@ def difference(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
 
 def scores(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str,
             metric: str) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
-    """(seed -> candidate -> score, higher is better; seed -> the candidate chosen on the other seeds)."""
+    """(seed -> candidate -> score, higher is better; seed -> the candidate chosen on the other seeds) for one
+    ``family``, or for every candidate where it is :data:`ANY`. A tie goes to the lowest value within a family, and
+    across families (:data:`ANY`) to the earlier row of posthoc.csv (swa, lawa, ema, wsm, power; each by value)."""
     sign = -1.0 if metric.endswith("loss") else 1.0
-    score = {s: {r["label"]: sign * r[metric] for r in rows if r["family"] == family}
+    score = {s: {r["label"]: sign * r[metric] for r in rows if family in (ANY, r["family"])}
              for s, (_, rows) in series.items()}
-    order = {r["label"]: r["value"] for _, rows in series.values() for r in rows if r["family"] == family}
+    order: dict[str, float] = {}
+    for _, rows in series.values():
+        for i, r in enumerate(rows):
+            if family in (ANY, r["family"]):
+                order.setdefault(r["label"], float(i) if family == ANY else r["value"])
     return score, choose_on_others(score, order) if all(score.values()) else {}
 
 
@@ -108,7 +118,8 @@ def picks_text(picks: dict[int, str]) -> str:
 def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str, name: str, where: str,
                       out: list[Finding | str], metric: str = "test_acc") -> dict[int, float] | None:
     """Seed -> the ``metric`` of the ``family`` candidate chosen on the other seeds (the highest accuracy, or the
-    lowest loss), or None where none can be chosen; the choices, in a line appended to ``out``."""
+    lowest loss), or None where none can be chosen; the choices and their leave-one-out optimism (how much better a
+    seed's own best looks than the choice made on the others), in a line appended to ``out``."""
     sign = -1.0 if metric.endswith("loss") else 1.0
     score, picks = scores(series, family, metric)
     if all(score.values()) and not set.intersection(*(set(a) for a in score.values())):
@@ -118,10 +129,14 @@ def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], famil
         return None
     alone = {s: " = ".join(best_alone(a)) + (" (a tie)" if len(best_alone(a)) > 1 else "") for s, a in score.items()}
     shown = (lambda v: f"{sign * v:.2f}%") if sign > 0 else (lambda v: f"validation loss {sign * v:.4f}")
+    mean, lo, hi = mean_ci([max(score[s].values()) - score[s][c] for s, c in picks.items()])
+    unit, digits = (" points", 2) if sign > 0 else (" nats", 4)
     out.append(f"{where}: post-hoc {name}, chosen on the other seeds: " + "; ".join(
         f"seed {s}: {c} ({shown(score[s][c])})" for s, c in sorted(picks.items()))
         + "; the best on each seed alone: " + "; ".join(f"seed {s}: {c}" for s, c in sorted(alone.items()))
-        + (" (the same on every seed)" if len(set(alone.values())) == 1 else " (it differs between seeds)"))
+        + (" (the same on every seed)" if len(set(alone.values())) == 1 else " (it differs between seeds)")
+        + f"; the leave-one-out optimism (a seed's own best beyond the choice made on the others) {mean:.{digits}f}"
+        + f"{unit} on average" + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if math.isfinite(lo) else ""))
     return {s: sign * score[s][c] for s, c in picks.items()}
 
 
@@ -131,7 +146,7 @@ Series = dict[int, tuple[Run, list[dict[str, Any]]]]  # seed -> (run, its post-h
 def posthoc_methods(exp: Experiment, labels: list[str], metric: str = "test_acc") -> list[tuple[str, str, dict]]:
     """The post-hoc averages as methods, for a report's methods table: per snapshot-run label with at least 2 seeds,
     (setting, method, seed -> ``metric``) for its final weights with BatchNorm re-estimated (images only) and for
-    each family's candidate chosen on the other seeds, scored on the held-out seed."""
+    each family's candidate chosen on the other seeds, and any family's, scored on the held-out seed."""
     from rbwa.analysis.posthoc import final_reestimated
 
     sign = -1.0 if metric.endswith("loss") else 1.0
@@ -144,7 +159,7 @@ def posthoc_methods(exp: Experiment, labels: list[str], metric: str = "test_acc"
         if sign > 0:  # a GPT has no BatchNorm: its final weights are the run's own row
             out.append((setting, f"{label}: final weights, BatchNorm re-estimated",
                         {s: float(final_reestimated(rows)[metric]) for s, (_, rows) in series.items()}))
-        for family, name in POSTHOC_FAMILIES.items():
+        for family, name in {**POSTHOC_FAMILIES, ANY: ANY_NAME}.items():
             score, picks = scores(series, family, metric)
             if len(picks) >= 2:
                 out.append((setting, f"{label}: post-hoc {name}, chosen on the other seeds",
@@ -187,6 +202,9 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
                    _runs(wsd), _runs(cosine))
     for family, name in POSTHOC_FAMILIES.items():
         out += _family_claims(family, name, ds, data, constant, cosine, wsd, others)
+    # the tuned comparison (as lm-tuned's, at one learning rate): the family chosen too; against the run's own final
+    # weights and the two decays only
+    out += _family_claims(ANY, ANY_NAME, ds, data, constant, cosine, wsd, {}, tuned_only=True)
     return out + across_datasets(exp, experiments)
 
 
@@ -229,8 +247,9 @@ def _final(series: Series) -> dict[int, float]:
 
 
 def _family_claims(family: str, name: str, ds: str, data: str, constant: Series, cosine: Series, wsd: Series,
-                   others: dict[str, list[Run]]) -> list[Finding | str]:
-    """One family's findings (and lines: the candidates chosen) for constant-LR and cosine-LR SGD's snapshots."""
+                   others: dict[str, list[Run]], tuned_only: bool = False) -> list[Finding | str]:
+    """One family's findings (and lines: the candidates chosen) for constant-LR and cosine-LR SGD's snapshots;
+    ``tuned_only``: constant-LR SGD's choice against its own final weights and the two decays alone."""
     out: list[Finding | str] = []
 
     def test(claim: str, what: str, diffs: dict[int, float], key: str, a: list[Run], b: list[Run]) -> None:
@@ -244,7 +263,7 @@ def _family_claims(family: str, name: str, ds: str, data: str, constant: Series,
          "final weights (BatchNorm re-estimated)?", f"post-hoc {family} - final weights",
          difference(held, _final(constant)), f"{family} constant - final", runs_c, runs_c)
     raw = difference(held, final_metric(runs_c))
-    if len(raw) >= 2:
+    if len(raw) >= 2 and not tuned_only:
         mean, lo, hi = mean_ci(list(raw.values()))
         out.append(f"{ds}: against the same runs' final weights with BatchNorm as trained, the post-hoc {name} "
                    f"gains {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] points (not a test: re-estimating BatchNorm alone "
@@ -269,6 +288,8 @@ def _family_claims(family: str, name: str, ds: str, data: str, constant: Series,
         test(f"{ds}: does the best post-hoc {name} of constant-LR SGD, chosen on the other seeds, beat RBWA?",
              f"post-hoc {family} - RBWA", difference(held, final_metric(group)), f"{family} constant - rbwa",
              runs_c, group)
+    if tuned_only:
+        return out
     held_k = choose_candidates(cosine, family, name, f"{ds}, cosine-LR SGD", out) if len(cosine) >= 2 else None
     if held_k is None:
         return out
