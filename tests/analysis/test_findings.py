@@ -1,5 +1,6 @@
 """findings.py: the numbers and the claims, from runs held in memory (no files, no rendering)."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -84,11 +85,56 @@ def test_a_tie_on_the_other_seeds_goes_to_the_lowest_value_and_only_common_candi
     # held out, seed 0 sees "LAWA 9" and "LAWA 10" tie at 80 (alphabetically "LAWA 10" would come first)
     accuracy = {0: {"LAWA 10": 1.0, "LAWA 9": 2.0, "extra": 99.0}, 1: {"LAWA 10": 80.0, "LAWA 9": 80.0},
                 2: {"LAWA 10": 79.0, "LAWA 9": 81.0}}
-    order = {"LAWA 10": 10.0, "LAWA 9": 9.0}
+    order = {"LAWA 10": (10.0,), "LAWA 9": (9.0,)}
     assert choose_on_others(accuracy, order)[0] == "LAWA 9"
     assert "extra" not in choose_on_others(accuracy, order).values()  # seeds 1 and 2 never evaluated it
     assert choose_on_others({0: {"a": 1.0}, 1: {"b": 2.0}}) == {}  # nothing in common: nothing chosen
     assert best_alone({"a": 79.92, "b": 79.92, "c": 79.0}) == ["a", "b"]
+
+
+def _rows(*rows: tuple[str, float, float]) -> list[dict]:
+    """posthoc.csv rows from (family, value, test accuracy), labelled as `rbwa posthoc` labels them."""
+    label = {"swa": "SWA from epoch {:g}", "ema": "EMA, half-life {:g} steps", "wsm": "WSM linear, last {:g}",
+             "lawa": "LAWA, last {:g} epoch ends"}
+    return [{"family": f, "value": v, "label": label[f].format(v), "test_acc": a} for f, v, a in rows]
+
+
+def test_a_tie_goes_by_family_then_value_whatever_the_order_of_the_rows_and_the_seeds():
+    from rbwa.analysis.findings.posthoc import ANY, scores
+
+    # held out, seed 0 sees SWA 2, EMA 100 and EMA 800 tie at 60 on seeds 1 and 2; seed 1's file lists EMA first
+    # (`rbwa posthoc --half-lives 800 100` writes them in the order given)
+    rows = {0: _rows(("swa", 2, 50), ("ema", 100, 50), ("ema", 800, 50)),
+            1: _rows(("ema", 800, 60), ("ema", 100, 60), ("swa", 2, 60)),
+            2: _rows(("swa", 2, 60), ("ema", 100, 60), ("ema", 800, 60))}
+    for seeds in ([0, 1, 2], [1, 0, 2], [2, 1, 0]):
+        series = {s: (None, rows[s]) for s in seeds}
+        assert scores(series, ANY, "test_acc")[1][0] == "SWA from epoch 2"  # swa before ema
+        assert scores(series, "ema", "test_acc")[1][0] == "EMA, half-life 100 steps"  # the shorter half-life
+
+
+def test_candidates_not_on_every_seed_are_named_and_left_out_of_the_optimism_and_a_nan_of_the_best():
+    from rbwa.analysis.findings.posthoc import ANY, choose_candidates
+
+    # seeds 0 and 1 ran with --families ... wsm, seed 2 without: WSM (seeds' own best at 70) cannot be chosen, so it
+    # is no seed's "own best" either; seed 1's EMA is NaN. Held out: 0 -> SWA (60.5 > 55), 1 -> SWA, 2 -> SWA
+    series = {0: (None, _rows(("swa", 2, 60), ("ema", 100, 55), ("wsm", 2, 70))),
+              1: (None, _rows(("swa", 2, 61), ("ema", 100, math.nan), ("wsm", 2, 70))),
+              2: (None, _rows(("swa", 2, 60), ("ema", 100, 59)))}
+    out: list = []
+    held = choose_candidates(series, ANY, "average (any family)", "here", out)
+    assert held == {0: 60.0, 1: 61.0, 2: 60.0}
+    assert out == ["here: post-hoc average (any family), chosen on the other seeds: seed 0: SWA from epoch 2 "
+                   "(60.00%); seed 1: SWA from epoch 2 (61.00%); seed 2: SWA from epoch 2 (60.00%); the best on each "
+                   "seed alone: seed 0: SWA from epoch 2; seed 1: SWA from epoch 2; seed 2: SWA from epoch 2 (the "
+                   "same on every seed); the leave-one-out optimism (a seed's own best beyond the choice made on the "
+                   "others) 0.00 points on average, 0.00 at most; 1 candidate not on every seed left out of the "
+                   "choice and of each seed's best (of wsm)"]
+    # a family one seed never ran: said, and nothing chosen
+    out = []
+    assert choose_candidates(series, "wsm", "WSM window", "here", out) is None
+    assert out == ["here: seed 2 has no post-hoc WSM window candidate (`rbwa posthoc` ran with other --families), "
+                   "so none is chosen; rerun it on every seed with the same families."]
 
 
 def test_a_finding_names_pairs_trained_at_different_commits_and_the_dataset_by_its_name():

@@ -19,6 +19,7 @@ from rbwa.analysis.findings.core import (
     seeds_text,
 )
 from rbwa.analysis.stats import mean_ci
+from rbwa.training.config import POSTHOC_FAMILIES as FAMILY_ORDER
 
 POSTHOC_FAMILIES = {"swa": "SWA start", "lawa": "LAWA window", "ema": "EMA half-life"}
 ANY = "any family"  # every candidate of a posthoc.csv together, whatever its family: the family is chosen too
@@ -35,12 +36,15 @@ def posthoc_rows(run: Run) -> list[dict[str, Any]]:
     return read_results(run.path)
 
 
-def choose_on_others(accuracy: dict[int, dict[str, float]], order: dict[str, float] | None = None) -> dict[int, str]:
+Order = dict[str, tuple[float, ...]]  # candidate -> its rank for a tie: the lowest wins
+
+
+def choose_on_others(accuracy: dict[int, dict[str, float]], order: Order | None = None) -> dict[int, str]:
     """Held-out seed -> the candidate with the highest mean accuracy over the *other* seeds, so that the number
     a seed reports is never a maximum over its own noise. Only candidates that every seed evaluated compete. A score
     that is not a finite number (a diverged run, a NaN) is a failure: the candidate that failed on the fewest other
-    seeds wins, by the mean of its finite scores. A tie goes to the lowest ``order`` value (the earliest SWA start,
-    the shortest LAWA window or EMA half-life), then to the label. Pure."""
+    seeds wins, by the mean of its finite scores. A tie goes to the lowest ``order`` (the earliest SWA start, the
+    shortest LAWA window or EMA half-life; a candidate it lacks first), then to the label. Pure."""
     common = set.intersection(*(set(a) for a in accuracy.values())) if accuracy else set()
     out = {}
     for held in accuracy:
@@ -51,7 +55,7 @@ def choose_on_others(accuracy: dict[int, dict[str, float]], order: dict[str, flo
         fewest = max(failed for failed, _ in scores.values())
         top = max(mean for failed, mean in scores.values() if failed == fewest)
         out[held] = min((c for c, (failed, mean) in scores.items() if failed == fewest and mean >= top - TIE),
-                        key=lambda c: ((order or {}).get(c, 0.0), c))
+                        key=lambda c: ((order or {}).get(c, ()), c))
     return out
 
 
@@ -62,8 +66,10 @@ def _score(values: list[float]) -> tuple[int, float]:
 
 
 def best_alone(accuracy: dict[str, float]) -> list[str]:
-    """The candidates with a seed's own highest accuracy (more than one where they tie). Pure."""
-    top = max(accuracy.values())
+    """The candidates with a seed's own highest finite accuracy (more than one where they tie; none where no score is
+    a number). Pure."""
+    finite = [a for a in accuracy.values() if math.isfinite(a)]
+    top = max(finite, default=math.nan)
     return sorted(c for c, a in accuracy.items() if a >= top - TIE)
 
 
@@ -93,17 +99,22 @@ def difference(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
 def scores(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str,
             metric: str) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
     """(seed -> candidate -> score, higher is better; seed -> the candidate chosen on the other seeds) for one
-    ``family``, or for every candidate where it is :data:`ANY`. A tie goes to the lowest value within a family, and
-    across families (:data:`ANY`) to the earlier row of posthoc.csv (swa, lawa, ema, wsm, power; each by value)."""
+    ``family``, or for every candidate where it is :data:`ANY`. A tie goes to the lowest value (the SWA start, the
+    window, the half-life, gamma), across families (:data:`ANY`) to the earlier family of swa, lawa, ema, wsm,
+    power first, then to the label: never to the order of a file's rows."""
     sign = -1.0 if metric.endswith("loss") else 1.0
-    score = {s: {r["label"]: sign * r[metric] for r in rows if family in (ANY, r["family"])}
-             for s, (_, rows) in series.items()}
-    order: dict[str, float] = {}
-    for _, rows in series.values():
-        for i, r in enumerate(rows):
-            if family in (ANY, r["family"]):
-                order.setdefault(r["label"], float(i) if family == ANY else r["value"])
+    rows_of = {s: [r for r in rows if family in (ANY, r["family"])] for s, (_, rows) in series.items()}
+    score = {s: {r["label"]: sign * r[metric] for r in rows} for s, rows in rows_of.items()}
+    order = {r["label"]: (float(FAMILY_ORDER.index(r["family"])) if r["family"] in FAMILY_ORDER else math.inf,
+                          float(r["value"])) for rows in rows_of.values() for r in rows}
     return score, choose_on_others(score, order) if all(score.values()) else {}
+
+
+def optimism_text(values: list[float], unit: str, digits: int) -> str:
+    """The leave-one-out optimism in words: how much better a seed's own best looks than the choice made on the
+    other seeds (each value >= 0), on average and at most. Pure."""
+    return (f"the leave-one-out optimism (a seed's own best beyond the choice made on the others) "
+            f"{sum(values) / len(values):.{digits}f}{unit} on average, {max(values):.{digits}f} at most")
 
 
 def picks_text(picks: dict[int, str]) -> str:
@@ -122,21 +133,34 @@ def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], famil
     seed's own best looks than the choice made on the others), in a line appended to ``out``."""
     sign = -1.0 if metric.endswith("loss") else 1.0
     score, picks = scores(series, family, metric)
-    if all(score.values()) and not set.intersection(*(set(a) for a in score.values())):
+    lacking = sorted(s for s, a in score.items() if not a)
+    if lacking and len(lacking) < len(score):
+        out.append(f"{where}: {seeds_text(lacking)} {'have' if len(lacking) > 1 else 'has'} no post-hoc {name} "
+                   "candidate (`rbwa posthoc` ran with other --families), so none is chosen; rerun it on every seed "
+                   "with the same families.")
+    common = set.intersection(*(set(a) for a in score.values())) if all(score.values()) else set()
+    if all(score.values()) and not common:
         out.append(f"{where}: the seeds' posthoc.csv files share no {name} candidate (each seed was evaluated on "
                    "another grid), so none is chosen; rerun `rbwa posthoc` with the same grid.")
     if len(picks) < 2:
         return None
-    alone = {s: " = ".join(best_alone(a)) + (" (a tie)" if len(best_alone(a)) > 1 else "") for s, a in score.items()}
+    shared = {s: {c: v for c, v in a.items() if c in common} for s, a in score.items()}
+    families = {r["label"]: r["family"] for _, rows in series.values() for r in rows}
+    left = {c for a in score.values() for c in a} - common
+    alone = {s: " = ".join(b) + (" (a tie)" if len(b) > 1 else "") if (b := best_alone(a)) else "no number"
+             for s, a in shared.items()}
     shown = (lambda v: f"{sign * v:.2f}%") if sign > 0 else (lambda v: f"validation loss {sign * v:.4f}")
-    mean, lo, hi = mean_ci([max(score[s].values()) - score[s][c] for s, c in picks.items()])
+    optimism = [max(v for v in shared[s].values() if math.isfinite(v)) - shared[s][c]
+                for s, c in picks.items() if math.isfinite(shared[s][c])]
     unit, digits = (" points", 2) if sign > 0 else (" nats", 4)
     out.append(f"{where}: post-hoc {name}, chosen on the other seeds: " + "; ".join(
         f"seed {s}: {c} ({shown(score[s][c])})" for s, c in sorted(picks.items()))
         + "; the best on each seed alone: " + "; ".join(f"seed {s}: {c}" for s, c in sorted(alone.items()))
         + (" (the same on every seed)" if len(set(alone.values())) == 1 else " (it differs between seeds)")
-        + f"; the leave-one-out optimism (a seed's own best beyond the choice made on the others) {mean:.{digits}f}"
-        + f"{unit} on average" + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if math.isfinite(lo) else ""))
+        + (f"; {optimism_text(optimism, unit, digits)}" if optimism else "")
+        + (f"; {len(left)} candidate{'s' if len(left) > 1 else ''} not on every seed left out of the choice and "
+           f"of each seed's best (of "
+           f"{', '.join(sorted({families[c] for c in left}))})" if left else ""))
     return {s: sign * score[s][c] for s, c in picks.items()}
 
 
@@ -146,8 +170,10 @@ Series = dict[int, tuple[Run, list[dict[str, Any]]]]  # seed -> (run, its post-h
 def posthoc_methods(exp: Experiment, labels: list[str], metric: str = "test_acc") -> list[tuple[str, str, dict]]:
     """The post-hoc averages as methods, for a report's methods table: per snapshot-run label with at least 2 seeds,
     (setting, method, seed -> ``metric``) for its final weights with BatchNorm re-estimated (images only) and for
-    each family's candidate chosen on the other seeds, and any family's, scored on the held-out seed."""
+    each family's candidate chosen on the other seeds (and any family's, for constant-LR SGD, whose choice the claims
+    state), scored on the held-out seed."""
     from rbwa.analysis.posthoc import final_reestimated
+    from rbwa.experiments.grids import POSTHOC_LABELS
 
     sign = -1.0 if metric.endswith("loss") else 1.0
     out: list[tuple[str, str, dict]] = []
@@ -159,7 +185,8 @@ def posthoc_methods(exp: Experiment, labels: list[str], metric: str = "test_acc"
         if sign > 0:  # a GPT has no BatchNorm: its final weights are the run's own row
             out.append((setting, f"{label}: final weights, BatchNorm re-estimated",
                         {s: float(final_reestimated(rows)[metric]) for s, (_, rows) in series.items()}))
-        for family, name in {**POSTHOC_FAMILIES, ANY: ANY_NAME}.items():
+        families = {**POSTHOC_FAMILIES, ANY: ANY_NAME} if label == POSTHOC_LABELS["constant"] else POSTHOC_FAMILIES
+        for family, name in families.items():
             score, picks = scores(series, family, metric)
             if len(picks) >= 2:
                 out.append((setting, f"{label}: post-hoc {name}, chosen on the other seeds",

@@ -22,8 +22,7 @@ from rbwa.analysis.findings.core import (
     machine_differences,
     seeds_text,
 )
-from rbwa.analysis.findings.posthoc import choose_on_others, picks_text, posthoc_rows
-from rbwa.analysis.stats import mean_ci
+from rbwa.analysis.findings.posthoc import Order, choose_on_others, optimism_text, picks_text, posthoc_rows
 
 WORST = math.inf  # the loss of a diverged run, or a loss that is not a number: never chosen over a finite one
 
@@ -51,7 +50,7 @@ class Tuned:
         return sorted(s for s, v in self.held.items() if not math.isfinite(v))
 
 
-def tune(losses: dict[int, dict[str, float]], order: dict[str, float] | None = None) -> Tuned | None:
+def tune(losses: dict[int, dict[str, float]], order: Order | None = None) -> Tuned | None:
     """Seed -> setting -> loss, tuned on the other seeds (the lowest mean loss over them; a tie to the lowest
     ``order``, then the name), over the settings every seed holds (the others are counted in ``left_out``); None
     below 2 seeds. A NaN loss counts as :data:`WORST`. Pure."""
@@ -196,9 +195,8 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
                        f"{'; ' + wait if wait else ''}; its questions wait")
             continue
         tuned[method] = t
-        mean, lo, hi = mean_ci(list(t.optimism.values()))
-        interval = f" [{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else ""
-        notes = [wait] if wait else []
+        notes = [optimism_text(list(t.optimism.values()), " nats", 4)] if t.optimism else []
+        notes += [wait] if wait else []
         if t.failed:
             notes.append(f"the choice diverged on {seeds_text(t.failed)} (its loss the worst; out of the optimism)")
         if t.left_out:
@@ -208,8 +206,7 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
             notes.append("its candidates include the final weights alone ('LAWA, last 1 epoch ends')")
         out.append(f"{where}: {method}: chosen {picks_text(t.picks)}; validation loss "
                    + "; ".join(f"seed {s}: {_loss(v)}" for s, v in sorted(t.held.items()))
-                   + f"; the leave-one-out optimism (the best on a seed's own runs below the choice made on the "
-                   f"others) {mean:.4f} nats on average{interval}" + "".join(f"; {n}" for n in notes))
+                   + "".join(f"; {n}" for n in notes))
     for a, b in QUESTIONS:
         if a not in tuned or b not in tuned:
             continue  # the method's line says it waits
