@@ -137,6 +137,23 @@ def test_candidates_not_on_every_seed_are_named_and_left_out_of_the_optimism_and
                    "so none is chosen; rerun it on every seed with the same families."]
 
 
+def test_a_choice_with_no_number_on_its_held_out_seed_leaves_that_seed_and_says_so():
+    from rbwa.analysis.findings.posthoc import ANY, choose_candidates
+
+    # held out, seed 0 gets SWA (60.5 against EMA's 55.5), which scored NaN there; seeds 1 and 2 get the EMA (SWA
+    # failed on seed 0, one of their others): 55 and 56, where their own bests are 61 and 60 (optimism 6 and 4)
+    series = {0: (None, _rows(("swa", 2, math.nan), ("ema", 100, 50))),
+              1: (None, _rows(("swa", 2, 61), ("ema", 100, 55))),
+              2: (None, _rows(("swa", 2, 60), ("ema", 100, 56)))}
+    out: list = []
+    assert choose_candidates(series, ANY, "average (any family)", "here", out) == {1: 55.0, 2: 56.0}
+    assert out[0].startswith("here: post-hoc average (any family), chosen on the other seeds: seed 0: SWA from epoch "
+                             "2 (no number); seed 1: EMA, half-life 100 steps (55.00%); seed 2: EMA, half-life 100 "
+                             "steps (56.00%); the best on each seed alone: seed 0: EMA, half-life 100 steps; ")
+    assert out[0].endswith("5.00 points on average, 6.00 at most; the choice scored no number on seed 0: left out of "
+                           "the optimism and of its comparisons")
+
+
 def test_a_finding_names_pairs_trained_at_different_commits_and_the_dataset_by_its_name():
     from rbwa.analysis.findings.core import dataset_name
 

@@ -149,7 +149,12 @@ def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], famil
     left = {c for a in score.values() for c in a} - common
     alone = {s: " = ".join(b) + (" (a tie)" if len(b) > 1 else "") if (b := best_alone(a)) else "no number"
              for s, a in shared.items()}
-    shown = (lambda v: f"{sign * v:.2f}%") if sign > 0 else (lambda v: f"validation loss {sign * v:.4f}")
+    def shown(v: float) -> str:
+        if not math.isfinite(v):
+            return "no number"
+        return f"{sign * v:.2f}%" if sign > 0 else f"validation loss {sign * v:.4f}"
+
+    failed = sorted(s for s, c in picks.items() if not math.isfinite(score[s][c]))
     optimism = [max(v for v in shared[s].values() if math.isfinite(v)) - shared[s][c]
                 for s, c in picks.items() if math.isfinite(shared[s][c])]
     unit, digits = (" points", 2) if sign > 0 else (" nats", 4)
@@ -160,8 +165,11 @@ def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], famil
         + (f"; {optimism_text(optimism, unit, digits)}" if optimism else "")
         + (f"; {len(left)} candidate{'s' if len(left) > 1 else ''} not on every seed left out of the choice and "
            f"of each seed's best (of "
-           f"{', '.join(sorted({families[c] for c in left}))})" if left else ""))
-    return {s: sign * score[s][c] for s, c in picks.items()}
+           f"{', '.join(sorted({families[c] for c in left}))})" if left else "")
+        + (f"; the choice scored no number on {seeds_text(failed)}: left out of the optimism and of its comparisons"
+           if failed else ""))
+    held = {s: sign * score[s][c] for s, c in picks.items() if s not in failed}
+    return held if len(held) >= 2 else None
 
 
 Series = dict[int, tuple[Run, list[dict[str, Any]]]]  # seed -> (run, its post-hoc rows)
@@ -188,9 +196,9 @@ def posthoc_methods(exp: Experiment, labels: list[str], metric: str = "test_acc"
         families = {**POSTHOC_FAMILIES, ANY: ANY_NAME} if label == POSTHOC_LABELS["constant"] else POSTHOC_FAMILIES
         for family, name in families.items():
             score, picks = scores(series, family, metric)
-            if len(picks) >= 2:
-                out.append((setting, f"{label}: post-hoc {name}, chosen on the other seeds",
-                            {s: sign * score[s][c] for s, c in picks.items()}))
+            held = {s: sign * score[s][c] for s, c in picks.items() if math.isfinite(score[s][c])}
+            if len(held) >= 2:
+                out.append((setting, f"{label}: post-hoc {name}, chosen on the other seeds", held))
     return out
 
 
@@ -219,9 +227,10 @@ def posthoc_claims(exp: Experiment, experiments: list[Experiment]) -> list[Findi
     out: list[Finding | str] = [
         f"{ds}: every candidate's BatchNorm statistics were re-estimated on {bn_text(every)} (`rbwa posthoc "
         "--bn-images`), and so were the final weights it is compared with (the last snapshot alone, the candidate "
-        f"'LAWA, last 1 epoch end'){f'; the runs of other experiments ({plain}) re-estimate none' if plain else ''}. "
+        f"'LAWA, last 1 epoch ends'){f'; the runs of other experiments ({plain}) re-estimate none' if plain else ''}. "
         "A candidate is chosen on the other seeds; a tie goes to the earliest SWA start, the shortest LAWA window or "
-        "EMA half-life. The runs of another schedule or experiment share a seed's initial weights and batch order, "
+        "EMA half-life, and across families (an average of any family) to the earlier of SWA, LAWA, EMA, WSM and power "
+        "EMA. The runs of another schedule or experiment share a seed's initial weights and batch order, "
         "not its trajectory: those differences compare two runs' outcomes, not one trajectory with itself."]
     # the two decays, each's final weights re-estimated like every candidate
     out += _paired(data, f"{ds}: does WSD (its last 20% decayed linearly to 0) beat cosine: final weights, BatchNorm "
