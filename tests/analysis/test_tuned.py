@@ -2,6 +2,7 @@
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -40,13 +41,15 @@ def test_a_setting_names_the_peak_lr_and_wsds_decay():
 def fake_run(root: Path, seed: int, schedule: str, lr: float, loss: float, candidates: dict[str, float] | None = None,
              decay: float = 0.2) -> Run:
     """A finished run whose final validation loss is ``loss``; a constant-LR one with post-hoc rows: its final
-    weights (the last snapshot alone, = ``loss``) and the ``candidates`` (label -> loss; "WSM ..." are wsm)."""
+    weights (the last snapshot alone, = ``loss``) and the ``candidates`` (label -> loss; "WSM ..." are wsm, "EMA ..."
+    ema, the rest swa; the value is the label's first number)."""
     cfg = {"lr": lr, "lr_schedule": schedule, "decay_fraction": decay, "model": "gpt"}
     path = root / f"{schedule}-{lr}-{decay}-{seed}"
     if candidates is not None:
         (path / "posthoc").mkdir(parents=True)
         rows = [("lawa", 1, "LAWA, last 1 epoch ends", loss, 1)] + [
-            ("wsm" if c.startswith("WSM") else "swa", 0, c, v, 4) for c, v in candidates.items()]
+            ({"WSM": "wsm", "EMA": "ema"}.get(c[:3], "swa"), float(re.findall(r"[\d.]+", c)[0]), c, v, 4)
+            for c, v in candidates.items()]
         with open(path / "posthoc" / "posthoc.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["family", "value", "label", "test_acc", "test_loss", "snapshots", "first_step", "last_step",
@@ -199,3 +202,15 @@ def test_a_pair_left_with_one_seed_is_not_tested_and_a_diverged_choice_leaves_th
     assert any(isinstance(x, str) and x.endswith("Fewer than 2 seeds pair the two tuned choices: not tested")
                for x in out)
     assert not any(isinstance(f, Finding) for f in out)
+
+
+def test_a_tie_in_the_tuned_choice_goes_to_the_earlier_family_then_the_lower_value_not_the_label(tmp_path):
+    # on every seed "SWA from epoch 9" and "SWA from epoch 10" tie (the same weights, say), and so do an EMA and the
+    # SWA from epoch 9 at another rate: by label "EMA ..." and "... epoch 10" would win
+    runs = []
+    for seed in range(3):
+        runs.append(fake_run(tmp_path, seed, "constant", 1e-3, 1.9,
+                             {"SWA from epoch 10": 1.5, "SWA from epoch 9": 1.5, "EMA, half-life 5 steps": 1.5}))
+    line = next(x for x in tuned_claims(Experiment("lm-tuned", "t", "model", "cpu-lm", runs=runs))
+                if isinstance(x, str) and ": an average (any family): " in x)
+    assert "chosen lr 0.001: SWA from epoch 9 (seeds 0, 1, 2)" in line

@@ -105,9 +105,15 @@ def scores(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str,
     sign = -1.0 if metric.endswith("loss") else 1.0
     rows_of = {s: [r for r in rows if family in (ANY, r["family"])] for s, (_, rows) in series.items()}
     score = {s: {r["label"]: sign * r[metric] for r in rows} for s, rows in rows_of.items()}
-    order = {r["label"]: (float(FAMILY_ORDER.index(r["family"])) if r["family"] in FAMILY_ORDER else math.inf,
-                          float(r["value"])) for rows in rows_of.values() for r in rows}
+    order = {r["label"]: candidate_rank(r) for rows in rows_of.values() for r in rows}
     return score, choose_on_others(score, order) if all(score.values()) else {}
+
+
+def candidate_rank(row: dict[str, Any]) -> tuple[float, float]:
+    """A posthoc.csv row's rank for a tie, the lowest first: its family's place in swa, lawa, ema, wsm, power, then
+    its value. Pure."""
+    family = row["family"]
+    return float(FAMILY_ORDER.index(family)) if family in FAMILY_ORDER else math.inf, float(row["value"])
 
 
 def optimism_text(values: list[float], unit: str, digits: int) -> str:

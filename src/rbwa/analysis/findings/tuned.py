@@ -22,7 +22,14 @@ from rbwa.analysis.findings.core import (
     machine_differences,
     seeds_text,
 )
-from rbwa.analysis.findings.posthoc import Order, choose_on_others, optimism_text, picks_text, posthoc_rows
+from rbwa.analysis.findings.posthoc import (
+    Order,
+    candidate_rank,
+    choose_on_others,
+    optimism_text,
+    picks_text,
+    posthoc_rows,
+)
 
 WORST = math.inf  # the loss of a diverged run, or a loss that is not a number: never chosen over a finite one
 
@@ -87,9 +94,10 @@ METHODS = {**{m: s for s, m in DECAYS.items()}, "constant LR, final weights": "c
 
 
 def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, str], Run]], dict[str, set[str]],
-                                         dict[str, set[int]]]:
+                                         dict[str, set[int]], dict[str, Order]]:
     """(method -> seed -> setting -> final validation loss, method -> (seed, setting) -> the run it came from,
-    method -> the run settings of its grid, method -> the seeds that have a run of it, finished or not) for ``exp``.
+    method -> the run settings of its grid, method -> the seeds that have a run of it, finished or not, method ->
+    setting -> its rank for a tie: a run's peak LR and decay, a candidate's family and value then its LR) for ``exp``.
     A finished constant-LR run with post-hoc rows gives its final weights (the last snapshot alone), each candidate
     ("lr X: label") to "an average (any family)", and its WSM candidates to "WSM". A diverged run scores
     :data:`WORST` for its setting (every candidate of it, for the averages): a setting that fails is an outcome, not
@@ -103,10 +111,12 @@ def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, st
     grid = {m: {setting(r.config) for r in rs} for m, rs in kinds.items()}
     seeds = {m: {r.seed for r in rs} for m, rs in kinds.items()}
     diverged: list[tuple[int, str, Run]] = []
+    order: dict[str, Order] = {}
 
-    def add(method: str, seed: int, name: str, loss: float, run: Run) -> None:
+    def add(method: str, seed: int, name: str, loss: float, run: Run, rank: tuple[float, ...] = ()) -> None:
         losses.setdefault(method, {}).setdefault(seed, {})[name] = loss if math.isfinite(loss) else WORST
         runs.setdefault(method, {})[(seed, name)] = run
+        order.setdefault(method, {}).setdefault(name, rank or (run.config["lr"], run.config.get("decay_fraction", 0)))
 
     for r in exp.runs:
         if not r.config:
@@ -128,15 +138,16 @@ def method_losses(exp: Experiment) -> tuple[Losses, dict[str, dict[tuple[int, st
             continue
         add("constant LR, final weights", r.seed, name, float(last["test_loss"]), r)
         for row in rows:
-            add("an average (any family)", r.seed, f"{name}: {row['label']}", float(row["test_loss"]), r)
+            rank = (*candidate_rank(row), r.config["lr"])
+            add("an average (any family)", r.seed, f"{name}: {row['label']}", float(row["test_loss"]), r, rank)
             if row["family"] == "wsm":
-                add("WSM", r.seed, f"{name}: {row['label']}", float(row["test_loss"]), r)
+                add("WSM", r.seed, f"{name}: {row['label']}", float(row["test_loss"]), r, rank)
     for seed, name, r in diverged:  # every candidate the other seeds evaluated at this setting fails here
         for method in ("an average (any family)", "WSM"):
             labels = {c for d in losses.get(method, {}).values() for c in d if c.startswith(f"{name}: ")}
             for label in labels or {f"{name}: diverged"}:
                 add(method, seed, label, WORST, r)
-    return losses, runs, grid, seeds
+    return losses, runs, grid, seeds, order
 
 
 Sweep = dict[str, dict[float, dict[int, float]]]  # line -> peak LR -> seed -> final validation loss
@@ -147,7 +158,7 @@ def lr_sweep(exp: Experiment) -> Sweep:
     constant LR as they end, WSD one line per decay fraction, and an average (and WSM) at each learning rate the
     candidate chosen among that rate's on the other seeds. Diverged runs are :data:`WORST`. What the tuned choice
     picks from, drawn."""
-    losses, _, grid, _ = method_losses(exp)
+    losses, _, grid, _, order = method_losses(exp)
     out: Sweep = {}
     for method, by_seed in losses.items():
         ready, _ = complete(by_seed, grid[method])
@@ -159,7 +170,8 @@ def lr_sweep(exp: Experiment) -> Sweep:
             if method in DECAYS.values() or method == "constant LR, final weights":
                 values = {s: d[name] for s, d in ready.items() if name in d}
             else:
-                t = tune({s: {c: v for c, v in d.items() if c.split(": ")[0] == name} for s, d in ready.items()})
+                t = tune({s: {c: v for c, v in d.items() if c.split(": ")[0] == name} for s, d in ready.items()},
+                         order[method])
                 values = t.held if t else {}
             if values:
                 out.setdefault(line, {})[float(lr)] = values
@@ -179,7 +191,7 @@ def _loss(value: float) -> str:
 def tuned_claims(exp: Experiment) -> list[Finding | str]:
     """The tuned comparisons of ``exp``: each method's choices and optimism in a line (or why it is not tuned yet),
     then a finding per question (positive differences: A's validation loss is the lower)."""
-    losses, runs, grid, seeds = method_losses(exp)
+    losses, runs, grid, seeds, order = method_losses(exp)
     where = "A GPT on text, every method tuned on the other seeds"
     out: list[Finding | str] = []
     tuned = {}
@@ -189,7 +201,7 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
         waiting = sorted({*waiting, *(seeds[method] - set(by_seed))})
         wait = (f"{seeds_text(waiting)} still {'lack' if len(waiting) > 1 else 'lacks'} a finished run of the grid (or "
                 f"its post-hoc rows) and wait{'' if len(waiting) > 1 else 's'}" if waiting else "")
-        t = tune(ready)
+        t = tune(ready, order.get(method))
         if t is None:
             out.append(f"{where}: {method}: not tuned yet, fewer than 2 seeds hold every run of its grid"
                        f"{'; ' + wait if wait else ''}; its questions wait")
@@ -198,7 +210,8 @@ def tuned_claims(exp: Experiment) -> list[Finding | str]:
         notes = [optimism_text(list(t.optimism.values()), " nats", 4)] if t.optimism else []
         notes += [wait] if wait else []
         if t.failed:
-            notes.append(f"the choice diverged on {seeds_text(t.failed)} (its loss the worst; out of the optimism)")
+            notes.append(f"the choice diverged on {seeds_text(t.failed)} (its loss the worst"
+                         f"{'; out of the optimism' if t.optimism else ''})")
         if t.left_out:
             notes.append("settings not on every seed, left out of the choice: "
                          + ", ".join(f"seed {s}: {n}" for s, n in sorted(t.left_out.items())))
