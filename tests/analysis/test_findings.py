@@ -109,8 +109,8 @@ def test_a_tie_goes_by_family_then_value_whatever_the_order_of_the_rows_and_the_
             2: _rows(("swa", 2, 60), ("ema", 100, 60), ("ema", 800, 60))}
     for seeds in ([0, 1, 2], [1, 0, 2], [2, 1, 0]):
         series = {s: (None, rows[s]) for s in seeds}
-        assert scores(series, ANY, "test_acc")[1][0] == "SWA from epoch 2"  # swa before ema
-        assert scores(series, "ema", "test_acc")[1][0] == "EMA, half-life 100 steps"  # the shorter half-life
+        assert scores(series, ANY, "test_acc")[1].picks[0] == "SWA from epoch 2"  # swa before ema
+        assert scores(series, "ema", "test_acc")[1].picks[0] == "EMA, half-life 100 steps"  # the shorter half-life
 
 
 def test_candidates_not_on_every_seed_are_named_and_left_out_of_the_optimism_and_a_nan_of_the_best():

@@ -7,6 +7,7 @@ choices are across seeds and datasets."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from rbwa.analysis.findings.core import (
@@ -65,6 +66,47 @@ def _score(values: list[float]) -> tuple[int, float]:
     return len(finite) - len(values), sum(finite) / len(finite) if finite else -math.inf
 
 
+WORST = math.inf  # the loss of a diverged run, or a loss that is not a number: never chosen over a finite one
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """One method tuned on the other seeds: per held-out seed the setting chosen, its loss there, the seed's own
+    lowest loss over the same settings, and how many of the seed's settings were left out of the choice (not on every
+    seed)."""
+
+    picks: dict[int, str]
+    held: dict[int, float]
+    best: dict[int, float]
+    left_out: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def optimism(self) -> dict[int, float]:
+        """Seed -> how much lower its own best looks than the choice made on the others (>= 0), where the choice did
+        not diverge there."""
+        return {s: self.held[s] - self.best[s] for s in self.held if math.isfinite(self.held[s])}
+
+    @property
+    def failed(self) -> list[int]:
+        """The seeds where the choice made on the others diverged (or scored no number)."""
+        return sorted(s for s, v in self.held.items() if not math.isfinite(v))
+
+
+def tune(losses: dict[int, dict[str, float]], order: Order | None = None) -> Tuned | None:
+    """Seed -> setting -> loss, tuned on the other seeds (the lowest mean loss over them; a tie to the lowest
+    ``order``, then the name), over the settings every seed holds (the others are counted in ``left_out``); None
+    below 2 seeds. A NaN loss counts as :data:`WORST`. The one leave-one-out choice of the reports: lm-tuned's
+    settings, and a post-hoc family's candidates (their scores negated, :func:`scores`). Pure."""
+    losses = {s: {c: WORST if math.isnan(v) else v for c, v in d.items()} for s, d in losses.items()}
+    common = set.intersection(*(set(d) for d in losses.values())) if losses else set()
+    picks = choose_on_others({s: {c: -v for c, v in d.items() if c in common} for s, d in losses.items()}, order)
+    if len(picks) < 2:
+        return None
+    left = {s: n for s, d in losses.items() if (n := len(set(d) - common))}
+    return Tuned(picks, {s: losses[s][c] for s, c in picks.items()},
+                 {s: min(losses[s][c] for c in common) for s in picks}, left)
+
+
 def best_alone(accuracy: dict[str, float]) -> list[str]:
     """The candidates with a seed's own highest finite accuracy (more than one where they tie; none where no score is
     a number). Pure."""
@@ -97,16 +139,17 @@ def difference(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
 
 
 def scores(series: dict[int, tuple[Run, list[dict[str, Any]]]], family: str,
-            metric: str) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
-    """(seed -> candidate -> score, higher is better; seed -> the candidate chosen on the other seeds) for one
-    ``family``, or for every candidate where it is :data:`ANY`. A tie goes to the lowest value (the SWA start, the
+            metric: str) -> tuple[dict[int, dict[str, float]], Tuned | None]:
+    """(seed -> candidate -> score, higher is better; the candidate chosen on the other seeds, as :func:`tune` of the
+    scores' negation: None below 2 seeds that hold one) for one ``family``, or for every candidate where it is
+    :data:`ANY`. A tie goes to the lowest value (the SWA start, the
     window, the half-life, gamma), across families (:data:`ANY`) to the earlier family of swa, lawa, ema, wsm,
     power first, then to the label: never to the order of a file's rows."""
     sign = -1.0 if metric.endswith("loss") else 1.0
     rows_of = {s: [r for r in rows if family in (ANY, r["family"])] for s, (_, rows) in series.items()}
     score = {s: {r["label"]: sign * r[metric] for r in rows} for s, rows in rows_of.items()}
     order = {r["label"]: candidate_rank(r) for rows in rows_of.values() for r in rows}
-    return score, choose_on_others(score, order) if all(score.values()) else {}
+    return score, tune({s: {c: -v for c, v in a.items()} for s, a in score.items()}, order)
 
 
 def candidate_rank(row: dict[str, Any]) -> tuple[float, float]:
@@ -138,7 +181,7 @@ def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], famil
     lowest loss), or None where none can be chosen; the choices and their leave-one-out optimism (how much better a
     seed's own best looks than the choice made on the others), in a line appended to ``out``."""
     sign = -1.0 if metric.endswith("loss") else 1.0
-    score, picks = scores(series, family, metric)
+    score, tuned = scores(series, family, metric)
     lacking = sorted(s for s, a in score.items() if not a)
     if lacking and len(lacking) < len(score):
         out.append(f"{where}: {seeds_text(lacking)} {'have' if len(lacking) > 1 else 'has'} no post-hoc {name} "
@@ -148,8 +191,9 @@ def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], famil
     if all(score.values()) and not common:
         out.append(f"{where}: the seeds' posthoc.csv files share no {name} candidate (each seed was evaluated on "
                    "another grid), so none is chosen; rerun `rbwa posthoc` with the same grid.")
-    if len(picks) < 2:
+    if tuned is None:
         return None
+    picks = tuned.picks
     shared = {s: {c: v for c, v in a.items() if c in common} for s, a in score.items()}
     families = {r["label"]: r["family"] for _, rows in series.values() for r in rows}
     left = {c for a in score.values() for c in a} - common
@@ -160,9 +204,7 @@ def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], famil
             return "no number"
         return f"{sign * v:.2f}%" if sign > 0 else f"validation loss {sign * v:.4f}"
 
-    failed = sorted(s for s, c in picks.items() if not math.isfinite(score[s][c]))
-    optimism = [max(v for v in shared[s].values() if math.isfinite(v)) - shared[s][c]
-                for s, c in picks.items() if math.isfinite(shared[s][c])]
+    failed, optimism = tuned.failed, list(tuned.optimism.values())
     unit, digits = (" points", 2) if sign > 0 else (" nats", 4)
     out.append(f"{where}: post-hoc {name}, chosen on the other seeds: " + "; ".join(
         f"seed {s}: {c} ({shown(score[s][c])})" for s, c in sorted(picks.items()))
@@ -174,7 +216,7 @@ def choose_candidates(series: dict[int, tuple[Run, list[dict[str, Any]]]], famil
            f"{', '.join(sorted({families[c] for c in left}))})" if left else "")
         + (f"; the choice scored no number on {seeds_text(failed)}: left out of the optimism and of its comparisons"
            if failed else ""))
-    held = {s: sign * score[s][c] for s, c in picks.items() if s not in failed}
+    held = {s: sign * -v for s, v in tuned.held.items() if s not in failed}
     return held if len(held) >= 2 else None
 
 
@@ -201,8 +243,8 @@ def posthoc_methods(exp: Experiment, labels: list[str], metric: str = "test_acc"
                         {s: float(final_reestimated(rows)[metric]) for s, (_, rows) in series.items()}))
         families = {**POSTHOC_FAMILIES, ANY: ANY_NAME} if label == POSTHOC_LABELS["constant"] else POSTHOC_FAMILIES
         for family, name in families.items():
-            score, picks = scores(series, family, metric)
-            held = {s: sign * score[s][c] for s, c in picks.items() if math.isfinite(score[s][c])}
+            tuned = scores(series, family, metric)[1]
+            held = {s: sign * -v for s, v in tuned.held.items() if s not in tuned.failed} if tuned else {}
             if len(held) >= 2:
                 out.append((setting, f"{label}: post-hoc {name}, chosen on the other seeds", held))
     return out
@@ -363,9 +405,9 @@ def across_datasets(exp: Experiment, experiments: list[Experiment]) -> list[str]
         for schedule, found_series in by_schedule.items():
             found = {}
             for ds, series in found_series:
-                picks = scores(series, family, "test_acc")[1]
-                if len(picks) >= 2:
-                    found[ds] = picks
+                tuned = scores(series, family, "test_acc")[1]
+                if tuned:
+                    found[ds] = tuned.picks
             if found:
                 distinct = {c for picks in found.values() for c in picks.values()}
                 seeds = sum(len(picks) for picks in found.values())

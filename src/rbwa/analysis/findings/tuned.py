@@ -11,7 +11,6 @@ is the final validation loss (lower is better).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 from rbwa.analysis.findings.core import (
@@ -23,52 +22,14 @@ from rbwa.analysis.findings.core import (
     seeds_text,
 )
 from rbwa.analysis.findings.posthoc import (
+    WORST,
     Order,
     candidate_rank,
-    choose_on_others,
     optimism_text,
     picks_text,
     posthoc_rows,
+    tune,
 )
-
-WORST = math.inf  # the loss of a diverged run, or a loss that is not a number: never chosen over a finite one
-
-
-@dataclass(frozen=True)
-class Tuned:
-    """One method tuned on the other seeds: per held-out seed the setting chosen, its loss there, the seed's own
-    lowest loss over the same settings, and how many of the seed's settings were left out of the choice (not on every
-    seed)."""
-
-    picks: dict[int, str]
-    held: dict[int, float]
-    best: dict[int, float]
-    left_out: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def optimism(self) -> dict[int, float]:
-        """Seed -> how much lower its own best looks than the choice made on the others (>= 0), where the choice did
-        not diverge there."""
-        return {s: self.held[s] - self.best[s] for s in self.held if math.isfinite(self.held[s])}
-
-    @property
-    def failed(self) -> list[int]:
-        """The seeds where the choice made on the others diverged (or scored no number)."""
-        return sorted(s for s, v in self.held.items() if not math.isfinite(v))
-
-
-def tune(losses: dict[int, dict[str, float]], order: Order | None = None) -> Tuned | None:
-    """Seed -> setting -> loss, tuned on the other seeds (the lowest mean loss over them; a tie to the lowest
-    ``order``, then the name), over the settings every seed holds (the others are counted in ``left_out``); None
-    below 2 seeds. A NaN loss counts as :data:`WORST`. Pure."""
-    losses = {s: {c: WORST if math.isnan(v) else v for c, v in d.items()} for s, d in losses.items()}
-    common = set.intersection(*(set(d) for d in losses.values())) if losses else set()
-    picks = choose_on_others({s: {c: -v for c, v in d.items() if c in common} for s, d in losses.items()}, order)
-    if len(picks) < 2:
-        return None
-    left = {s: n for s, d in losses.items() if (n := len(set(d) - common))}
-    return Tuned(picks, {s: losses[s][c] for s, c in picks.items()},
-                 {s: min(losses[s][c] for c in common) for s in picks}, left)
 
 
 def complete(losses: dict[int, dict[str, float]], grid: set[str]) -> tuple[dict[int, dict[str, float]], list[int]]:
