@@ -364,6 +364,22 @@ def _posthoc_rows(path: Path, swa: dict[str, float], final: float, bn_images: in
                              "bn_images": bn_images})
 
 
+def _snapshot_run(root: Path, entries: list[dict], name: str, label: str, seed: int, acc: float,
+                  swa: dict[str, float], final: float, bn_images: int = 1000,
+                  ema: dict[int, float] | None = None) -> str:
+    """A finished snapshot run ``name-seed`` ending at ``acc``, with its posthoc.csv (:func:`_posthoc_rows`), entered
+    in the manifest's ``entries`` under ``label``."""
+    run = make_run(root, f"{name}-{seed}", accs=(10, acc))
+    entries.append({"run": run, "setting": "resnet18", "label": label, "seed": seed})
+    _posthoc_rows(root / run / "posthoc", swa, final, bn_images, ema)
+    return run
+
+
+def _posthoc_manifest(root: Path, entries: list[dict]) -> None:
+    (root / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
+                                                   "preset": "smoke", "runs": entries}))
+
+
 def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_same_seeds_runs(tmp_path):
     make_sweep(tmp_path, {"resnet18": [1.0, 1.0, 1.0]})  # rbwa = sgd + 1 at 50, 51, 52: 51, 52, 53
     entries = []
@@ -373,18 +389,14 @@ def test_the_post_hoc_section_chooses_on_the_other_seeds_and_compares_with_the_s
     # cosine-LR runs: final weights re-estimated 65, 66, 67; held out, seed 2 sees a tie (70.5 each): the earlier start
     cosine = {0: {"2": 70.0, "3": 69.0}, 1: {"2": 71.0, "3": 72.0}, 2: {"2": 73.0, "3": 70.0}}
     for seed in range(3):
-        run = make_run(tmp_path, f"snap-{seed}", accs=(10, 50.0 + seed))
-        entries.append({"run": run, "setting": "resnet18", "label": "sgd (snapshots)", "seed": seed})
-        _posthoc_rows(tmp_path / run / "posthoc", swa[seed], 51.0 + seed, 1000 + 500 * (seed == 2))
-        run = make_run(tmp_path, f"cos-{seed}", accs=(10, 64.0 + seed))
-        entries.append({"run": run, "setting": "resnet18", "label": "sgd (cosine LR, snapshots)", "seed": seed})
-        _posthoc_rows(tmp_path / run / "posthoc", cosine[seed], 65.0 + seed)
+        _snapshot_run(tmp_path, entries, "snap", "sgd (snapshots)", seed, 50.0 + seed, swa[seed], 51.0 + seed,
+                      1000 + 500 * (seed == 2))
+        _snapshot_run(tmp_path, entries, "cos", "sgd (cosine LR, snapshots)", seed, 64.0 + seed, cosine[seed],
+                      65.0 + seed)
         # WSD-LR runs: final weights re-estimated 63, 64.5, 65
-        run = make_run(tmp_path, f"wsd-{seed}", accs=(10, 60.0 + seed))
-        entries.append({"run": run, "setting": "resnet18", "label": "sgd (wsd, snapshots)", "seed": seed})
-        _posthoc_rows(tmp_path / run / "posthoc", cosine[seed], (63.0, 64.5, 65.0)[seed])
-    (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
-                                                       "preset": "smoke", "runs": entries}))
+        _snapshot_run(tmp_path, entries, "wsd", "sgd (wsd, snapshots)", seed, 60.0 + seed, cosine[seed],
+                      (63.0, 64.5, 65.0)[seed])
+    _posthoc_manifest(tmp_path, entries)
     report = write_report(tmp_path).read_text()
     # held out, each seed gets start 2: seeds 1 and 2 prefer it 60 to 60 (a tie: the earlier start), seeds 0 and 2
     # 61 to 58, seeds 0 and 1 59 to 57; alone, seed 1 would pick start 3
@@ -438,14 +450,11 @@ def test_an_average_of_any_family_chooses_the_family_on_the_other_seeds_and_stat
     # scores 55 there: any family's choices 60, 58, 55, where each seed's own best is 61, 59, 62 (optimism 1, 1, 7)
     ema = {0: 61.0, 1: 59.0, 2: 55.0}
     for seed in range(3):
-        run = make_run(tmp_path, f"snap-{seed}", accs=(10, 50.0 + seed))
-        entries.append({"run": run, "setting": "resnet18", "label": "sgd (snapshots)", "seed": seed})
-        _posthoc_rows(tmp_path / run / "posthoc", {"2": (60.0, 58.0, 62.0)[seed]}, 51.0 + seed, ema={100: ema[seed]})
-        run = make_run(tmp_path, f"wsd-{seed}", accs=(10, 60.0 + seed))  # WSD's final weights re-estimated: 57
-        entries.append({"run": run, "setting": "resnet18", "label": "sgd (wsd, snapshots)", "seed": seed})
-        _posthoc_rows(tmp_path / run / "posthoc", {"2": 58.0}, 57.0)
-    (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
-                                                       "preset": "smoke", "runs": entries}))
+        _snapshot_run(tmp_path, entries, "snap", "sgd (snapshots)", seed, 50.0 + seed, {"2": (60.0, 58.0, 62.0)[seed]},
+                      51.0 + seed, ema={100: ema[seed]})
+        # WSD's final weights re-estimated: 57
+        _snapshot_run(tmp_path, entries, "wsd", "sgd (wsd, snapshots)", seed, 60.0 + seed, {"2": 58.0}, 57.0)
+    _posthoc_manifest(tmp_path, entries)
     report = write_report(tmp_path).read_text()
     assert ("CIFAR-10, constant-LR SGD: post-hoc average (any family), chosen on the other seeds: seed 0: SWA from "
             "epoch 2 (60.00%); seed 1: SWA from epoch 2 (58.00%); seed 2: EMA, half-life 100 steps (55.00%); the best "
@@ -472,11 +481,9 @@ def test_an_average_of_any_family_chooses_the_family_on_the_other_seeds_and_stat
 def test_seeds_that_share_no_post_hoc_candidate_get_one_line_not_a_crash(tmp_path):
     entries = []
     for seed in range(2):
-        run = make_run(tmp_path, f"snap-{seed}", accs=(10, 50.0 + seed))
-        entries.append({"run": run, "setting": "resnet18", "label": "sgd (snapshots)", "seed": seed})
-        _posthoc_rows(tmp_path / run / "posthoc", {str(2 + seed): 60.0}, 51.0)  # another SWA grid per seed
-    (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
-                                                       "preset": "smoke", "runs": entries}))
+        # another SWA grid per seed
+        _snapshot_run(tmp_path, entries, "snap", "sgd (snapshots)", seed, 50.0 + seed, {str(2 + seed): 60.0}, 51.0)
+    _posthoc_manifest(tmp_path, entries)
     report = write_report(tmp_path).read_text()
     assert ("CIFAR-10, constant-LR SGD: the seeds' posthoc.csv files share no SWA start candidate (each seed was "
             "evaluated on another grid), so none is chosen; rerun `rbwa posthoc` with the same grid.") in report
@@ -524,11 +531,8 @@ def test_post_hoc_baselines_come_from_runs_of_the_same_dataset(tmp_path):
         config.write_text(json.dumps({**json.loads(config.read_text()), "dataset": "cifar100"}))
     entries = []
     for seed in range(3):
-        run = make_run(tmp_path, f"snap-{seed}", accs=(10, 50.0 + seed))
-        entries.append({"run": run, "setting": "resnet18", "label": "sgd (snapshots)", "seed": seed})
-        _posthoc_rows(tmp_path / run / "posthoc", {"2": 60.0 + seed}, 51.0 + seed)
-    (tmp_path / "posthoc.json").write_text(json.dumps({"experiment": "posthoc", "title": "Post-hoc", "setting": "model",
-                                                       "preset": "smoke", "runs": entries}))
+        _snapshot_run(tmp_path, entries, "snap", "sgd (snapshots)", seed, 50.0 + seed, {"2": 60.0 + seed}, 51.0 + seed)
+    _posthoc_manifest(tmp_path, entries)
     report = write_report(tmp_path).read_text()
     assert "beat the same run's final weights (BatchNorm re-estimated)?" in report
     assert "beat RBWA?" not in report
